@@ -1,0 +1,48 @@
+//! tekfed's API: group `tekfed.io`, version `v1alpha1`.
+//!
+//! The Rust types here are the source of truth. `crds/manifests/*.yaml` is
+//! generated from them (`make crds`), and a test fails when the committed
+//! YAML is stale. Validation a user relies on lives in the generated schema
+//! (OpenAPI constraints and CEL `x-kubernetes-validations`), so the API
+//! server itself refuses a malformed object with a message naming the field.
+//!
+//! - [`member_cluster`]: `MemberCluster`, one per joined member cluster.
+//! - [`templates`]: `FederatedTask`, `FederatedPipeline`, kept in sync on
+//!   every selected member.
+//! - [`runs`]: `FederatedTaskRun`, `FederatedPipelineRun`, each scheduled
+//!   to one member (or to all selected ones with `mode: All`).
+//! - [`common`]: what those share: template, placement, overrides,
+//!   conditions.
+//! - [`admission`]: admission policies for what a schema cannot check.
+//! - [`manifests`]: the generated documents.
+
+pub mod admission;
+pub mod common;
+pub mod connect;
+pub mod manifests;
+pub mod member_cluster;
+pub mod runs;
+pub mod templates;
+
+pub use common::{
+    ClusterOverrides, ClusterRef, OverrideOp, OverrideOperation, Placement, PlacementMode,
+    RunPlacement, Taint, TaintEffect, Template, TemplateMetadata, Toleration, TolerationOperator,
+};
+pub use member_cluster::{
+    ClusterLoad, MemberCluster, MemberClusterSpec, MemberClusterStatus, SecretRef,
+};
+pub use runs::{
+    FederatedPipelineRun, FederatedPipelineRunSpec, FederatedTaskRun, FederatedTaskRunSpec,
+    RunAttempt, RunClusterStatus, RunPhase, RunStatus,
+};
+pub use templates::{
+    ClusterPropagation, FederatedPipeline, FederatedPipelineSpec, FederatedTask, FederatedTaskSpec,
+    PropagationState, PropagationStatus,
+};
+
+/// The API group of every tekfed kind.
+pub const GROUP: &str = "tekfed.io";
+/// The API version of every tekfed kind.
+pub const VERSION: &str = "v1alpha1";
+/// The `kubectl get` category that lists every tekfed kind (`kubectl get tekfed`).
+pub const CATEGORY: &str = "tekfed";

@@ -1,0 +1,50 @@
+//! The CRD and admission-policy documents generated from the types, as committed under
+//! `crds/manifests/` (`make crds` writes them; a test fails when stale).
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use crate::{
+    FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun, MemberCluster,
+    admission,
+};
+
+/// Every tekfed CRD, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        MemberCluster::crd(),
+        FederatedTask::crd(),
+        FederatedPipeline::crd(),
+        FederatedTaskRun::crd(),
+        FederatedPipelineRun::crd(),
+    ]
+}
+
+const HEADER: &str = "# Generated from crds/src by `make crds`: do not edit.\n";
+
+/// `(file name, YAML)` for each CRD and for the admission policies, as
+/// written under `crds/manifests/`. Apply them all with
+/// `kubectl apply --server-side -f crds/manifests/`.
+pub fn manifests() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = crds()
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            (format!("{name}.yaml"), format!("{HEADER}{}", yaml(&crd)))
+        })
+        .collect();
+    let policies = admission::policies();
+    let bindings = admission::bindings();
+    let docs: Vec<String> = (policies.iter().map(yaml))
+        .chain(bindings.iter().map(yaml))
+        .collect();
+    files.push((
+        "admission-policies.yaml".into(),
+        format!("{HEADER}{}", docs.join("---\n")),
+    ));
+    files
+}
+
+fn yaml(value: &impl serde::Serialize) -> String {
+    serde_saphyr::to_string(value).expect("API objects always serialize to YAML")
+}

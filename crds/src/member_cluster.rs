@@ -1,0 +1,124 @@
+//! `MemberCluster`: one joined member cluster, as the hub sees it.
+//!
+//! The spec is the operator's (`kubectl tekfed join`, `cordon`, …): where
+//! the member's credentials are, its taints, whether new runs may land, and
+//! an optional cap on concurrent runs. The status is tekfed's: whether the
+//! hub reaches the member, whether its agent's heartbeat is fresh, and the
+//! load the agent last reported. Labels on `metadata` are what placements
+//! select on.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Taint, conditions};
+
+/// A member cluster joined to the federation.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tekfed.io",
+    version = "v1alpha1",
+    kind = "MemberCluster",
+    plural = "memberclusters",
+    shortname = "mc",
+    category = "tekfed",
+    status = "MemberClusterStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Schedulable","type":"boolean","jsonPath":".status.schedulable"}"#,
+    printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.load.running"}"#,
+    printcolumn = r#"{"name":"Assigned","type":"integer","jsonPath":".status.assignedRuns"}"#,
+    printcolumn = r#"{"name":"Capacity","type":"integer","jsonPath":".spec.maxConcurrentRuns"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberClusterSpec {
+    /// The hub Secret that holds this member's kubeconfig.
+    pub secret_ref: SecretRef,
+    /// Taints: runs and templates that do not tolerate them stay off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub taints: Vec<Taint>,
+    /// Cordon: when true, no new runs land here (`kubectl tekfed cordon`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
+    /// At most this many runs at once on this cluster; unset means no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent_runs: Option<i32>,
+}
+
+/// Where a member's kubeconfig is kept on the hub.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The Secret's namespace; `tekfed-system` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+    /// The key holding the kubeconfig; `kubeconfig` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+/// What tekfed knows of a member right now.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberClusterStatus {
+    /// `Reachable` (the hub reaches the member's API server with its
+    /// credentials), `AgentReady` (the heartbeat is fresh), `Ready` (both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions")]
+    pub conditions: Vec<Condition>,
+    /// Whether new runs may land here now (not cordoned, and Ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedulable: Option<bool>,
+    /// When the member's agent last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+    /// The member's Kubernetes version, as its API server reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// The Tekton Pipelines version installed on the member, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tekton_version: Option<String>,
+    /// Load as the agent last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<ClusterLoad>,
+    /// Runs the hub has assigned here that have not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_runs: Option<i64>,
+}
+
+/// Load on a member, as its agent measures it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterLoad {
+    /// TaskRuns and PipelineRuns started and not finished.
+    #[serde(default)]
+    pub running: i64,
+    /// TaskRuns and PipelineRuns created and not started.
+    #[serde(default)]
+    pub pending: i64,
+    /// Pods waiting to be scheduled.
+    #[serde(default)]
+    pub pending_pods: i64,
+    /// Allocatable CPU over all nodes, in millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_allocatable_millis: Option<i64>,
+    /// CPU requested by scheduled pods, in millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_requested_millis: Option<i64>,
+    /// Allocatable memory over all nodes, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_allocatable_bytes: Option<i64>,
+    /// Memory requested by scheduled pods, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_requested_bytes: Option<i64>,
+}

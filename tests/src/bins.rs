@@ -1,0 +1,49 @@
+//! Where the built Kubernetes binaries are.
+//!
+//! `make test` builds them first and passes the folder in
+//! `TEKFED_K8S_BIN_DIR`. A bare `cargo test` runs `hack/k8s-bins.sh` itself
+//! (it returns at once when the cache is complete), so the tests never run
+//! against binaries other than the pinned ones.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::TestBedError;
+
+/// The folder holding `etcd`, `kube-apiserver`, `kubectl` and `tekton-crds/`.
+pub fn bin_dir() -> Result<PathBuf, TestBedError> {
+    if let Some(dir) = std::env::var_os("TEKFED_K8S_BIN_DIR") {
+        return check(PathBuf::from(dir));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/k8s-bins.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| TestBedError::Io {
+            what: format!("running {}", script.display()),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(TestBedError::Bins(format!(
+            "{} failed ({}); see its messages above",
+            script.display(),
+            output.status
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default().trim();
+    check(PathBuf::from(last))
+}
+
+fn check(dir: PathBuf) -> Result<PathBuf, TestBedError> {
+    for needed in ["etcd", "kube-apiserver", "kubectl", "tekton-crds/task.yaml"] {
+        if !dir.join(needed).exists() {
+            return Err(TestBedError::Bins(format!(
+                "{} has no {needed}; run hack/k8s-bins.sh",
+                dir.display()
+            )));
+        }
+    }
+    Ok(dir)
+}

@@ -1,0 +1,126 @@
+//! tekfed's test bed: real `etcd` and `kube-apiserver` processes for a hub
+//! and its members, started from the binaries `hack/k8s-bins.sh` builds,
+//! and helpers the end-to-end tests share.
+//!
+//! Why a harness of our own rather than the kube-rs `envtest` crate: that
+//! crate wraps controller-runtime's envtest through Go and clang at build
+//! time and starts one API server per environment; tekfed needs several API
+//! servers on one etcd, each with its own service-account issuer, and a
+//! build that needs nothing but Rust once the binaries are cached.
+//!
+//! Tests share one test bed per test binary through [`shared`] and each
+//! work in namespaces of their own ([`TestBed::namespace`]).
+
+pub mod bins;
+pub mod pki;
+mod process;
+pub mod testbed;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use testbed::{ClusterInfo, HUB, TestBed};
+
+/// How often the harness and the tests poll for a condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What can go wrong starting or using the test bed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestBedError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("generating certificates: {0}")]
+    Pki(rcgen::Error),
+    #[error("{process} exited ({status}); last lines of its log:\n{log_tail}")]
+    Exited {
+        process: String,
+        status: String,
+        log_tail: String,
+    },
+    #[error("timed out waiting for {what}")]
+    Timeout { what: String },
+    #[error("kubeconfig context {cluster}: {message}")]
+    Kubeconfig { cluster: String, message: String },
+    #[error("{what}: {source}")]
+    Kube { what: String, source: kube::Error },
+    #[error("parsing {path}: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("{0}")]
+    Bins(String),
+}
+
+/// The test bed shared by every test in this test binary: a hub and two
+/// members, started on first use. It is never dropped; its reaper stops the
+/// processes and removes the folder when the test binary exits.
+pub fn shared() -> &'static TestBed {
+    static SHARED: OnceLock<Result<TestBed, String>> = OnceLock::new();
+    let bed = SHARED.get_or_init(|| {
+        // Start on a runtime of its own: tests run on many runtimes, and
+        // the test bed must not belong to any one of them.
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(TestBed::start(2))
+                .map_err(|e| e.to_string())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the thread starting the test bed panicked".into()))
+    });
+    match bed {
+        Ok(bed) => bed,
+        Err(e) => panic!("the test bed did not start: {e}"),
+    }
+}
+
+/// Poll `check` until it returns `Some`, or fail after `timeout` saying what
+/// was awaited. The condition is what the test is about; the deadline only
+/// keeps a broken run from hanging.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The path of one of tekfed's binaries (`tekfed-hub`, `tekfed-agent`,
+/// `kubectl-tekfed`), built first if needed: tests run the real binaries
+/// as a user would.
+pub fn binary(name: &str) -> PathBuf {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.contains(name) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "--bin", name])
+            .current_dir(&root)
+            .status()
+            .unwrap_or_else(|e| panic!("running cargo build --bin {name}: {e}"));
+        assert!(status.success(), "cargo build --bin {name} failed");
+        built.insert(name.to_owned());
+    }
+    target.join("debug").join(name)
+}

@@ -1,0 +1,509 @@
+//! A federation's worth of real control planes: one `etcd`, and one
+//! `kube-apiserver` for the hub and for each member (each with its own
+//! `--etcd-prefix`, its own service-account keys and issuer), with TLS,
+//! an admin client certificate and RBAC authorization on.
+//!
+//! The hub gets the tekfed CRDs, generated from the types in `crds/`; the
+//! members get Tekton's own CRDs (Task, TaskRun, Pipeline, PipelineRun).
+//! One kubeconfig holds a context per cluster: `hub`, `member-1`, ….
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::process::{Process, Reaper};
+use crate::{POLL_INTERVAL, TestBedError, bins, pki};
+
+/// The name of the hub's context in the test bed's kubeconfig.
+pub const HUB: &str = "hub";
+/// Field manager the test bed installs CRDs with.
+const MANAGER: &str = "tekfed-testbed";
+/// How long a server may take to become ready on a busy 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One cluster of the test bed.
+#[derive(Clone, Debug)]
+pub struct ClusterInfo {
+    /// Context name in the kubeconfig: `hub`, `member-1`, ….
+    pub name: String,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+}
+
+/// A running test bed. Dropping it stops every process and removes its
+/// folder.
+pub struct TestBed {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    clusters: Vec<ClusterInfo>,
+    processes: Mutex<Vec<Process>>,
+    reaper: Mutex<Reaper>,
+    bin_dir: PathBuf,
+    /// From the first process started to every CRD `Established`.
+    pub started_in: Duration,
+}
+
+impl TestBed {
+    /// Start a hub and `members` member clusters, and wait until every API
+    /// server is ready and every CRD is established.
+    pub async fn start(members: usize) -> Result<Self, TestBedError> {
+        let bin_dir = bins::bin_dir()?;
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| TestBedError::Io { what, source }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("tekfed-testbed-")
+            .tempdir()
+            .map_err(io("creating the test bed folder"))?
+            .keep();
+        let mut reaper = Reaper::start(&dir)?;
+        let began = Instant::now();
+        let mut processes = Vec::new();
+
+        let pki = pki::Pki::generate().map_err(TestBedError::Pki)?;
+        let write = |name: &str, text: &str| -> Result<PathBuf, TestBedError> {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(io(&format!("writing {}", path.display())))?;
+            Ok(path)
+        };
+        let ca = write("ca.crt", &pki.ca_pem)?;
+        let serving_cert = write("serving.crt", &pki.serving.cert_pem)?;
+        let serving_key = write("serving.key", &pki.serving.key_pem)?;
+
+        // etcd, shared by every API server under a prefix of its own.
+        let [etcd_port, etcd_peer] = [free_port()?, free_port()?];
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        let etcd_args = [
+            "--name=tekfed-testbed".to_owned(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=tekfed-testbed={peer_url}"),
+            "--unsafe-no-fsync".to_owned(),
+            "--quota-backend-bytes=8589934592".to_owned(),
+            "--log-level=warn".to_owned(),
+        ];
+        processes.push(Process::spawn(
+            "etcd",
+            &bin_dir.join("etcd"),
+            &etcd_args,
+            dir.join("etcd.log"),
+            &mut reaper,
+        )?);
+
+        let names: Vec<String> = std::iter::once(HUB.to_owned())
+            .chain((1..=members).map(|i| format!("member-{i}")))
+            .collect();
+        let mut clusters = Vec::new();
+        for name in &names {
+            let port = free_port()?;
+            let (sa_private, sa_public) = pki::service_account_key().map_err(TestBedError::Pki)?;
+            let sa_key = write(&format!("{name}-sa.key"), &sa_private)?;
+            let sa_pub = write(&format!("{name}-sa.pub"), &sa_public)?;
+            let cert_dir = dir.join(format!("{name}-certs"));
+            let args = [
+                format!("--etcd-servers={etcd_url}"),
+                format!("--etcd-prefix=/{name}"),
+                format!("--cert-dir={}", cert_dir.display()),
+                format!("--tls-cert-file={}", serving_cert.display()),
+                format!("--tls-private-key-file={}", serving_key.display()),
+                format!("--client-ca-file={}", ca.display()),
+                format!("--secure-port={port}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                "--advertise-address=127.0.0.1".to_owned(),
+                "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+                "--authorization-mode=RBAC".to_owned(),
+                "--disable-admission-plugins=ServiceAccount".to_owned(),
+                format!("--service-account-issuer=https://{name}.tekfed.test"),
+                format!("--service-account-key-file={}", sa_pub.display()),
+                format!("--service-account-signing-key-file={}", sa_key.display()),
+                "--endpoint-reconciler-type=none".to_owned(),
+                "--profiling=false".to_owned(),
+            ];
+            processes.push(Process::spawn(
+                &format!("kube-apiserver ({name})"),
+                &bin_dir.join("kube-apiserver"),
+                &args,
+                dir.join(format!("{name}-apiserver.log")),
+                &mut reaper,
+            )?);
+            clusters.push(ClusterInfo {
+                name: name.clone(),
+                server: format!("https://127.0.0.1:{port}"),
+            });
+        }
+
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&pki, &clusters))
+            .map_err(io("writing the kubeconfig"))?;
+
+        let mut bed = Self {
+            dir,
+            kubeconfig,
+            clusters,
+            processes: Mutex::new(processes),
+            reaper: Mutex::new(reaper),
+            bin_dir,
+            started_in: Duration::ZERO,
+        };
+        bed.wait_ready().await?;
+        bed.install_crds().await?;
+        bed.started_in = began.elapsed();
+        Ok(bed)
+    }
+
+    /// The kubeconfig with one context per cluster (`hub`, `member-1`, …),
+    /// all authenticating as an admin (`system:masters`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The folder with the built Kubernetes binaries (kubectl is there).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The test bed's own folder (logs, certificates, etcd data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every cluster, the hub first.
+    pub fn clusters(&self) -> &[ClusterInfo] {
+        &self.clusters
+    }
+
+    /// The members' context names: `member-1`, ….
+    pub fn members(&self) -> Vec<String> {
+        self.clusters
+            .iter()
+            .filter(|c| c.name != HUB)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// A kube `Config` for one cluster, as admin.
+    pub async fn config(&self, cluster: &str) -> Result<Config, TestBedError> {
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|e| TestBedError::Kubeconfig {
+                cluster: cluster.to_owned(),
+                message: e.to_string(),
+            })?;
+        let options = KubeConfigOptions {
+            context: Some(cluster.to_owned()),
+            ..Default::default()
+        };
+        Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| TestBedError::Kubeconfig {
+                cluster: cluster.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    /// A new admin client for one cluster. Each test makes its own: a kube
+    /// `Client` belongs to the tokio runtime it was made on.
+    pub async fn client(&self, cluster: &str) -> Result<Client, TestBedError> {
+        Client::try_from(self.config(cluster).await?).map_err(|source| TestBedError::Kube {
+            what: format!("building a client for {cluster}"),
+            source,
+        })
+    }
+
+    /// Create a namespace with a unique name starting with `prefix` on each
+    /// of `clusters`, so tests sharing a test bed never see each other.
+    pub async fn namespace(&self, prefix: &str, clusters: &[&str]) -> Result<String, TestBedError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        for cluster in clusters {
+            let api: Api<Namespace> = Api::all(self.client(cluster).await?);
+            let ns = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &ns)
+                .await
+                .map_err(|source| TestBedError::Kube {
+                    what: format!("creating namespace {name} on {cluster}"),
+                    source,
+                })?;
+        }
+        Ok(name)
+    }
+
+    /// Resident memory of each process now: `(process, bytes)`.
+    pub fn memory(&self) -> Vec<(String, u64)> {
+        let processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        processes
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.rss_bytes()?)))
+            .collect()
+    }
+
+    /// Stop one cluster's API server (to test an unreachable member). The
+    /// process is not restarted; the rest of the test bed keeps running.
+    pub fn stop_cluster(&self, cluster: &str) {
+        let wanted = format!("kube-apiserver ({cluster})");
+        let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        for p in processes.iter_mut().filter(|p| p.name == wanted) {
+            p.stop();
+        }
+    }
+
+    async fn wait_ready(&self) -> Result<(), TestBedError> {
+        for cluster in &self.clusters {
+            let client = self.client(&cluster.name).await?;
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                let request = http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .map_err(|e| TestBedError::Timeout {
+                        what: format!("building a /readyz request: {e}"),
+                    })?;
+                match client.request_text(request).await {
+                    Ok(text) if text.trim() == "ok" => break,
+                    _ if Instant::now() > deadline => {
+                        return Err(TestBedError::Timeout {
+                            what: format!(
+                                "kube-apiserver for {} to answer /readyz (log: {})",
+                                cluster.name,
+                                self.dir
+                                    .join(format!("{}-apiserver.log", cluster.name))
+                                    .display()
+                            ),
+                        });
+                    }
+                    _ => {
+                        self.check_alive()?;
+                        tokio::time::sleep(POLL_INTERVAL).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_alive(&self) -> Result<(), TestBedError> {
+        let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        processes.iter_mut().try_for_each(Process::check_alive)
+    }
+
+    async fn install_crds(&self) -> Result<(), TestBedError> {
+        let tekton = tekton_crds(&self.bin_dir)?;
+        for cluster in &self.clusters {
+            let crds = if cluster.name == HUB {
+                tekfed_crds::manifests::crds()
+            } else {
+                tekton.clone()
+            };
+            let api: Api<CustomResourceDefinition> = Api::all(self.client(&cluster.name).await?);
+            for crd in &crds {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                api.patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(crd),
+                )
+                .await
+                .map_err(|source| TestBedError::Kube {
+                    what: format!("installing CRD {name} on {}", cluster.name),
+                    source,
+                })?;
+            }
+            for crd in &crds {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                wait_established(&api, &name, &cluster.name).await?;
+            }
+        }
+        self.install_admission_policies().await
+    }
+
+    /// The hub's admission policies (`crds/manifests/admission-policies.yaml`),
+    /// and a wait until the API server enforces them: a policy is loaded
+    /// asynchronously after it is created.
+    async fn install_admission_policies(&self) -> Result<(), TestBedError> {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let client = self.client(HUB).await?;
+        let kube_error = |what: String| move |source| TestBedError::Kube { what, source };
+        let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+        for policy in tekfed_crds::admission::policies() {
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            policies
+                .patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&policy),
+                )
+                .await
+                .map_err(kube_error(format!("installing admission policy {name}")))?;
+        }
+        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+        for binding in tekfed_crds::admission::bindings() {
+            let name = binding.metadata.name.clone().unwrap_or_default();
+            bindings
+                .patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&binding),
+                )
+                .await
+                .map_err(kube_error(format!("installing admission binding {name}")))?;
+        }
+        // Probe with a dry-run object the overrides policy refuses.
+        let probe: tekfed_crds::FederatedTask = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tekfed.io/v1alpha1",
+            "kind": "FederatedTask",
+            "metadata": {"name": "admission-probe", "namespace": "default"},
+            "spec": {
+                "template": {"spec": {}},
+                "placement": {"clusters": [{"name": "probe"}]},
+                "overrides": [{"clusterName": "probe", "clusterOverrides": [{"op": "remove", "path": "/spec/x", "value": 1}]}],
+            },
+        }))
+        .expect("the probe is a valid FederatedTask");
+        let tasks: Api<tekfed_crds::FederatedTask> = Api::namespaced(client, "default");
+        let dry_run = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match tasks.create(&dry_run, &probe).await {
+                Err(kube::Error::Api(status)) if status.message.contains("clusterOverrides") => {
+                    return Ok(());
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(TestBedError::Timeout {
+                        what: "the hub to enforce the tekfed admission policies".into(),
+                    });
+                }
+                _ => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        }
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        // API servers first, etcd last, so no server logs etcd errors.
+        for p in processes.iter_mut().rev() {
+            p.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.reaper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finish();
+    }
+}
+
+async fn wait_established(
+    api: &Api<CustomResourceDefinition>,
+    name: &str,
+    cluster: &str,
+) -> Result<(), TestBedError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let established = api
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|crd| crd.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(TestBedError::Timeout {
+                what: format!("CRD {name} to be Established on {cluster}"),
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Tekton's CRDs as `hack/k8s-bins.sh` left them (conversion webhook
+/// removed).
+pub fn tekton_crds(bin_dir: &Path) -> Result<Vec<CustomResourceDefinition>, TestBedError> {
+    ["task", "taskrun", "pipeline", "pipelinerun"]
+        .into_iter()
+        .map(|kind| {
+            let path = bin_dir.join("tekton-crds").join(format!("{kind}.yaml"));
+            let text = std::fs::read_to_string(&path).map_err(|source| TestBedError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            })?;
+            serde_saphyr::from_str(&text).map_err(|e| TestBedError::Yaml {
+                path: path.clone(),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn free_port() -> Result<u16, TestBedError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| TestBedError::Io {
+        what: "finding a free port".into(),
+        source,
+    })?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|source| TestBedError::Io {
+            what: "finding a free port".into(),
+            source,
+        })
+}
+
+fn kubeconfig_yaml(pki: &pki::Pki, clusters: &[ClusterInfo]) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": HUB,
+        "clusters": clusters.iter().map(|c| serde_json::json!({
+            "name": c.name,
+            "cluster": {"server": c.server, "certificate-authority-data": b64(&pki.ca_pem)},
+        })).collect::<Vec<_>>(),
+        "users": [{
+            "name": "admin",
+            "user": {
+                "client-certificate-data": b64(&pki.admin.cert_pem),
+                "client-key-data": b64(&pki.admin.key_pem),
+            },
+        }],
+        "contexts": clusters.iter().map(|c| serde_json::json!({
+            "name": c.name,
+            "context": {"cluster": c.name, "user": "admin"},
+        })).collect::<Vec<_>>(),
+    });
+    serde_saphyr::to_string(&kubeconfig).expect("a JSON value always serializes to YAML")
+}
