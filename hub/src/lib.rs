@@ -6,7 +6,23 @@
 //! - [`placement`]: which member clusters a placement selects.
 //! - [`overrides`]: the object a member gets, with its overrides applied.
 //! - [`ownership`]: the field manager and labels marking what tekfed owns.
+//! - [`drift`]: whether a member's copy still says what tekfed applied.
+//! - [`status`]: folding per-cluster results into a template's status.
+//!
+//! And the parts that do I/O:
+//!
+//! - [`members`]: one client per member cluster, built from its Secret,
+//!   and watches on what tekfed owns there.
+//! - [`member_controller`]: reconciles `MemberCluster`s (credentials,
+//!   reachability).
+//! - [`propagation`]: reconciles `FederatedTask`s and `FederatedPipeline`s
+//!   onto their members.
 
+pub mod drift;
+pub mod member_controller;
+pub mod members;
 pub mod overrides;
 pub mod ownership;
 pub mod placement;
+pub mod propagation;
+pub mod status;

@@ -1,21 +1,26 @@
-//! `tekfed-hub`: the hub controller.
-//!
-//! This first cut connects to the hub cluster, checks that the tekfed CRDs
-//! are installed, and then waits for a stop signal. Propagation, the
-//! scheduler and status aggregation come in the following issues.
+//! `tekfed-hub`: the hub controller. It connects to the hub cluster, checks
+//! that the tekfed CRDs are installed, and runs the controllers: member
+//! clusters (credentials and reachability) and propagation of
+//! `FederatedTask`s and `FederatedPipeline`s.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tekfed_crds::connect::{Target, require_apis, tekfed_apis};
+use tekfed_crds::{FederatedPipeline, FederatedTask};
+use tekfed_hub::member_controller::{self, MemberContext};
+use tekfed_hub::members::Members;
+use tekfed_hub::propagation::{self, Context};
 
 /// The tekfed hub controller: keeps federated Tekton templates in sync on
 /// member clusters and schedules federated runs onto them.
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Example:\n  tekfed-hub --kubeconfig ~/.kube/hub.yaml --context hub"
+    after_help = "Example:\n  tekfed-hub --kubeconfig ~/.kube/hub.yaml --context hub --namespace tekfed-system"
 )]
 struct Args {
     /// Kubeconfig of the hub cluster (default: $KUBECONFIG, ~/.kube/config, then in-cluster).
@@ -24,6 +29,31 @@ struct Args {
     /// Context in that kubeconfig (default: its current context).
     #[arg(long)]
     context: Option<String>,
+    /// Namespace of the member kubeconfig Secrets (when a MemberCluster's secretRef has none).
+    #[arg(long, env = "TEKFED_NAMESPACE", default_value = "tekfed-system")]
+    namespace: String,
+    /// How often each member's reachability is checked again.
+    #[arg(long, value_parser = humantime_secs, default_value = "30")]
+    probe_interval: Duration,
+    /// How long deleting a federated object waits for unreachable members
+    /// before giving up on their copies (reported in an event).
+    #[arg(long, value_parser = humantime_secs, default_value = "60")]
+    deletion_timeout: Duration,
+    /// Safety-net resync of every federated object, in seconds; changes
+    /// are acted on at once without it.
+    #[arg(long, value_parser = humantime_secs, default_value = "300")]
+    resync: Duration,
+}
+
+/// Seconds, as a plain number (`30`) or with an `s` suffix (`30s`).
+fn humantime_secs(text: &str) -> Result<Duration, String> {
+    let digits = text.strip_suffix('s').unwrap_or(text);
+    digits
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{text:?} is not a number of seconds (such as 30 or 30s)"))
 }
 
 #[tokio::main]
@@ -54,7 +84,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_from(config)?;
     require_apis(&client, &server, &tekfed_apis()).await?;
     tracing::info!(%server, "connected to the hub; tekfed CRDs are installed");
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("stopping");
+
+    let (members, mut requeue) = Members::new();
+    let members = Arc::new(members);
+    let member_ctx = Arc::new(MemberContext {
+        hub: client.clone(),
+        namespace: args.namespace,
+        members: members.clone(),
+        probe_interval: args.probe_interval,
+        connect_timeout: Duration::from_secs(5),
+    });
+    let member_controller = member_controller::controller(&member_ctx);
+    let ctx = Arc::new(Context::new(
+        client,
+        members,
+        member_controller.store(),
+        args.deletion_timeout,
+        args.resync,
+    ));
+    let tasks = requeue
+        .remove("FederatedTask")
+        .expect("a channel per federated kind");
+    let pipelines = requeue
+        .remove("FederatedPipeline")
+        .expect("a channel per federated kind");
+    tokio::select! {
+        _ = member_controller::run(member_controller, member_ctx) => {}
+        _ = propagation::run::<FederatedTask>(ctx.clone(), tasks) => {}
+        _ = propagation::run::<FederatedPipeline>(ctx, pipelines) => {}
+        r = tokio::signal::ctrl_c() => { r?; tracing::info!("stopping"); }
+    }
     Ok(())
 }

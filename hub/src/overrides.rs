@@ -201,6 +201,63 @@ mod tests {
     }
 
     #[test]
+    fn add_inserts_into_objects_and_lists() {
+        let t = template();
+        let o: Vec<ClusterOverrides> = serde_json::from_value(json!([
+            {"clusterName": "member-1", "clusterOverrides": [
+                {"op": "add", "path": "/spec/timeout", "value": "1h"},
+                {"op": "add", "path": "/spec/steps/-", "value": {"name": "scan", "image": "trivy"}},
+                {"op": "add", "path": "/spec/params/0", "value": {"name": "first"}},
+                {"op": "remove", "path": "/spec/steps/0/script"},
+            ]},
+        ]))
+        .unwrap();
+        let object = render(&source(&t, &o), "member-1").unwrap();
+        assert_eq!(object["spec"]["timeout"], "1h");
+        assert_eq!(object["spec"]["steps"][1]["image"], "trivy");
+        assert_eq!(object["spec"]["params"][0]["name"], "first");
+        assert_eq!(object["spec"]["params"][1]["name"], "greeting");
+        assert!(object["spec"]["steps"][0].get("script").is_none());
+    }
+
+    #[test]
+    fn add_under_a_missing_parent_fails() {
+        let t = template();
+        let o: Vec<ClusterOverrides> = serde_json::from_value(json!([
+            {"clusterName": "member-1", "clusterOverrides": [{"op": "add", "path": "/spec/workspaces/0", "value": {"name": "src"}}]},
+        ]))
+        .unwrap();
+        let err = render(&source(&t, &o), "member-1").unwrap_err();
+        assert_eq!(
+            (err.op, err.path.as_str(), err.index),
+            ("add", "/spec/workspaces/0", 0)
+        );
+    }
+
+    #[test]
+    fn an_index_that_is_not_a_number_fails_cleanly() {
+        let t = template();
+        let o: Vec<ClusterOverrides> = serde_json::from_value(json!([
+            {"clusterName": "member-1", "clusterOverrides": [{"op": "replace", "path": "/spec/steps/x/image", "value": "y"}]},
+        ]))
+        .unwrap();
+        let err = render(&source(&t, &o), "member-1").unwrap_err();
+        assert_eq!(err.path, "/spec/steps/x/image");
+    }
+
+    #[test]
+    fn entries_for_one_cluster_apply_in_order() {
+        let t = template();
+        let o: Vec<ClusterOverrides> = serde_json::from_value(json!([
+            {"clusterName": "member-1", "clusterOverrides": [{"path": "/spec/steps/0/image", "value": "a"}]},
+            {"clusterName": "member-1", "clusterOverrides": [{"path": "/spec/steps/0/image", "value": "b"}]},
+        ]))
+        .unwrap();
+        let object = render(&source(&t, &o), "member-1").unwrap();
+        assert_eq!(object["spec"]["steps"][0]["image"], "b");
+    }
+
+    #[test]
     fn removing_a_missing_path_fails_too() {
         let t = template();
         let o: Vec<ClusterOverrides> = serde_json::from_value(json!([

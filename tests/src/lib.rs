@@ -12,6 +12,7 @@
 //! work in namespaces of their own ([`TestBed::namespace`]).
 
 pub mod bins;
+pub mod federation;
 pub mod pki;
 mod process;
 pub mod testbed;

@@ -97,6 +97,7 @@ impl Process {
         name: &str,
         program: &Path,
         args: &[String],
+        env: &[(&str, &str)],
         log: PathBuf,
         reaper: &mut Reaper,
     ) -> Result<Self, TestBedError> {
@@ -107,6 +108,7 @@ impl Process {
             .map_err(io(format!("opening {}", log.display())))?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

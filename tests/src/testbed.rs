@@ -99,6 +99,7 @@ impl TestBed {
             "etcd",
             &bin_dir.join("etcd"),
             &etcd_args,
+            &[],
             dir.join("etcd.log"),
             &mut reaper,
         )?);
@@ -136,6 +137,7 @@ impl TestBed {
                 &format!("kube-apiserver ({name})"),
                 &bin_dir.join("kube-apiserver"),
                 &args,
+                &[],
                 dir.join(format!("{name}-apiserver.log")),
                 &mut reaper,
             )?);
@@ -262,11 +264,40 @@ impl TestBed {
     /// Stop one cluster's API server (to test an unreachable member). The
     /// process is not restarted; the rest of the test bed keeps running.
     pub fn stop_cluster(&self, cluster: &str) {
-        let wanted = format!("kube-apiserver ({cluster})");
+        self.stop(&format!("kube-apiserver ({cluster})"));
+    }
+
+    /// Start a process that lives as long as the test bed (a hub, an
+    /// agent), logging to `<dir>/<name>.log`: its pid.
+    pub fn spawn(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<u32, TestBedError> {
+        let log = self.dir.join(format!("{name}.log"));
+        let mut reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner());
+        let process = Process::spawn(name, program, args, env, log, &mut reaper)?;
+        let pid = process.pid();
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(process);
+        Ok(pid)
+    }
+
+    /// Stop the processes named `name` (SIGTERM, then SIGKILL).
+    pub fn stop(&self, name: &str) {
         let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
-        for p in processes.iter_mut().filter(|p| p.name == wanted) {
+        for p in processes.iter_mut().filter(|p| p.name == name) {
             p.stop();
         }
+    }
+
+    /// The last lines of a process's log, for failure messages.
+    pub fn log_of(&self, name: &str) -> String {
+        crate::process::log_tail(&self.dir.join(format!("{name}.log")))
     }
 
     async fn wait_ready(&self) -> Result<(), TestBedError> {
