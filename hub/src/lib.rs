@@ -8,6 +8,7 @@
 //! - [`ownership`]: the field manager and labels marking what tekfed owns.
 //! - [`drift`]: whether a member's copy still says what tekfed applied.
 //! - [`status`]: folding per-cluster results into a template's status.
+//! - [`scheduler`]: which member a run goes to, by load, or why it waits.
 //!
 //! And the parts that do I/O:
 //!
@@ -25,4 +26,5 @@ pub mod overrides;
 pub mod ownership;
 pub mod placement;
 pub mod propagation;
+pub mod scheduler;
 pub mod status;
