@@ -157,6 +157,14 @@ pub fn tekfed_apis() -> Vec<RequiredApi> {
             resource: ApiResource::erase::<crate::FederatedPipelineRun>(&()),
             hint: HINT,
         },
+        RequiredApi {
+            resource: ApiResource::erase::<crate::RunAssignment>(&()),
+            hint: HINT,
+        },
+        RequiredApi {
+            resource: ApiResource::erase::<crate::MemberReport>(&()),
+            hint: HINT,
+        },
     ]
     .into_iter()
     .inspect(|api| debug_assert_eq!(api.resource.group, crate::FederatedTask::group(&())))

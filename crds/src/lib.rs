@@ -11,19 +11,28 @@
 //!   every selected member.
 //! - [`runs`]: `FederatedTaskRun`, `FederatedPipelineRun`, each scheduled
 //!   to one member (or to all selected ones with `mode: All`).
+//! - [`assignment`]: `RunAssignment` and `MemberReport`, the records an
+//!   agent and the hub exchange in the cluster's own hub namespace.
 //! - [`common`]: what those share: template, placement, overrides,
 //!   conditions.
 //! - [`admission`]: admission policies for what a schema cannot check.
+//! - [`tekton`]: reading Tekton run status into tekfed phases.
 //! - [`manifests`]: the generated documents.
 
 pub mod admission;
+pub mod assignment;
 pub mod common;
 pub mod connect;
 pub mod manifests;
 pub mod member_cluster;
 pub mod runs;
+pub mod tekton;
 pub mod templates;
 
+pub use assignment::{
+    MemberReport, MemberReportSpec, MemberReportStatus, RunAssignment, RunAssignmentSpec,
+    RunAssignmentStatus, RunKind, RunRef, cluster_namespace,
+};
 pub use common::{
     ClusterOverrides, ClusterRef, OverrideOp, OverrideOperation, Placement, PlacementMode,
     RunPlacement, Taint, TaintEffect, Template, TemplateMetadata, Toleration, TolerationOperator,

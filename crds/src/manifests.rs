@@ -6,7 +6,7 @@ use kube::CustomResourceExt;
 
 use crate::{
     FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun, MemberCluster,
-    admission,
+    MemberReport, RunAssignment, admission,
 };
 
 /// Every tekfed CRD, in a stable order.
@@ -17,6 +17,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         FederatedPipeline::crd(),
         FederatedTaskRun::crd(),
         FederatedPipelineRun::crd(),
+        RunAssignment::crd(),
+        MemberReport::crd(),
     ]
 }
 

@@ -101,10 +101,10 @@ async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<MemberContext>) -> Result<Ac
     let name = mc.name_any();
     let outcome = connect(&mc, &ctx).await;
     let version = match outcome {
-        Ok((client, fingerprint, version)) => {
-            ctx.members.connected(&name, client, &fingerprint);
-            Ok(version)
-        }
+        Ok((client, server, fingerprint, version)) => ctx
+            .members
+            .connected(&name, client, &server, &fingerprint)
+            .map(|()| version),
         Err(why) => {
             tracing::info!(cluster = %name, reason = why.reason, message = %why.message, "member not reachable");
             ctx.members.unreachable(&name, why.clone());
@@ -125,11 +125,11 @@ fn error_policy(_: Arc<MemberCluster>, error: &Error, ctx: Arc<MemberContext>) -
 }
 
 /// Build a client from the member's Secret and check it works:
-/// `(client, secret resourceVersion, Kubernetes version)`.
+/// `(client, server URL, secret resourceVersion, Kubernetes version)`.
 async fn connect(
     mc: &MemberCluster,
     ctx: &MemberContext,
-) -> Result<(Client, String, String), Unreachable> {
+) -> Result<(Client, String, String, String), Unreachable> {
     let r = &mc.spec.secret_ref;
     let ns = r.namespace.clone().unwrap_or_else(|| ctx.namespace.clone());
     let key = r
@@ -166,7 +166,7 @@ async fn connect(
         reason: "KubeconfigInvalid",
         message: format!("Secret {ns}/{} key {key} is not text", r.name),
     })?;
-    let client = client_from_kubeconfig(text, ctx.connect_timeout).await?;
+    let (client, server) = client_from_kubeconfig(text, ctx.connect_timeout).await?;
     let probe_timeout = ctx.connect_timeout * 3;
     let version = tokio::time::timeout(probe_timeout, client.apiserver_version())
         .await
@@ -198,7 +198,7 @@ async fn connect(
         },
     })?;
     let fingerprint = secret.metadata.resource_version.clone().unwrap_or_default();
-    Ok((client, fingerprint, version.git_version))
+    Ok((client, server, fingerprint, version.git_version))
 }
 
 async fn write_status(

@@ -44,6 +44,8 @@ pub struct Unreachable {
 /// A member the hub can talk to.
 pub struct Connection {
     pub client: Client,
+    /// The member's API server URL, as its kubeconfig gives it.
+    pub server: String,
     /// The Secret's resourceVersion the client was built from.
     pub fingerprint: String,
     /// Tekton objects tekfed owns on the member, by Tekton kind.
@@ -130,19 +132,43 @@ impl Members {
     }
 
     /// Record a working client for `name`. A client built from the same
-    /// Secret version is kept as it is (its watches keep running).
-    pub fn connected(&self, name: &str, client: Client, fingerprint: &str) {
+    /// Secret version is kept as it is (its watches keep running). A second
+    /// name for an API server another member already uses is refused: each
+    /// name would take the other's copies for leftovers and remove them.
+    pub fn connected(
+        &self,
+        name: &str,
+        client: Client,
+        server: &str,
+        fingerprint: &str,
+    ) -> Result<(), Unreachable> {
+        if let Some(other) = self.members.iter().find_map(|m| match m.value() {
+            MemberState::Connected(c) if m.key() != name && c.server == server => {
+                Some(m.key().clone())
+            }
+            _ => None,
+        }) {
+            let why = Unreachable {
+                reason: "DuplicateCluster",
+                message: format!(
+                    "{server} is already joined as member cluster {other}; unjoin one of the two names"
+                ),
+            };
+            self.unreachable(name, why.clone());
+            return Err(why);
+        }
         if let Some(MemberState::Connected(c)) = self.get(name)
             && c.fingerprint == fingerprint
         {
-            return;
+            return Ok(());
         }
-        let connection = self.connect(name, client, fingerprint);
+        let connection = self.connect(name, client, server, fingerprint);
         self.members.insert(
             name.to_owned(),
             MemberState::Connected(Arc::new(connection)),
         );
         self.notify();
+        Ok(())
     }
 
     /// Record that `name` cannot be used, dropping any connection.
@@ -180,7 +206,7 @@ impl Members {
         }
     }
 
-    fn connect(&self, name: &str, client: Client, fingerprint: &str) -> Connection {
+    fn connect(&self, name: &str, client: Client, server: &str, fingerprint: &str) -> Connection {
         let mut stores = BTreeMap::new();
         let mut watches = Vec::new();
         for (tekton, _) in TEKTON_KINDS {
@@ -212,6 +238,7 @@ impl Members {
         }
         Connection {
             client,
+            server: server.to_owned(),
             fingerprint: fingerprint.to_owned(),
             stores,
             namespaces: DashSet::new(),
@@ -242,7 +269,7 @@ fn route(requeue: &BTreeMap<&'static str, mpsc::UnboundedSender<Requeue>>, objec
 pub async fn client_from_kubeconfig(
     text: &str,
     connect_timeout: Duration,
-) -> Result<Client, Unreachable> {
+) -> Result<(Client, String), Unreachable> {
     let invalid = |message: String| Unreachable {
         reason: "KubeconfigInvalid",
         message,
@@ -291,6 +318,8 @@ pub async fn client_from_kubeconfig(
         .await
         .map_err(|e| invalid(format!("the kubeconfig is not usable: {e}")))?;
     config.connect_timeout = Some(connect_timeout);
-    Client::try_from(config)
-        .map_err(|e| invalid(format!("cannot build a client from the kubeconfig: {e}")))
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .map_err(|e| invalid(format!("cannot build a client from the kubeconfig: {e}")))?;
+    Ok((client, server))
 }

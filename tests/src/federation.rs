@@ -145,7 +145,7 @@ pub fn shared_federation() -> &'static TestBed {
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                for member in bed.members() {
+                for member in ["member-1".to_owned(), "member-2".to_owned()] {
                     let labels =
                         BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
                     bed.register_member(&member, labels)
@@ -154,7 +154,12 @@ pub fn shared_federation() -> &'static TestBed {
                 }
                 bed.start_hub("tekfed-hub", &["--deletion-timeout", "5"])
                     .map_err(|e| e.to_string())?;
-                wait_reachable(bed, &bed.members(), Duration::from_secs(60)).await
+                wait_reachable(
+                    bed,
+                    &["member-1".into(), "member-2".into()],
+                    Duration::from_secs(60),
+                )
+                .await
             })
         })
         .join()

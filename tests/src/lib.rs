@@ -54,7 +54,7 @@ pub enum TestBedError {
     Bins(String),
 }
 
-/// The test bed shared by every test in this test binary: a hub and two
+/// The test bed shared by every test in this test binary: a hub and three
 /// members, started on first use. It is never dropped; its reaper stops the
 /// processes and removes the folder when the test binary exits.
 pub fn shared() -> &'static TestBed {
@@ -68,7 +68,7 @@ pub fn shared() -> &'static TestBed {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?
-                .block_on(TestBed::start(2))
+                .block_on(TestBed::start(3))
                 .map_err(|e| e.to_string())
         })
         .join()

@@ -503,7 +503,8 @@ async fn a_broken_member_kubeconfig_is_reported_and_the_rest_keeps_working() {
     assert!(message.contains("KubeconfigInvalid"), "{message}");
 
     // Fixing the Secret is enough: the hub rebuilds the client and syncs.
-    let fixed = bed.cluster_kubeconfig("member-2").unwrap();
+    // member-3 is in the test bed but joined under no other name.
+    let fixed = bed.cluster_kubeconfig("member-3").unwrap();
     bed.register_member_with(&name, &fixed, BTreeMap::new())
         .await
         .unwrap();
@@ -516,7 +517,7 @@ async fn a_broken_member_kubeconfig_is_reported_and_the_rest_keeps_working() {
     )
     .await;
     assert!(
-        member_copy(bed, "member-2", "Task", &ns, "mixed")
+        member_copy(bed, "member-3", "Task", &ns, "mixed")
             .await
             .is_some()
     );
@@ -563,11 +564,46 @@ current-context: c
 }
 
 #[tokio::test]
+async fn a_cluster_joined_twice_is_refused_the_second_time() {
+    // Two names for one API server would each see the other's copies as
+    // leftovers to remove: the hub refuses the second name.
+    let bed = shared_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let alias = bed.cluster_kubeconfig("member-1").unwrap();
+    bed.register_member_with("member-1-again", &alias, BTreeMap::new())
+        .await
+        .unwrap();
+    let clusters: Api<MemberCluster> = Api::all(hub);
+    let condition = eventually("the alias to be refused", WAIT, || {
+        let clusters = clusters.clone();
+        async move {
+            let mc = clusters.get("member-1-again").await.ok()?;
+            mc.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Reachable" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(condition.reason, "DuplicateCluster");
+    assert!(
+        condition.message.contains("member-1"),
+        "{}",
+        condition.message
+    );
+    clusters
+        .delete("member-1-again", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn both_members_are_reachable_with_their_versions() {
     let bed = shared_federation();
-    wait_reachable(bed, &bed.members(), WAIT).await.unwrap();
+    let members = ["member-1".to_owned(), "member-2".to_owned()];
+    wait_reachable(bed, &members, WAIT).await.unwrap();
     let clusters: Api<MemberCluster> = Api::all(bed.client(HUB).await.unwrap());
-    for member in bed.members() {
+    for member in members {
         let mc = clusters.get(&member).await.unwrap();
         let status = mc.status.unwrap();
         assert!(status.kubernetes_version.unwrap().starts_with("v1.37."));

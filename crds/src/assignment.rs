@@ -1,0 +1,143 @@
+//! The records that carry a run between the hub and one member's agent.
+//!
+//! Each member cluster has a namespace of its own on the hub,
+//! `tekfed-cluster-<name>`, and its agent's hub identity may touch nothing
+//! else: it reads the `RunAssignment`s there and writes their status, and
+//! it writes the status of its `MemberReport` (heartbeat and load). The hub
+//! writes assignments and folds what agents report into `MemberCluster`s
+//! and federated runs. A compromised member can neither read nor touch
+//! another cluster's runs, nor any template.
+//!
+//! A `RunAssignment` is also the fencing record: the agent may start a run
+//! only after it has marked the record released with a conditional write
+//! (resourceVersion precondition), and the hub may move a run only after it
+//! has deleted the record, with a precondition, while it was unreleased.
+//! The hub's store decides once whether a run may start on a cluster.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::common::any_value;
+use crate::member_cluster::ClusterLoad;
+use crate::runs::RunPhase;
+
+/// The hub namespace that belongs to one member cluster.
+pub fn cluster_namespace(cluster: &str) -> String {
+    format!("tekfed-cluster-{cluster}")
+}
+
+/// One run assigned to one member cluster.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tekfed.io",
+    version = "v1alpha1",
+    kind = "RunAssignment",
+    plural = "runassignments",
+    shortname = "ra",
+    category = "tekfed",
+    namespaced,
+    status = "RunAssignmentStatus",
+    validation = kube::core::Rule::new("self.spec == oldSelf.spec").message("spec is immutable: the hub revokes an assignment by deleting it"),
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.run.kind"}"#,
+    printcolumn = r#"{"name":"Run","type":"string","jsonPath":".spec.run.name"}"#,
+    printcolumn = r#"{"name":"Released","type":"boolean","jsonPath":".status.released"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RunAssignmentSpec {
+    /// The member cluster the run is assigned to.
+    pub cluster: String,
+    /// The federated run.
+    pub run: RunRef,
+    /// Which placement of the run this is (1 for the first; more when moved).
+    #[serde(default = "first_attempt")]
+    #[schemars(range(min = 1))]
+    pub attempt: i32,
+}
+
+fn first_attempt() -> i32 {
+    1
+}
+
+/// The federated run an assignment is for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RunRef {
+    pub kind: RunKind,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// The Tekton kind of a run.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum RunKind {
+    TaskRun,
+    PipelineRun,
+}
+
+/// What the member's agent reports of an assignment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunAssignmentStatus {
+    /// Set once, by the agent, with a resourceVersion precondition: from
+    /// then on the run may start on this cluster, and only here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_time: Option<Time>,
+    /// The member run's phase as tekfed reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RunPhase>,
+    /// The member run's own `status` (conditions, childReferences, results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub run_status: Option<Value>,
+    /// When the agent last wrote this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_time: Option<Time>,
+}
+
+/// One member's heartbeat and load, written by its agent.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tekfed.io",
+    version = "v1alpha1",
+    kind = "MemberReport",
+    plural = "memberreports",
+    category = "tekfed",
+    namespaced,
+    status = "MemberReportStatus",
+    printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.heartbeatTime"}"#,
+    printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.load.running"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","jsonPath":".status.load.pending"}"#
+)]
+pub struct MemberReportSpec {
+    /// The member cluster this report is for.
+    pub cluster: String,
+}
+
+/// The agent's latest report.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberReportStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<Time>,
+    /// Runs tekfed created there, as the agent counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<ClusterLoad>,
+    /// All TaskRuns and PipelineRuns on the member, tekfed's or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<ClusterLoad>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tekton_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
