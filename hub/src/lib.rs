@@ -9,6 +9,7 @@
 //! - [`drift`]: whether a member's copy still says what tekfed applied.
 //! - [`status`]: folding per-cluster results into a template's status.
 //! - [`scheduler`]: which member a run goes to, by load, or why it waits.
+//! - [`run_status`]: folding member runs into a federated run's status.
 //!
 //! And the parts that do I/O:
 //!
@@ -18,6 +19,7 @@
 //!   reachability).
 //! - [`propagation`]: reconciles `FederatedTask`s and `FederatedPipeline`s
 //!   onto their members.
+//! - [`runs`]: the dispatcher and the run controllers.
 
 pub mod drift;
 pub mod member_controller;
@@ -26,5 +28,7 @@ pub mod overrides;
 pub mod ownership;
 pub mod placement;
 pub mod propagation;
+pub mod run_status;
+pub mod runs;
 pub mod scheduler;
 pub mod status;

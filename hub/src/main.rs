@@ -1,7 +1,8 @@
 //! `tekfed-hub`: the hub controller. It connects to the hub cluster, checks
 //! that the tekfed CRDs are installed, and runs the controllers: member
-//! clusters (credentials and reachability) and propagation of
-//! `FederatedTask`s and `FederatedPipeline`s.
+//! clusters (credentials, reachability, heartbeats), propagation of
+//! `FederatedTask`s and `FederatedPipeline`s, and the scheduling and
+//! status of `FederatedTaskRun`s and `FederatedPipelineRun`s.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,10 +11,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use tekfed_crds::connect::{Target, require_apis, tekfed_apis};
-use tekfed_crds::{FederatedPipeline, FederatedTask};
+use tekfed_crds::{FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun};
 use tekfed_hub::member_controller::{self, MemberContext};
 use tekfed_hub::members::Members;
 use tekfed_hub::propagation::{self, Context};
+use tekfed_hub::runs::{self, RunContext};
 
 /// The tekfed hub controller: keeps federated Tekton templates in sync on
 /// member clusters and schedules federated runs onto them.
@@ -43,6 +45,10 @@ struct Args {
     /// are acted on at once without it.
     #[arg(long, value_parser = humantime_secs, default_value = "300")]
     resync: Duration,
+    /// How old a member agent's last heartbeat may be for the member to
+    /// stay Ready (and get new runs).
+    #[arg(long, value_parser = humantime_secs, default_value = "30")]
+    heartbeat_grace: Duration,
 }
 
 /// Seconds, as a plain number (`30`) or with an `s` suffix (`30s`).
@@ -93,8 +99,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         members: members.clone(),
         probe_interval: args.probe_interval,
         connect_timeout: Duration::from_secs(5),
+        heartbeat_grace: args.heartbeat_grace,
     });
     let member_controller = member_controller::controller(&member_ctx);
+    let run_ctx = Arc::new(RunContext::new(
+        client.clone(),
+        members.clone(),
+        member_controller.store(),
+    ));
+    let task_runs = runs::controller::<FederatedTaskRun>(&run_ctx);
+    let pipeline_runs = runs::controller::<FederatedPipelineRun>(&run_ctx);
+    let dispatcher = runs::dispatch(run_ctx.clone(), task_runs.store(), pipeline_runs.store());
     let ctx = Arc::new(Context::new(
         client,
         members,
@@ -112,6 +127,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = member_controller::run(member_controller, member_ctx) => {}
         _ = propagation::run::<FederatedTask>(ctx.clone(), tasks) => {}
         _ = propagation::run::<FederatedPipeline>(ctx, pipelines) => {}
+        _ = runs::run(task_runs, run_ctx.clone()) => {}
+        _ = runs::run(pipeline_runs, run_ctx) => {}
+        _ = dispatcher => {}
         r = tokio::signal::ctrl_c() => { r?; tracing::info!("stopping"); }
     }
     Ok(())

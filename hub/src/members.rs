@@ -81,6 +81,10 @@ pub struct Members {
     requeue: BTreeMap<&'static str, mpsc::UnboundedSender<Requeue>>,
     /// What placement last saw of each member (labels and taints).
     placement_inputs: DashMap<String, String>,
+    /// Woken when room for runs may have appeared or gone.
+    pub schedule: Arc<tokio::sync::Notify>,
+    /// Runs the hub has assigned to each cluster that have not finished.
+    active: DashMap<String, i64>,
 }
 
 impl Members {
@@ -101,6 +105,8 @@ impl Members {
             changed: watch::channel(0).0,
             requeue: senders,
             placement_inputs: DashMap::new(),
+            schedule: Arc::new(tokio::sync::Notify::new()),
+            active: DashMap::new(),
         };
         (members, receivers)
     }
@@ -181,6 +187,19 @@ impl Members {
         self.members
             .insert(name.to_owned(), MemberState::Unreachable(why));
         self.notify();
+    }
+
+    /// Unfinished runs the hub has assigned to `cluster`.
+    pub fn active_runs(&self, cluster: &str) -> i64 {
+        self.active.get(cluster).map(|n| *n).unwrap_or(0)
+    }
+
+    /// Record the scheduler's count of unfinished runs per cluster.
+    pub fn set_active_runs(&self, counts: &BTreeMap<String, i64>) {
+        self.active.retain(|k, _| counts.contains_key(k));
+        for (k, v) in counts {
+            self.active.insert(k.clone(), *v);
+        }
     }
 
     /// Forget a member whose `MemberCluster` is gone.

@@ -1,15 +1,15 @@
-//! `tekfed-agent`: the member agent.
-//!
-//! This first cut connects to its member cluster and to the hub, checks
-//! that the member serves Tekton's v1 API and the hub tekfed's, and then
-//! waits for a stop signal. Heartbeats, load and run status come with the
-//! runs issue.
+//! `tekfed-agent`: the member agent. It connects to its member cluster and
+//! to the hub, checks that the member serves Tekton's v1 API and the hub
+//! tekfed's, then reports heartbeats and load and carries runs' release and
+//! status (see the library).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use tekfed_crds::connect::{Target, require_apis, tekfed_apis, tekton_apis};
+use tekfed_crds::connect::{Target, require_apis, tekton_apis};
 
 /// The tekfed member agent: reports heartbeats, load and run status of one
 /// member cluster to the hub.
@@ -34,6 +34,9 @@ struct Args {
     /// Context in the hub kubeconfig.
     #[arg(long)]
     hub_context: Option<String>,
+    /// Seconds between heartbeats (load reports) to the hub.
+    #[arg(long, default_value = "5")]
+    heartbeat_interval: f64,
 }
 
 #[tokio::main]
@@ -73,9 +76,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     let hub_server = hub.cluster_url.to_string();
     let hub = kube::Client::try_from(hub)?;
-    require_apis(&hub, &hub_server, &tekfed_apis()).await?;
+    // The agent's hub identity may read only its own cluster's namespace.
+    let namespace = tekfed_crds::cluster_namespace(&args.cluster_name);
+    let records: kube::Api<tekfed_crds::RunAssignment> =
+        kube::Api::namespaced(hub.clone(), &namespace);
+    match records
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => anyhow::bail!(
+            "the hub at {hub_server} does not serve runassignments.tekfed.io.\nInstall the tekfed CRDs on the hub: kubectl apply --server-side -f crds/manifests/"
+        ),
+        Err(e) => anyhow::bail!(
+            "cannot read RunAssignments in {namespace} on the hub at {hub_server}: {e}\nCheck the agent's hub credentials (kubectl tekfed join creates them)"
+        ),
+    }
     tracing::info!(cluster = %args.cluster_name, %member_server, %hub_server, "connected to member and hub");
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("stopping");
+    let agent = Arc::new(tekfed_member_agent::agent::Agent {
+        cluster: args.cluster_name,
+        hub,
+        member,
+        heartbeat: Duration::from_secs_f64(args.heartbeat_interval.max(0.1)),
+    });
+    tokio::select! {
+        _ = agent.run() => {}
+        r = tokio::signal::ctrl_c() => { r?; tracing::info!("stopping"); }
+    }
     Ok(())
 }

@@ -206,3 +206,210 @@ pub async fn wait_reachable(
         tokio::time::sleep(crate::POLL_INTERVAL).await;
     }
 }
+
+impl TestBed {
+    /// An agent's narrow hub identity for `cluster`: a client certificate
+    /// for user `tekfed-agent-<cluster>`, allowed (by a Role in the
+    /// cluster's hub namespace) to read its RunAssignments and write their
+    /// status and its MemberReport's status, and nothing else. Returns the
+    /// kubeconfig path.
+    pub async fn agent_identity(&self, cluster: &str) -> Result<std::path::PathBuf, TestBedError> {
+        let user = format!("tekfed-agent-{cluster}");
+        let namespace = tekfed_crds::cluster_namespace(cluster);
+        let client = self.client(HUB).await?;
+        let kube_error = |what: String| move |source| TestBedError::Kube { what, source };
+        let apply = PatchParams::apply(MANAGER).force();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        Api::<Namespace>::all(client.clone())
+            .patch(&namespace, &apply, &Patch::Apply(&ns))
+            .await
+            .map_err(kube_error(format!("creating namespace {namespace}")))?;
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "tekfed-agent", "namespace": namespace},
+            "rules": [
+                {"apiGroups": ["tekfed.io"], "resources": ["runassignments", "memberreports"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["tekfed.io"], "resources": ["runassignments/status", "memberreports/status"], "verbs": ["get", "update", "patch"]},
+            ],
+        });
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "tekfed-agent", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tekfed-agent"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        });
+        let roles: Api<k8s_openapi::api::rbac::v1::Role> =
+            Api::namespaced(client.clone(), &namespace);
+        roles
+            .patch("tekfed-agent", &apply, &Patch::Apply(&role))
+            .await
+            .map_err(kube_error("creating the agent Role".into()))?;
+        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+            Api::namespaced(client, &namespace);
+        bindings
+            .patch("tekfed-agent", &apply, &Patch::Apply(&binding))
+            .await
+            .map_err(kube_error("creating the agent RoleBinding".into()))?;
+
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| TestBedError::Io { what, source }
+        };
+        let ca_key =
+            std::fs::read_to_string(self.dir().join("ca.key")).map_err(io("reading the CA key"))?;
+        let ca =
+            std::fs::read_to_string(self.dir().join("ca.crt")).map_err(io("reading the CA"))?;
+        let cert = crate::pki::client_cert(&ca_key, &user).map_err(TestBedError::Pki)?;
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let hub = self
+            .clusters()
+            .iter()
+            .find(|c| c.name == HUB)
+            .expect("the test bed has a hub");
+        let kubeconfig = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "hub",
+            "clusters": [{"name": "hub", "cluster": {"server": hub.server, "certificate-authority-data": b64(&ca)}}],
+            "users": [{"name": user, "user": {"client-certificate-data": b64(&cert.cert_pem), "client-key-data": b64(&cert.key_pem)}}],
+            "contexts": [{"name": "hub", "context": {"cluster": "hub", "user": user}}],
+        });
+        let path = self.dir().join(format!("agent-{cluster}-hub.kubeconfig"));
+        std::fs::write(
+            &path,
+            serde_saphyr::to_string(&kubeconfig).expect("JSON serializes to YAML"),
+        )
+        .map_err(io("writing the agent kubeconfig"))?;
+        Ok(path)
+    }
+
+    /// Start `tekfed-agent` for `cluster` with its narrow hub identity.
+    pub async fn start_agent(
+        &self,
+        cluster: &str,
+        heartbeat_secs: f64,
+    ) -> Result<u32, TestBedError> {
+        let hub_kubeconfig = self.agent_identity(cluster).await?;
+        let args = vec![
+            "--cluster-name".to_owned(),
+            cluster.to_owned(),
+            "--kubeconfig".into(),
+            self.kubeconfig().to_string_lossy().into_owned(),
+            "--context".into(),
+            cluster.to_owned(),
+            "--hub-kubeconfig".into(),
+            hub_kubeconfig.to_string_lossy().into_owned(),
+            "--heartbeat-interval".into(),
+            heartbeat_secs.to_string(),
+        ];
+        self.spawn(
+            &format!("agent-{cluster}"),
+            &binary("tekfed-agent"),
+            &args,
+            &[("RUST_LOG", "info")],
+        )
+    }
+
+    /// Start the test executor on `cluster`: runs there move through
+    /// Tekton's states, each lasting `duration_ms`.
+    pub fn start_executor(&self, cluster: &str, duration_ms: u64) -> Result<u32, TestBedError> {
+        let args = vec![
+            "--kubeconfig".to_owned(),
+            self.kubeconfig().to_string_lossy().into_owned(),
+            "--context".into(),
+            cluster.to_owned(),
+            "--duration-ms".into(),
+            duration_ms.to_string(),
+        ];
+        self.spawn(
+            &format!("executor-{cluster}"),
+            &binary("tekfed-test-executor"),
+            &args,
+            &[],
+        )
+    }
+}
+
+/// The shared test bed as a whole federation for run tests: all three
+/// members registered (label `tekfed.io/test-member=<name>`), the hub, an
+/// agent and a test executor (runs last 300 ms) per member, every member
+/// Ready.
+pub fn run_federation() -> &'static TestBed {
+    use std::sync::OnceLock;
+    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
+    let bed = crate::shared();
+    let started = STARTED.get_or_init(|| {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let members = bed.members();
+                for member in &members {
+                    let labels =
+                        BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
+                    bed.register_member(member, labels)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                bed.start_hub("tekfed-hub", &["--heartbeat-grace", "10"])
+                    .map_err(|e| e.to_string())?;
+                for member in &members {
+                    bed.start_agent(member, 1.0)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    bed.start_executor(member, 300).map_err(|e| e.to_string())?;
+                }
+                wait_condition(bed, &members, "Ready", Duration::from_secs(90)).await
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("starting the federation panicked".into()))
+    });
+    if let Err(e) = started {
+        panic!("the federation did not start: {e}");
+    }
+    bed
+}
+
+/// Wait until the hub reports `condition=True` on each of `clusters`.
+pub async fn wait_condition(
+    bed: &TestBed,
+    clusters: &[String],
+    condition: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let api: Api<MemberCluster> = Api::all(bed.client(HUB).await.map_err(|e| e.to_string())?);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = |name: &String| {
+            list.items.iter().any(|mc| {
+                mc.name().as_deref() == Some(name.as_str())
+                    && mc.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == condition && c.status == "True")
+                    })
+            })
+        };
+        if clusters.iter().all(ok) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let agents: Vec<String> = clusters
+                .iter()
+                .map(|c| bed.log_of(&format!("agent-{c}")))
+                .collect();
+            return Err(format!(
+                "members {clusters:?} not {condition} after {timeout:?}; hub log: {}\nagent logs: {}",
+                bed.log_of("tekfed-hub"),
+                agents.join("\n---\n")
+            ));
+        }
+        tokio::time::sleep(crate::POLL_INTERVAL).await;
+    }
+}

@@ -17,23 +17,18 @@ pub struct CertPair {
 /// Everything the API servers and their clients need to trust each other.
 pub struct Pki {
     pub ca_pem: String,
+    /// The CA's key, to issue more client certificates (agent identities).
+    pub ca_key_pem: String,
     pub serving: CertPair,
     pub admin: CertPair,
 }
 
 impl Pki {
     pub fn generate() -> Result<Self, rcgen::Error> {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "tekfed test bed CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let ca_params = ca_params()?;
+        let ca_key = KeyPair::generate()?;
+        let ca_key_pem = ca_key.serialize_pem();
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
         let mut serving = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?;
         serving
@@ -56,6 +51,7 @@ impl Pki {
 
         Ok(Self {
             ca_pem: ca.pem(),
+            ca_key_pem,
             serving: CertPair {
                 cert_pem: serving_cert.pem(),
                 key_pem: serving_key.serialize_pem(),
@@ -66,6 +62,36 @@ impl Pki {
             },
         })
     }
+}
+
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tekfed test bed CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(ca_params)
+}
+
+/// A client certificate for user `name` (no groups), signed by the CA.
+pub fn client_cert(ca_key_pem: &str, name: &str) -> Result<CertPair, rcgen::Error> {
+    // The same parameters and key as the CA certificate: the same issuer
+    // name and key identifier, so the API servers verify what this signs.
+    let issuer = rcgen::Issuer::new(ca_params()?, KeyPair::from_pem(ca_key_pem)?);
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// A fresh key for signing one cluster's service-account tokens, so a token

@@ -76,6 +76,7 @@ impl TestBed {
             Ok(path)
         };
         let ca = write("ca.crt", &pki.ca_pem)?;
+        write("ca.key", &pki.ca_key_pem)?;
         let serving_cert = write("serving.crt", &pki.serving.cert_pem)?;
         let serving_key = write("serving.key", &pki.serving.key_pem)?;
 

@@ -1,0 +1,392 @@
+//! Folding what agents report of member runs into a federated run's
+//! status: phase, the `Succeeded` condition mirrored from Tekton, times,
+//! and the member run's own status. Pure, so every case is a unit test.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::Value;
+use tekfed_crds::runs::{RunClusterStatus, RunPhase, RunStatus};
+use tekfed_crds::tekton::{is_final, succeeded_condition};
+use tekfed_crds::{PlacementMode, RunAssignmentStatus};
+
+/// The condition types on federated runs.
+pub const SCHEDULED: &str = "Scheduled";
+pub const SUCCEEDED: &str = "Succeeded";
+
+fn time(v: &Value) -> Option<Time> {
+    serde_json::from_value(v.clone()).ok()
+}
+
+fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old)
+            if old.status == new.status
+                && old.reason == new.reason
+                && old.message == new.message => {}
+        Some(old) => {
+            let keep_time = old.status == new.status;
+            let last = old.last_transition_time.clone();
+            *old = new;
+            if keep_time {
+                old.last_transition_time = last;
+            }
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// The `Succeeded` condition as Tekton wrote it on the member run.
+fn mirrored(run_status: &Value, now: &Time) -> Option<Condition> {
+    let c = succeeded_condition(run_status)?;
+    Some(Condition {
+        type_: SUCCEEDED.into(),
+        status: c["status"].as_str().unwrap_or("Unknown").into(),
+        reason: c["reason"].as_str().unwrap_or_default().into(),
+        message: c["message"].as_str().unwrap_or_default().into(),
+        observed_generation: None,
+        last_transition_time: time(&c["lastTransitionTime"]).unwrap_or_else(|| now.clone()),
+    })
+}
+
+/// The phase of one cluster's copy from its record.
+fn phase_of(record: Option<&RunAssignmentStatus>) -> RunPhase {
+    record.and_then(|r| r.phase).unwrap_or(RunPhase::Scheduled)
+}
+
+/// The overall phase of several copies (`mode: All`).
+fn overall(phases: &[RunPhase]) -> RunPhase {
+    if phases.is_empty() {
+        return RunPhase::Scheduled;
+    }
+    if phases.iter().all(|p| is_final(*p)) {
+        if phases.contains(&RunPhase::Failed) {
+            RunPhase::Failed
+        } else if phases.contains(&RunPhase::Cancelled) {
+            RunPhase::Cancelled
+        } else {
+            RunPhase::Succeeded
+        }
+    } else if phases.iter().any(|p| *p != RunPhase::Scheduled) {
+        RunPhase::Running
+    } else {
+        RunPhase::Scheduled
+    }
+}
+
+/// The new status of a scheduled run, from the records of its clusters
+/// (`records`, one per cluster in `previous`'s decision, in that order).
+pub fn fold(
+    mode: PlacementMode,
+    previous: &RunStatus,
+    records: &[(String, Option<RunAssignmentStatus>)],
+    now: Time,
+) -> RunStatus {
+    let mut status = previous.clone();
+    match mode {
+        PlacementMode::One => {
+            let record = records.first().and_then(|(_, r)| r.as_ref());
+            let phase = phase_of(record);
+            status.phase = Some(phase);
+            if let Some(run_status) = record.and_then(|r| r.run_status.as_ref()) {
+                if let Some(c) = mirrored(run_status, &now) {
+                    set_condition(&mut status.conditions, c);
+                }
+                status.start_time = time(&run_status["startTime"]).or(status.start_time);
+                status.completion_time =
+                    time(&run_status["completionTime"]).or(status.completion_time);
+                status.member_status = Some(run_status.clone());
+            }
+        }
+        PlacementMode::All => {
+            let mut phases = Vec::new();
+            status.clusters = records
+                .iter()
+                .map(|(cluster, record)| {
+                    let record = record.as_ref();
+                    let phase = phase_of(record);
+                    phases.push(phase);
+                    let run_status = record.and_then(|r| r.run_status.as_ref());
+                    let condition = run_status.and_then(|s| mirrored(s, &now));
+                    RunClusterStatus {
+                        cluster: cluster.clone(),
+                        phase,
+                        reason: condition.as_ref().map(|c| c.reason.clone()),
+                        message: condition.as_ref().map(|c| c.message.clone()),
+                        start_time: run_status.and_then(|s| time(&s["startTime"])),
+                        completion_time: run_status.and_then(|s| time(&s["completionTime"])),
+                    }
+                })
+                .collect();
+            let phase = overall(&phases);
+            status.phase = Some(phase);
+            status.start_time = status
+                .clusters
+                .iter()
+                .filter_map(|c| c.start_time.clone())
+                .min();
+            if is_final(phase) {
+                status.completion_time = status
+                    .clusters
+                    .iter()
+                    .filter_map(|c| c.completion_time.clone())
+                    .max();
+            }
+            let (state, reason) = match phase {
+                RunPhase::Succeeded => ("True", "Succeeded"),
+                RunPhase::Failed => ("False", "Failed"),
+                RunPhase::Cancelled => ("False", "Cancelled"),
+                RunPhase::Running => ("Unknown", "Running"),
+                _ => ("Unknown", "Pending"),
+            };
+            let done = phases.iter().filter(|p| is_final(**p)).count();
+            set_condition(
+                &mut status.conditions,
+                Condition {
+                    type_: SUCCEEDED.into(),
+                    status: state.into(),
+                    reason: reason.into(),
+                    message: format!("{done} of {} clusters finished", phases.len()),
+                    observed_generation: None,
+                    last_transition_time: now,
+                },
+            );
+        }
+    }
+    status
+}
+
+/// The status recording a scheduling decision, written before anything is
+/// created on a member.
+pub fn scheduled(
+    previous: Option<&RunStatus>,
+    mode: PlacementMode,
+    clusters: &[String],
+    generation: Option<i64>,
+    now: Time,
+) -> RunStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.phase = Some(RunPhase::Scheduled);
+    status.observed_generation = generation;
+    status.scheduled_time = Some(now.clone());
+    match mode {
+        PlacementMode::One => status.cluster = clusters.first().cloned(),
+        PlacementMode::All => {
+            status.clusters = clusters
+                .iter()
+                .map(|c| RunClusterStatus {
+                    cluster: c.clone(),
+                    phase: RunPhase::Scheduled,
+                    reason: None,
+                    message: None,
+                    start_time: None,
+                    completion_time: None,
+                })
+                .collect()
+        }
+    }
+    set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: SCHEDULED.into(),
+            status: "True".into(),
+            reason: "Scheduled".into(),
+            message: format!("scheduled to {} by load", clusters.join(", ")),
+            observed_generation: generation,
+            last_transition_time: now,
+        },
+    );
+    status
+}
+
+/// The status of a run waiting for room, with why.
+pub fn queued(
+    previous: Option<&RunStatus>,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Time,
+) -> RunStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.phase = Some(RunPhase::Queued);
+    status.observed_generation = generation;
+    set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: SCHEDULED.into(),
+            status: "False".into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: generation,
+            last_transition_time: now,
+        },
+    );
+    status
+}
+
+/// The clusters a run was scheduled to, if it was.
+pub fn decided_clusters(status: Option<&RunStatus>) -> Vec<String> {
+    let Some(status) = status else { return vec![] };
+    match &status.cluster {
+        Some(c) => vec![c.clone()],
+        None => status.clusters.iter().map(|c| c.cluster.clone()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap())
+    }
+
+    fn record(phase: RunPhase, state: &str, reason: &str) -> RunAssignmentStatus {
+        RunAssignmentStatus {
+            released: Some(true),
+            phase: Some(phase),
+            run_status: Some(json!({
+                "conditions": [{"type": "Succeeded", "status": state, "reason": reason, "message": "m", "lastTransitionTime": "2026-11-25T10:00:00Z"}],
+                "startTime": "2026-11-25T09:59:00Z",
+                "completionTime": if state == "Unknown" { Value::Null } else { json!("2026-11-25T10:00:00Z") },
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_decision_is_recorded_before_anything_runs() {
+        let s = scheduled(
+            None,
+            PlacementMode::One,
+            &["member-2".into()],
+            Some(1),
+            at(5),
+        );
+        assert_eq!(s.phase, Some(RunPhase::Scheduled));
+        assert_eq!(s.cluster.as_deref(), Some("member-2"));
+        assert_eq!(decided_clusters(Some(&s)), vec!["member-2".to_string()]);
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(
+            decided_clusters(Some(&queued(None, "AllClustersFull", "full", None, at(1)))),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn one_cluster_mirrors_tekton() {
+        let base = scheduled(None, PlacementMode::One, &["m".into()], Some(1), at(5));
+        let running = fold(
+            PlacementMode::One,
+            &base,
+            &[(
+                "m".into(),
+                Some(record(RunPhase::Running, "Unknown", "Running")),
+            )],
+            at(6),
+        );
+        assert_eq!(running.phase, Some(RunPhase::Running));
+        assert!(running.start_time.is_some() && running.completion_time.is_none());
+        let done = fold(
+            PlacementMode::One,
+            &running,
+            &[(
+                "m".into(),
+                Some(record(RunPhase::Succeeded, "True", "Succeeded")),
+            )],
+            at(7),
+        );
+        assert_eq!(done.phase, Some(RunPhase::Succeeded));
+        let c = done
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SUCCEEDED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "Succeeded")
+        );
+        assert!(done.completion_time.is_some());
+        assert!(done.member_status.is_some());
+        // The Scheduled condition stays.
+        assert!(
+            done.conditions
+                .iter()
+                .any(|c| c.type_ == SCHEDULED && c.status == "True")
+        );
+    }
+
+    #[test]
+    fn no_record_yet_is_still_scheduled() {
+        let base = scheduled(None, PlacementMode::One, &["m".into()], Some(1), at(5));
+        assert_eq!(
+            fold(PlacementMode::One, &base, &[("m".into(), None)], at(6)).phase,
+            Some(RunPhase::Scheduled)
+        );
+    }
+
+    #[test]
+    fn mode_all_tracks_each_cluster_and_ends_when_all_do() {
+        let base = scheduled(
+            None,
+            PlacementMode::All,
+            &["a".into(), "b".into()],
+            Some(1),
+            at(5),
+        );
+        let half = fold(
+            PlacementMode::All,
+            &base,
+            &[
+                (
+                    "a".into(),
+                    Some(record(RunPhase::Succeeded, "True", "Succeeded")),
+                ),
+                (
+                    "b".into(),
+                    Some(record(RunPhase::Running, "Unknown", "Running")),
+                ),
+            ],
+            at(6),
+        );
+        assert_eq!(half.phase, Some(RunPhase::Running));
+        assert_eq!(half.clusters[0].phase, RunPhase::Succeeded);
+        assert_eq!(half.clusters[1].phase, RunPhase::Running);
+        let failed = fold(
+            PlacementMode::All,
+            &half,
+            &[
+                (
+                    "a".into(),
+                    Some(record(RunPhase::Succeeded, "True", "Succeeded")),
+                ),
+                (
+                    "b".into(),
+                    Some(record(RunPhase::Failed, "False", "Failed")),
+                ),
+            ],
+            at(7),
+        );
+        assert_eq!(failed.phase, Some(RunPhase::Failed));
+        let c = failed
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SUCCEEDED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.message.as_str()),
+            ("False", "2 of 2 clusters finished")
+        );
+    }
+
+    #[test]
+    fn overall_phase_of_copies() {
+        use RunPhase::*;
+        assert_eq!(overall(&[Succeeded, Succeeded]), Succeeded);
+        assert_eq!(overall(&[Succeeded, Cancelled]), Cancelled);
+        assert_eq!(overall(&[Cancelled, Failed]), Failed);
+        assert_eq!(overall(&[Scheduled, Scheduled]), Scheduled);
+        assert_eq!(overall(&[Scheduled, Succeeded]), Running);
+    }
+}

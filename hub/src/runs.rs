@@ -1,0 +1,664 @@
+//! Runs: `FederatedTaskRun`s and `FederatedPipelineRun`s, scheduled once,
+//! created held, released by the member's agent, mirrored back.
+//!
+//! The life of a run, and the one writer of each step:
+//!
+//! 1. *Dispatcher* (one loop for both kinds, [`dispatch`]): queued runs, in
+//!    creation order, get a cluster from the [`crate::scheduler`]. The
+//!    decision is written to the run's status with a resourceVersion
+//!    precondition *before* anything is created on a member, so a retry or
+//!    a restarted hub never decides twice.
+//! 2. *Run controller* ([`run`]): for a decided run, the `RunAssignment` in
+//!    the cluster's hub namespace (name: the run's uid), then the member
+//!    run under the federated run's own name, carrying tekfed's labels. A
+//!    PipelineRun is created held (`spec.status: PipelineRunPending`);
+//!    Tekton cannot hold a TaskRun, so a TaskRun is created only once its
+//!    record is released.
+//! 3. *Agent*: releases the record with a conditional write, starts the
+//!    held run, and writes the run's status into the record.
+//! 4. *Run controller*: folds the record into the run's status
+//!    ([`crate::run_status`]). A final phase is never left: a member run
+//!    pruned later is not re-created.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::runs::{RunPhase, RunStatus};
+use tekfed_crds::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final};
+use tekfed_crds::{
+    ClusterOverrides, FederatedPipelineRun, FederatedTaskRun, MemberCluster, RunAssignment,
+    RunAssignmentSpec, RunKind, RunPlacement, RunRef, Template, cluster_namespace,
+};
+
+use crate::members::Members;
+use crate::overrides::{Source, render};
+use crate::ownership::Owner;
+use crate::placement::Member;
+use crate::run_status;
+use crate::scheduler::{ClusterView, Decision, RunRequest, Scheduler};
+
+/// The finalizer that lets the hub delete member runs and records first.
+pub const FINALIZER: &str = "tekfed.io/member-runs";
+
+/// A federated run kind.
+pub trait FederatedRun:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: RunKind;
+    const FEDERATED_KIND: &'static str;
+    fn template(&self) -> &Template;
+    fn placement(&self) -> &RunPlacement;
+    fn overrides(&self) -> &[ClusterOverrides];
+    fn run_status(&self) -> Option<&RunStatus>;
+    fn set_run_status(&mut self, status: RunStatus);
+}
+
+macro_rules! federated_run {
+    ($ty:ty, $kind:expr, $name:literal) => {
+        impl FederatedRun for $ty {
+            const KIND: RunKind = $kind;
+            const FEDERATED_KIND: &'static str = $name;
+            fn template(&self) -> &Template {
+                &self.spec.template
+            }
+            fn placement(&self) -> &RunPlacement {
+                &self.spec.placement
+            }
+            fn overrides(&self) -> &[ClusterOverrides] {
+                &self.spec.overrides
+            }
+            fn run_status(&self) -> Option<&RunStatus> {
+                self.status.as_ref()
+            }
+            fn set_run_status(&mut self, status: RunStatus) {
+                self.status = Some(status);
+            }
+        }
+    };
+}
+federated_run!(FederatedTaskRun, RunKind::TaskRun, "FederatedTaskRun");
+federated_run!(
+    FederatedPipelineRun,
+    RunKind::PipelineRun,
+    "FederatedPipelineRun"
+);
+
+fn kind_name(kind: RunKind) -> &'static str {
+    match kind {
+        RunKind::TaskRun => "TaskRun",
+        RunKind::PipelineRun => "PipelineRun",
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// What the run controllers and the dispatcher share.
+pub struct RunContext {
+    pub hub: Client,
+    pub members: Arc<Members>,
+    pub clusters: Store<MemberCluster>,
+    /// Decisions written but not yet seen in the watch stores: uid → clusters.
+    decided: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl RunContext {
+    pub fn new(hub: Client, members: Arc<Members>, clusters: Store<MemberCluster>) -> Self {
+        Self {
+            hub,
+            members,
+            clusters,
+            decided: Mutex::default(),
+        }
+    }
+}
+
+/// A run controller failed a step; it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} for {kind} {namespace}/{name}: {source}")]
+    Kube {
+        what: String,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("{kind} {namespace}/{name}: {message}")]
+    Waiting {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        message: String,
+    },
+}
+
+fn kube_error<K: FederatedRun>(
+    run: &K,
+    what: impl Into<String>,
+) -> impl FnOnce(kube::Error) -> Error {
+    let (namespace, name, what) = (
+        run.namespace().unwrap_or_default(),
+        run.name_any(),
+        what.into(),
+    );
+    move |source| Error::Kube {
+        what,
+        kind: K::FEDERATED_KIND,
+        namespace,
+        name,
+        source,
+    }
+}
+
+/// The controller for one run kind (its store feeds the dispatcher).
+pub fn controller<K: FederatedRun>(ctx: &RunContext) -> Controller<K> {
+    let runs: Api<K> = Api::all(ctx.hub.clone());
+    let records: Api<RunAssignment> = Api::all(ctx.hub.clone());
+    Controller::new(runs, watcher::Config::default()).watches(
+        records,
+        watcher::Config::default(),
+        |record| {
+            (record.spec.run.kind == K::KIND)
+                .then(|| ObjectRef::new(&record.spec.run.name).within(&record.spec.run.namespace))
+        },
+    )
+}
+
+/// Run one kind's controller until the hub stops.
+pub async fn run<K: FederatedRun>(controller: Controller<K>, ctx: Arc<RunContext>) {
+    controller
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "run reconcile did not finish");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+fn error_policy<K: FederatedRun>(
+    run: Arc<K>,
+    error: &kube::runtime::finalizer::Error<Error>,
+    _: Arc<RunContext>,
+) -> Action {
+    tracing::info!(kind = K::FEDERATED_KIND, ns = run.namespace().unwrap_or_default(), name = %run.name_any(), %error, "retrying");
+    Action::requeue(Duration::from_secs(1))
+}
+
+async fn reconcile<K: FederatedRun>(
+    run: Arc<K>,
+    ctx: Arc<RunContext>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let api: Api<K> = Api::namespaced(ctx.hub.clone(), &run.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => apply(run.as_ref(), &ctx).await,
+            Finalizer::Cleanup(run) => cleanup(run.as_ref(), &ctx).await,
+        }
+    })
+    .await
+}
+
+fn record_api(ctx: &RunContext, cluster: &str) -> Api<RunAssignment> {
+    Api::namespaced(ctx.hub.clone(), &cluster_namespace(cluster))
+}
+
+fn owner<K: FederatedRun>(run: &K) -> Owner<'_> {
+    Owner {
+        kind: K::FEDERATED_KIND,
+        namespace: run.meta().namespace.as_deref().unwrap_or_default(),
+        name: run.meta().name.as_deref().unwrap_or_default(),
+        uid: run.meta().uid.as_deref().unwrap_or_default(),
+    }
+}
+
+async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Error> {
+    let status = run.run_status();
+    if status.and_then(|s| s.phase).is_some_and(is_final) {
+        // Finished: remembered here, never re-created or touched again.
+        return Ok(Action::await_change());
+    }
+    let clusters = run_status::decided_clusters(status);
+    if clusters.is_empty() {
+        ctx.members.schedule.notify_one();
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    let uid = run.uid().unwrap_or_default();
+    let mut records = Vec::new();
+    for cluster in &clusters {
+        let api = record_api(ctx, cluster);
+        let record = match api.get_opt(&uid).await.map_err(kube_error(
+            run,
+            format!("reading the assignment on {cluster}"),
+        ))? {
+            Some(record) => record,
+            None => {
+                let record = RunAssignment::new(
+                    &uid,
+                    RunAssignmentSpec {
+                        cluster: cluster.clone(),
+                        run: RunRef {
+                            kind: K::KIND,
+                            namespace: run.namespace().unwrap_or_default(),
+                            name: run.name_any(),
+                            uid: uid.clone(),
+                        },
+                        attempt: 1,
+                    },
+                );
+                match api.create(&PostParams::default(), &record).await {
+                    Ok(created) => created,
+                    Err(kube::Error::Api(s)) if s.code == 409 => api
+                        .get(&uid)
+                        .await
+                        .map_err(kube_error(run, "reading the assignment"))?,
+                    Err(e) => {
+                        return Err(kube_error(
+                            run,
+                            format!("creating the assignment on {cluster}"),
+                        )(e));
+                    }
+                }
+            }
+        };
+        ensure_member_run(run, cluster, &record, ctx).await?;
+        records.push((cluster.clone(), record.status));
+    }
+    let previous = status.cloned().unwrap_or_default();
+    let folded = run_status::fold(run.placement().mode, &previous, &records, now());
+    if folded != previous {
+        write_status(run, ctx, folded.clone()).await?;
+        if folded.phase.is_some_and(is_final) {
+            ctx.members.schedule.notify_one();
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// The member run exists as it should at this point of the protocol, and
+/// carries the user's cancel.
+async fn ensure_member_run<K: FederatedRun>(
+    run: &K,
+    cluster: &str,
+    record: &RunAssignment,
+    ctx: &RunContext,
+) -> Result<(), Error> {
+    let released = record
+        .status
+        .as_ref()
+        .and_then(|s| s.released)
+        .unwrap_or(false);
+    let waiting = |message: String| Error::Waiting {
+        kind: K::FEDERATED_KIND,
+        namespace: run.namespace().unwrap_or_default(),
+        name: run.name_any(),
+        message,
+    };
+    let conn = ctx
+        .members
+        .connection(cluster)
+        .map_err(|u| waiting(format!("cluster {cluster} is not reachable: {}", u.message)))?;
+    let name = run.name_any();
+    let namespace = run.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        conn.client.clone(),
+        &namespace,
+        &tekton_resource(kind_name(K::KIND)),
+    );
+    let existing = api.get_opt(&name).await.map_err(kube_error(
+        run,
+        format!("reading the member run on {cluster}"),
+    ))?;
+    let owner = owner(run);
+    let cancel = run
+        .template()
+        .spec
+        .get("status")
+        .and_then(|s| s.as_str())
+        .filter(|s| cancel_values(K::KIND).contains(s));
+    match existing {
+        Some(member) if !owner.owns(member.labels()) => Err(waiting(format!(
+            "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
+            kind_name(K::KIND)
+        ))),
+        Some(member) => {
+            if let Some(cancel) = cancel
+                && member.data["spec"]["status"].as_str() != Some(cancel)
+            {
+                // The one change Tekton allows on a started run.
+                let patch = json!({"spec": {"status": cancel}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(kube_error(
+                        run,
+                        format!("cancelling the member run on {cluster}"),
+                    ))?;
+            }
+            Ok(())
+        }
+        // A TaskRun is created only once released; a PipelineRun is created held.
+        None if K::KIND == RunKind::TaskRun && !released => Ok(()),
+        None if record
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(is_final) =>
+        {
+            Ok(())
+        }
+        None => {
+            let source = Source {
+                kind: kind_name(K::KIND),
+                name: &name,
+                owner: owner.clone(),
+                template: run.template(),
+                overrides: run.overrides(),
+            };
+            let mut desired = render(&source, cluster)
+                .map_err(|e| waiting(format!("{e}; fix spec.overrides")))?;
+            if K::KIND == RunKind::PipelineRun && !released && cancel.is_none() {
+                desired["spec"]["status"] = json!(PIPELINE_RUN_PENDING);
+            }
+            ensure_namespace(&conn.client, &namespace).await;
+            let object: DynamicObject = serde_json::from_value(desired)
+                .map_err(|e| waiting(format!("rendering the member run: {e}")))?;
+            match api.create(&PostParams::default(), &object).await {
+                Ok(_) => Ok(()),
+                // Created before (a retry, a restarted hub): ours, so done.
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                Err(e) => Err(kube_error(
+                    run,
+                    format!("creating the member run on {cluster}"),
+                )(e)),
+            }
+        }
+    }
+}
+
+async fn ensure_namespace(client: &Client, namespace: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    if let Ok(Some(_)) = api.get_metadata_opt(namespace).await {
+        return;
+    }
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {crate::ownership::LABEL_MANAGED_BY: crate::ownership::MANAGED_BY}}});
+    let _ = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(ns).expect("a valid Namespace"),
+        )
+        .await;
+}
+
+/// Deleting a federated run deletes its member runs and records.
+async fn cleanup<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Error> {
+    let uid = run.uid().unwrap_or_default();
+    for cluster in run_status::decided_clusters(run.run_status()) {
+        if let Ok(conn) = ctx.members.connection(&cluster) {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                conn.client.clone(),
+                &run.namespace().unwrap_or_default(),
+                &tekton_resource(kind_name(K::KIND)),
+            );
+            if let Ok(Some(member)) = api.get_opt(&run.name_any()).await
+                && owner(run).owns(member.labels())
+            {
+                let _ = api.delete(&run.name_any(), &DeleteParams::default()).await;
+            }
+        }
+        match record_api(ctx, &cluster)
+            .delete(&uid, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(kube_error(
+                    run,
+                    format!("deleting the assignment on {cluster}"),
+                )(e));
+            }
+        }
+    }
+    ctx.members.schedule.notify_one();
+    Ok(Action::await_change())
+}
+
+/// Write a run's status with its resourceVersion as precondition: if the
+/// run changed since it was read, nothing is written and it is read again.
+async fn write_status<K: FederatedRun>(
+    run: &K,
+    ctx: &RunContext,
+    status: RunStatus,
+) -> Result<(), Error> {
+    let api: Api<K> = Api::namespaced(ctx.hub.clone(), &run.namespace().unwrap_or_default());
+    let mut updated = run.clone();
+    updated.set_run_status(status);
+    api.replace_status(&run.name_any(), &PostParams::default(), &updated)
+        .await
+        .map_err(kube_error(run, "writing the status"))?;
+    Ok(())
+}
+
+/// A run as the dispatcher sees it, whichever its kind.
+struct Entry {
+    key: String,
+    uid: String,
+    created: i64,
+    placement: RunPlacement,
+    status: Option<RunStatus>,
+    deleting: bool,
+    write: Box<
+        dyn Fn(RunStatus) -> futures::future::BoxFuture<'static, Result<(), Error>> + Send + Sync,
+    >,
+}
+
+fn entries<K: FederatedRun>(store: &Store<K>, ctx: &Arc<RunContext>) -> Vec<Entry> {
+    store
+        .state()
+        .into_iter()
+        .map(|run| {
+            let ctx = ctx.clone();
+            let for_write = run.clone();
+            Entry {
+                key: format!(
+                    "{}/{}/{}",
+                    K::FEDERATED_KIND,
+                    run.namespace().unwrap_or_default(),
+                    run.name_any()
+                ),
+                uid: run.uid().unwrap_or_default(),
+                created: run
+                    .meta()
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_millisecond())
+                    .unwrap_or_default(),
+                placement: run.placement().clone(),
+                status: run.run_status().cloned(),
+                deleting: run.meta().deletion_timestamp.is_some(),
+                write: Box::new(move |status| {
+                    let ctx = ctx.clone();
+                    let run = for_write.clone();
+                    Box::pin(async move { write_status(run.as_ref(), &ctx, status).await })
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The scheduling loop: woken by a new run, a finished run, or any change
+/// in a member's status; at worst every two seconds.
+pub async fn dispatch(
+    ctx: Arc<RunContext>,
+    task_runs: Store<FederatedTaskRun>,
+    pipeline_runs: Store<FederatedPipelineRun>,
+) {
+    let _ = task_runs.wait_until_ready().await;
+    let _ = pipeline_runs.wait_until_ready().await;
+    let _ = ctx.clusters.wait_until_ready().await;
+    loop {
+        let mut all = entries(&task_runs, &ctx);
+        all.extend(entries(&pipeline_runs, &ctx));
+        round(&ctx, all).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), ctx.members.schedule.notified()).await;
+    }
+}
+
+async fn round(ctx: &RunContext, all: Vec<Entry>) {
+    // Unfinished runs per cluster: decided ones in the stores, plus decisions
+    // written but not yet seen there.
+    let mut active: BTreeMap<String, i64> = BTreeMap::new();
+    let mut queue = Vec::new();
+    {
+        let mut decided = ctx.decided.lock().unwrap_or_else(|p| p.into_inner());
+        let seen: BTreeSet<&str> = all.iter().map(|e| e.uid.as_str()).collect();
+        decided.retain(|uid, _| seen.contains(uid.as_str()));
+        for entry in &all {
+            let clusters = run_status::decided_clusters(entry.status.as_ref());
+            if !clusters.is_empty() {
+                decided.remove(&entry.uid);
+                let finished = entry
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(is_final);
+                if !finished {
+                    for c in clusters {
+                        *active.entry(c).or_default() += 1;
+                    }
+                }
+            } else if let Some(clusters) = decided.get(&entry.uid) {
+                for c in clusters {
+                    *active.entry(c.clone()).or_default() += 1;
+                }
+            } else if !entry.deleting {
+                queue.push(RunRequest {
+                    key: entry.key.clone(),
+                    created: entry.created,
+                    placement: entry.placement.clone(),
+                });
+            }
+        }
+    }
+    ctx.members.set_active_runs(&active);
+    if queue.is_empty() {
+        return;
+    }
+    let clusters = ctx.clusters.state();
+    let views = clusters.iter().map(|mc| {
+        let name = mc.name_any();
+        let status = mc.status.clone().unwrap_or_default();
+        let reported = status
+            .load
+            .as_ref()
+            .map(|l| (l.running + l.pending).max(0) as u64)
+            .unwrap_or(0);
+        let hub_count = active.get(&name).copied().unwrap_or(0).max(0) as u64;
+        ClusterView {
+            member: Member {
+                name: name.clone(),
+                labels: mc.labels().clone(),
+                taints: mc.spec.taints.clone(),
+            },
+            ready: status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            unschedulable: mc.spec.unschedulable,
+            max_concurrent_runs: mc.spec.max_concurrent_runs.map(|m| m.max(1) as u64),
+            reported,
+            // The hub's own count of unfinished runs it assigned is at least
+            // what the agent last saw: count the difference at once.
+            assigned_since_report: hub_count.saturating_sub(reported),
+        }
+    });
+    let mut scheduler = Scheduler::new(views.collect::<Vec<_>>());
+    let decisions = scheduler.schedule(&queue);
+    let by_key: HashMap<&str, &Entry> = all.iter().map(|e| (e.key.as_str(), e)).collect();
+    let writes = decisions.into_iter().filter_map(|(key, decision)| {
+        let entry = *by_key.get(key.as_str())?;
+        let generation = None;
+        match decision {
+            Decision::Assign(clusters) => {
+                let status = run_status::scheduled(
+                    entry.status.as_ref(),
+                    entry.placement.mode,
+                    &clusters,
+                    generation,
+                    now(),
+                );
+                ctx.decided
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(entry.uid.clone(), clusters);
+                Some((entry, status))
+            }
+            Decision::Queue(reason) => {
+                let current = entry.status.as_ref().and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == run_status::SCHEDULED)
+                });
+                if entry.status.as_ref().and_then(|s| s.phase) == Some(RunPhase::Queued)
+                    && current.is_some_and(|c| c.reason == reason.reason())
+                {
+                    return None;
+                }
+                Some((
+                    entry,
+                    run_status::queued(
+                        entry.status.as_ref(),
+                        reason.reason(),
+                        &reason.message(),
+                        generation,
+                        now(),
+                    ),
+                ))
+            }
+        }
+    });
+    let results = futures::stream::iter(writes)
+        .map(|(entry, status)| async move {
+            let assigned = status.phase == Some(RunPhase::Scheduled);
+            let result = (entry.write)(status).await;
+            if result.is_err() && assigned {
+                // Not written (the run changed meanwhile): decide again next round.
+                ctx.decided
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&entry.uid);
+            }
+            result
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    for e in results.into_iter().filter_map(Result::err) {
+        tracing::debug!(error = %e, "scheduling write skipped");
+    }
+}

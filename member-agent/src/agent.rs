@@ -1,0 +1,333 @@
+//! The agent's loops: heartbeat and load into its `MemberReport`, and the
+//! run sync that releases, starts, reports and cleans up runs.
+//!
+//! Both sides are watched (the assignments in the cluster's hub namespace,
+//! tekfed's runs on the member), and any change wakes one sync pass over
+//! every run, so a burst of changes costs one pass, not one per event.
+//! Watches reconnect with backoff when either API server restarts; an
+//! agent that cannot reach the hub releases nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
+};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::{MemberReport, RunAssignment, RunKind, cluster_namespace};
+use tokio::sync::Notify;
+
+use crate::load;
+use crate::plan::{MemberRun, Record, Step, plan};
+
+const MANAGED: &str = "app.kubernetes.io/managed-by=tekfed";
+const UID_LABEL: &str = "tekfed.io/federated-uid";
+
+/// One agent: a member cluster and its narrow hub identity.
+pub struct Agent {
+    pub cluster: String,
+    pub hub: Client,
+    pub member: Client,
+    pub heartbeat: Duration,
+}
+
+struct Stores {
+    records: Store<RunAssignment>,
+    task_runs: Store<DynamicObject>,
+    pipeline_runs: Store<DynamicObject>,
+}
+
+impl Stores {
+    fn runs(&self, kind: RunKind) -> &Store<DynamicObject> {
+        match kind {
+            RunKind::TaskRun => &self.task_runs,
+            RunKind::PipelineRun => &self.pipeline_runs,
+        }
+    }
+}
+
+fn kind_name(kind: RunKind) -> &'static str {
+    match kind {
+        RunKind::TaskRun => "TaskRun",
+        RunKind::PipelineRun => "PipelineRun",
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+impl Agent {
+    fn namespace(&self) -> String {
+        cluster_namespace(&self.cluster)
+    }
+
+    /// Run until the process stops.
+    pub async fn run(self: Arc<Self>) {
+        let wake = Arc::new(Notify::new());
+        let records_api: Api<RunAssignment> = Api::namespaced(self.hub.clone(), &self.namespace());
+        let (records, writer) = reflector::store();
+        let records_watch = watch(
+            watcher(records_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer),
+            wake.clone(),
+        );
+        let mut run_stores = Vec::new();
+        let mut run_watches = Vec::new();
+        for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
+            let resource = tekton_resource(kind_name(kind));
+            let api: Api<DynamicObject> = Api::all_with(self.member.clone(), &resource);
+            let writer = reflector::store::Writer::<DynamicObject>::new(resource);
+            run_stores.push(writer.as_reader());
+            let stream = watcher(api, watcher::Config::default().labels(MANAGED))
+                .default_backoff()
+                .reflect(writer);
+            run_watches.push(watch(stream, wake.clone()));
+        }
+        let stores = Stores {
+            records,
+            pipeline_runs: run_stores.pop().expect("two stores"),
+            task_runs: run_stores.pop().expect("two stores"),
+        };
+        let sync = async {
+            let _ = stores.records.wait_until_ready().await;
+            loop {
+                self.sync(&stores).await;
+                // Woken by any change; at worst once a second.
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+                // Let a burst of events settle into one pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let heartbeat = async {
+            loop {
+                self.report(&stores).await;
+                tokio::time::sleep(self.heartbeat).await;
+            }
+        };
+        let mut run_watches = run_watches.into_iter();
+        let (a, b) = (
+            run_watches.next().expect("two watches"),
+            run_watches.next().expect("two watches"),
+        );
+        tokio::join!(records_watch, a, b, sync, heartbeat);
+    }
+
+    async fn sync(&self, stores: &Stores) {
+        let records = stores.records.state();
+        for record in &records {
+            let kind = record.spec.run.kind;
+            let key = ObjectRef::new_with(&record.spec.run.name, tekton_resource(kind_name(kind)))
+                .within(&record.spec.run.namespace);
+            let member_run = stores
+                .runs(kind)
+                .get(&key)
+                .filter(|r| r.labels().get(UID_LABEL) == Some(&record.spec.run.uid));
+            let view = Record {
+                released: record
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.released)
+                    .unwrap_or(false),
+                phase: record.status.as_ref().and_then(|s| s.phase),
+                run_status: record.status.as_ref().and_then(|s| s.run_status.clone()),
+            };
+            let run_view = member_run.as_ref().map(|r| MemberRun {
+                spec_status: r.data["spec"]["status"].as_str().map(str::to_owned),
+                status: r.data["status"].clone(),
+            });
+            for step in plan(kind, Some(&view), run_view.as_ref()) {
+                if !self.execute(step, record, kind).await {
+                    break;
+                }
+            }
+        }
+        // Held runs whose record is gone were revoked: delete them unstarted.
+        for kind in [RunKind::PipelineRun] {
+            for run in stores.runs(kind).state() {
+                let held = MemberRun {
+                    spec_status: run.data["spec"]["status"].as_str().map(str::to_owned),
+                    status: run.data["status"].clone(),
+                };
+                if !held.held() {
+                    continue;
+                }
+                let uid = run.labels().get(UID_LABEL).cloned().unwrap_or_default();
+                if records.iter().any(|r| r.spec.run.uid == uid) {
+                    continue;
+                }
+                // The store may lag the hub: ask the hub itself before deleting.
+                let api: Api<RunAssignment> = Api::namespaced(self.hub.clone(), &self.namespace());
+                if let Ok(None) = api.get_opt(&uid).await
+                    && plan(kind, None, Some(&held)) == vec![Step::DeleteHeld]
+                {
+                    self.delete_held(&run, kind).await;
+                }
+            }
+        }
+    }
+
+    /// Take one step; false stops the steps after it.
+    async fn execute(&self, step: Step, record: &RunAssignment, kind: RunKind) -> bool {
+        let records: Api<RunAssignment> = Api::namespaced(self.hub.clone(), &self.namespace());
+        let run = &record.spec.run;
+        match step {
+            Step::Release => {
+                // The conditional write: a PUT carrying the resourceVersion
+                // read. If the hub revoked (deleted) or changed the record
+                // meanwhile, this fails and nothing starts.
+                let mut released = record.clone();
+                let status = released.status.get_or_insert_with(Default::default);
+                status.released = Some(true);
+                status.released_time = Some(now());
+                match records
+                    .replace_status(&record.name_any(), &PostParams::default(), &released)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::debug!(run = %run.name, ns = %run.namespace, "released");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::info!(run = %run.name, ns = %run.namespace, error = %e, "not released");
+                        false
+                    }
+                }
+            }
+            Step::Unhold => {
+                let api: Api<DynamicObject> = Api::namespaced_with(
+                    self.member.clone(),
+                    &run.namespace,
+                    &tekton_resource(kind_name(kind)),
+                );
+                let patch = json!({"spec": {"status": null}});
+                api.patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| tracing::warn!(run = %run.name, error = %e, "could not start the released run"))
+                    .is_ok()
+            }
+            Step::DeleteHeld => false,
+            Step::Report { phase, status } => {
+                let patch =
+                    json!({"status": {"phase": phase, "runStatus": status, "observedTime": now()}});
+                records
+                    .patch_status(
+                        &record.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .map_err(
+                        |e| tracing::warn!(run = %run.name, error = %e, "could not report status"),
+                    )
+                    .is_ok()
+            }
+        }
+    }
+
+    async fn delete_held(&self, run: &DynamicObject, kind: RunKind) {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.member.clone(),
+            &run.namespace().unwrap_or_default(),
+            &tekton_resource(kind_name(kind)),
+        );
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: run.uid(),
+                resource_version: run.resource_version(),
+            }),
+            ..Default::default()
+        };
+        match api.delete(&run.name_any(), &params).await {
+            Ok(_) => {
+                tracing::info!(run = %run.name_any(), "deleted a held run whose assignment was revoked")
+            }
+            Err(e) => tracing::debug!(run = %run.name_any(), error = %e, "held run not deleted"),
+        }
+    }
+
+    /// Heartbeat: load, pending pods and versions into the MemberReport.
+    async fn report(&self, stores: &Stores) {
+        let tekfed_runs: Vec<_> = stores
+            .task_runs
+            .state()
+            .into_iter()
+            .chain(stores.pipeline_runs.state())
+            .collect();
+        let load = load::count(tekfed_runs.iter().map(|r| &r.data["status"]));
+        let mut total = None;
+        let mut all_statuses = Vec::new();
+        let mut complete = true;
+        for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
+            let api: Api<DynamicObject> =
+                Api::all_with(self.member.clone(), &tekton_resource(kind_name(kind)));
+            match api.list(&ListParams::default()).await {
+                Ok(list) => {
+                    all_statuses.extend(list.items.into_iter().map(|r| r.data["status"].clone()))
+                }
+                Err(_) => complete = false,
+            }
+        }
+        if complete {
+            let mut counted = load::count(&all_statuses);
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.member.clone());
+            if let Ok(list) = pods
+                .list_metadata(&ListParams::default().fields("status.phase=Pending"))
+                .await
+            {
+                counted.pending_pods = list.items.len() as i64;
+            }
+            total = Some(counted);
+        }
+        let version = self
+            .member
+            .apiserver_version()
+            .await
+            .ok()
+            .map(|v| v.git_version);
+        let mut load = load;
+        if let Some(t) = &total {
+            load.pending_pods = t.pending_pods;
+        }
+        let patch = json!({"status": {
+            "heartbeatTime": now(),
+            "load": load,
+            "total": total,
+            "kubernetesVersion": version,
+            "agentVersion": env!("CARGO_PKG_VERSION"),
+        }});
+        let reports: Api<MemberReport> = Api::namespaced(self.hub.clone(), &self.namespace());
+        if let Err(e) = reports
+            .patch_status(
+                &self.cluster,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            tracing::warn!(cluster = %self.cluster, error = %e, "heartbeat not written");
+        }
+    }
+}
+
+/// Drive a reflector stream, waking the sync on every event.
+async fn watch<S, T, E>(stream: S, wake: Arc<Notify>)
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => wake.notify_one(),
+            Err(e) => tracing::debug!(error = %e, "watch interrupted; retrying"),
+        }
+    }
+}

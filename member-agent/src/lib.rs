@@ -1,0 +1,12 @@
+//! The tekfed member agent: it runs in one member cluster, with that
+//! cluster's credentials and a narrow hub identity, and
+//!
+//! - reports heartbeat and load into its `MemberReport` on the hub,
+//! - releases runs assigned to its cluster (the fencing step, [`plan`]),
+//! - writes its runs' status back into their assignment records.
+//!
+//! [`plan`] and [`load`] are pure; [`agent`] does the I/O.
+
+pub mod agent;
+pub mod load;
+pub mod plan;

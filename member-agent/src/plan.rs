@@ -1,0 +1,256 @@
+//! What the agent does for one assigned run, decided from what it sees:
+//! the run's assignment record on the hub and the run on its member.
+//!
+//! The fencing rule lives here: a run may start on this cluster only after
+//! the agent's conditional write marking its record released succeeded. A
+//! held run whose record is gone was revoked (moved elsewhere, or its
+//! federated run deleted) and is deleted unstarted.
+
+use serde_json::Value;
+use tekfed_crds::RunKind;
+use tekfed_crds::runs::RunPhase;
+use tekfed_crds::tekton::{PIPELINE_RUN_PENDING, phase};
+
+/// The assignment record, as the agent last saw it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Record {
+    pub released: bool,
+    pub phase: Option<RunPhase>,
+    pub run_status: Option<Value>,
+}
+
+/// The member run, as the agent last saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberRun {
+    /// `spec.status`.
+    pub spec_status: Option<String>,
+    /// `status`.
+    pub status: Value,
+}
+
+impl MemberRun {
+    pub fn held(&self) -> bool {
+        self.spec_status.as_deref() == Some(PIPELINE_RUN_PENDING)
+    }
+}
+
+/// One step the agent takes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Mark the record released, conditionally on its resourceVersion.
+    Release,
+    /// Clear the member run's `spec.status` so Tekton starts it.
+    Unhold,
+    /// Delete the held member run: its record was revoked.
+    DeleteHeld,
+    /// Write the member run's phase and status into the record.
+    Report { phase: RunPhase, status: Value },
+}
+
+/// The steps for one run, in order.
+pub fn plan(kind: RunKind, record: Option<&Record>, run: Option<&MemberRun>) -> Vec<Step> {
+    match (record, run) {
+        // Revoked while held: it must never start here.
+        (None, Some(run)) if run.held() => vec![Step::DeleteHeld],
+        (None, _) => vec![],
+        (Some(record), run) if !record.released => match (kind, run) {
+            // A PipelineRun is created held by the hub; release it once it is here.
+            (RunKind::PipelineRun, Some(run)) if run.held() => vec![Step::Release, Step::Unhold],
+            // Tekton cannot hold a TaskRun: the hub creates it only once released.
+            (RunKind::TaskRun, None) => vec![Step::Release],
+            _ => vec![],
+        },
+        (Some(_), Some(run)) if run.held() => vec![Step::Unhold],
+        (Some(record), Some(run)) => {
+            let now = phase(&run.status);
+            let changed =
+                record.phase != Some(now) || record.run_status.as_ref() != Some(&run.status);
+            if changed && !run.status.is_null() {
+                vec![Step::Report {
+                    phase: now,
+                    status: run.status.clone(),
+                }]
+            } else {
+                vec![]
+            }
+        }
+        (Some(_), None) => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn held() -> MemberRun {
+        MemberRun {
+            spec_status: Some(PIPELINE_RUN_PENDING.into()),
+            status: json!({}),
+        }
+    }
+
+    fn running() -> MemberRun {
+        MemberRun {
+            spec_status: None,
+            status: json!({"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}]}),
+        }
+    }
+
+    fn released() -> Record {
+        Record {
+            released: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_held_pipeline_run_is_released_then_started() {
+        assert_eq!(
+            plan(
+                RunKind::PipelineRun,
+                Some(&Record::default()),
+                Some(&held())
+            ),
+            vec![Step::Release, Step::Unhold]
+        );
+        // After a crash between the two steps, the unhold is redone.
+        assert_eq!(
+            plan(RunKind::PipelineRun, Some(&released()), Some(&held())),
+            vec![Step::Unhold]
+        );
+    }
+
+    #[test]
+    fn a_task_run_is_released_before_it_exists() {
+        assert_eq!(
+            plan(RunKind::TaskRun, Some(&Record::default()), None),
+            vec![Step::Release]
+        );
+        assert_eq!(plan(RunKind::TaskRun, Some(&released()), None), vec![]);
+    }
+
+    #[test]
+    fn nothing_is_released_before_the_held_run_arrives() {
+        assert_eq!(
+            plan(RunKind::PipelineRun, Some(&Record::default()), None),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_revoked_held_run_is_deleted_but_a_started_one_is_left() {
+        assert_eq!(
+            plan(RunKind::PipelineRun, None, Some(&held())),
+            vec![Step::DeleteHeld]
+        );
+        assert_eq!(plan(RunKind::PipelineRun, None, Some(&running())), vec![]);
+    }
+
+    #[test]
+    fn status_is_reported_only_when_it_changed() {
+        let steps = plan(RunKind::TaskRun, Some(&released()), Some(&running()));
+        assert_eq!(
+            steps,
+            vec![Step::Report {
+                phase: RunPhase::Running,
+                status: running().status
+            }]
+        );
+        let reported = Record {
+            released: true,
+            phase: Some(RunPhase::Running),
+            run_status: Some(running().status),
+        };
+        assert_eq!(
+            plan(RunKind::TaskRun, Some(&reported), Some(&running())),
+            vec![]
+        );
+    }
+
+    /// The hub's store, reduced to what fencing needs: a record with a
+    /// resourceVersion, written only by compare-and-set, as the API server
+    /// does with a resourceVersion precondition.
+    #[derive(Debug)]
+    struct HubStore {
+        record: Option<(u64, bool)>,
+    }
+
+    impl HubStore {
+        fn read(&self) -> Option<(u64, bool)> {
+            self.record
+        }
+        /// The agent's release: conditional on the version it read.
+        fn release(&mut self, seen: u64) -> bool {
+            match self.record {
+                Some((rv, false)) if rv == seen => {
+                    self.record = Some((rv + 1, true));
+                    true
+                }
+                _ => false,
+            }
+        }
+        /// The hub's revoke: delete, conditional on the version it read, and
+        /// only an unreleased record.
+        fn revoke(&mut self, seen: u64) -> bool {
+            match self.record {
+                Some((rv, false)) if rv == seen => {
+                    self.record = None;
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    #[test]
+    fn release_then_revoke_the_run_stays_and_starts_once() {
+        let mut store = HubStore {
+            record: Some((1, false)),
+        };
+        let (agent_saw, _) = store.read().unwrap();
+        let (hub_saw, _) = store.read().unwrap();
+        assert!(
+            store.release(agent_saw),
+            "the agent's release goes first and wins"
+        );
+        assert!(
+            !store.revoke(hub_saw),
+            "the hub may not move a released run"
+        );
+        assert_eq!(store.read(), Some((2, true)));
+    }
+
+    #[test]
+    fn revoke_then_release_the_held_copy_never_starts() {
+        let mut store = HubStore {
+            record: Some((1, false)),
+        };
+        let (agent_saw, _) = store.read().unwrap();
+        let (hub_saw, _) = store.read().unwrap();
+        assert!(store.revoke(hub_saw), "the hub revokes first");
+        assert!(
+            !store.release(agent_saw),
+            "the agent's release, on what it read before, fails"
+        );
+        // What the agent then sees: no record, a held run: delete it unstarted.
+        assert_eq!(
+            plan(RunKind::PipelineRun, None, Some(&held())),
+            vec![Step::DeleteHeld]
+        );
+    }
+
+    #[test]
+    fn a_read_alone_is_not_enough_to_release() {
+        // Read, the hub revokes and re-assigns to the same cluster (a new
+        // record, new version), then the stale release must fail.
+        let mut store = HubStore {
+            record: Some((1, false)),
+        };
+        let (agent_saw, _) = store.read().unwrap();
+        assert!(store.revoke(1));
+        store.record = Some((7, false));
+        assert!(!store.release(agent_saw));
+    }
+}

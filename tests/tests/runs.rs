@@ -1,0 +1,306 @@
+//! Runs end to end: a hub, three members with their agents and the test
+//! executor, all real processes on real API servers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::runs::RunPhase;
+use tekfed_crds::{
+    FederatedPipelineRun, FederatedTaskRun, MemberReport, RunAssignment, cluster_namespace,
+};
+use tekfed_tests::federation::run_federation;
+use tekfed_tests::{HUB, TestBed, eventually};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn everywhere() -> Value {
+    json!({"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}})
+}
+
+async fn create_task_run(hub: &Client, ns: &str, name: &str, placement: Value, annotations: Value) {
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
+    let run: FederatedTaskRun = serde_json::from_value(json!({
+        "apiVersion": "tekfed.io/v1alpha1",
+        "kind": "FederatedTaskRun",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": annotations},
+                "spec": {"taskSpec": {"steps": [{"name": "build", "image": "ubuntu", "script": "make"}]}},
+            },
+            "placement": placement,
+        },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &run).await.unwrap();
+}
+
+/// Member runs tekfed created, by member: uid of the federated run → count.
+async fn member_runs(
+    bed: &TestBed,
+    kind: &str,
+    ns: &str,
+) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut all = BTreeMap::new();
+    for member in bed.members() {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            bed.client(&member).await.unwrap(),
+            ns,
+            &tekton_resource(kind),
+        );
+        let mut by_uid = BTreeMap::new();
+        for run in api.list(&ListParams::default()).await.unwrap().items {
+            let uid = run
+                .labels()
+                .get("tekfed.io/federated-uid")
+                .cloned()
+                .unwrap_or_default();
+            *by_uid.entry(uid).or_default() += 1;
+        }
+        all.insert(member, by_uid);
+    }
+    all
+}
+
+async fn phases(api: &Api<FederatedTaskRun>) -> BTreeMap<String, Option<RunPhase>> {
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| (r.name_any(), r.status.and_then(|s| s.phase)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_of_runs_spreads_evenly_runs_once_and_succeeds() {
+    const RUNS: usize = 150;
+    let bed = run_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let ns = bed.namespace("burst", &[HUB]).await.unwrap();
+    let names: Vec<String> = (0..RUNS).map(|i| format!("build-{i:03}")).collect();
+    futures::future::join_all(
+        names
+            .iter()
+            .map(|n| create_task_run(&hub, &ns, n, everywhere(), json!({}))),
+    )
+    .await;
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    let done = eventually("every run to succeed", WAIT, || {
+        let api = api.clone();
+        async move {
+            let phases = phases(&api).await;
+            let succeeded = phases
+                .values()
+                .filter(|p| **p == Some(RunPhase::Succeeded))
+                .count();
+            (succeeded == RUNS).then_some(phases)
+        }
+    })
+    .await;
+    assert_eq!(done.len(), RUNS);
+    let runs = member_runs(bed, "TaskRun", &ns).await;
+    let mut seen = BTreeSet::new();
+    for (member, by_uid) in &runs {
+        let count: usize = by_uid.values().sum();
+        assert!(
+            (RUNS / 3).abs_diff(count) <= RUNS / 30,
+            "{member} got {count} of {RUNS} runs: {:?}",
+            runs.iter()
+                .map(|(m, u)| (m, u.values().sum::<usize>()))
+                .collect::<Vec<_>>()
+        );
+        for (uid, n) in by_uid {
+            assert_eq!(*n, 1, "{member} holds {n} runs of one federated run");
+            assert!(
+                seen.insert(uid.clone()),
+                "two members ran federated run {uid}"
+            );
+        }
+    }
+    assert_eq!(seen.len(), RUNS);
+    // Each run's status names its cluster and mirrors Tekton.
+    let one = api.get("build-000").await.unwrap().status.unwrap();
+    assert!(one.cluster.is_some() && one.scheduled_time.is_some() && one.completion_time.is_some());
+    let succeeded = one
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert_eq!(
+        (succeeded.status.as_str(), succeeded.reason.as_str()),
+        ("True", "Succeeded")
+    );
+}
+
+#[tokio::test]
+async fn a_pipeline_run_is_held_released_and_succeeds() {
+    let bed = run_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let ns = bed.namespace("pipelinerun", &[HUB]).await.unwrap();
+    let api: Api<FederatedPipelineRun> = Api::namespaced(hub.clone(), &ns);
+    let run: FederatedPipelineRun = serde_json::from_value(json!({
+        "apiVersion": "tekfed.io/v1alpha1",
+        "kind": "FederatedPipelineRun",
+        "metadata": {"name": "release-train", "namespace": ns},
+        "spec": {
+            "template": {"spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}]}}},
+            "placement": {"clusters": [{"name": "member-2"}]},
+        },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &run).await.unwrap();
+    let status = eventually("the pipeline run to succeed", WAIT, || {
+        let api = api.clone();
+        async move {
+            let s = api.get("release-train").await.ok()?.status?;
+            (s.phase == Some(RunPhase::Succeeded)).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.cluster.as_deref(), Some("member-2"));
+    // The member run was released: its spec no longer holds it.
+    let member: Api<DynamicObject> = Api::namespaced_with(
+        bed.client("member-2").await.unwrap(),
+        &ns,
+        &tekton_resource("PipelineRun"),
+    );
+    let copy = member.get("release-train").await.unwrap();
+    assert!(
+        copy.data["spec"]["status"].is_null(),
+        "{:?}",
+        copy.data["spec"]
+    );
+    let record: Api<RunAssignment> = Api::namespaced(hub, &cluster_namespace("member-2"));
+    let record = record
+        .get(&api.get("release-train").await.unwrap().uid().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(record.status.unwrap().released, Some(true));
+}
+
+#[tokio::test]
+async fn cancelling_on_the_hub_cancels_the_member_run() {
+    let bed = run_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let ns = bed.namespace("cancel", &[HUB]).await.unwrap();
+    create_task_run(
+        &hub,
+        &ns,
+        "long",
+        json!({"clusters": [{"name": "member-1"}]}),
+        json!({"tekfed.io/test-duration-ms": "600000"}),
+    )
+    .await;
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    eventually("the run to be Running", WAIT, || {
+        let api = api.clone();
+        async move {
+            (api.get("long").await.ok()?.status?.phase == Some(RunPhase::Running)).then_some(())
+        }
+    })
+    .await;
+    api.patch(
+        "long",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"status": "TaskRunCancelled"}}}})),
+    )
+    .await
+    .unwrap();
+    let status = eventually("the run to be Cancelled", WAIT, || {
+        let api = api.clone();
+        async move {
+            let s = api.get("long").await.ok()?.status?;
+            (s.phase == Some(RunPhase::Cancelled)).then_some(s)
+        }
+    })
+    .await;
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "TaskRunCancelled")
+    );
+    let member: Api<DynamicObject> = Api::namespaced_with(
+        bed.client("member-1").await.unwrap(),
+        &ns,
+        &tekton_resource("TaskRun"),
+    );
+    assert_eq!(
+        member.get("long").await.unwrap().data["spec"]["status"],
+        "TaskRunCancelled"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_cannot_touch_another_clusters_records() {
+    let bed = run_federation();
+    let kubeconfig = bed.agent_identity("member-1").await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let agent_1 = Client::try_from(config).unwrap();
+    // Its own namespace: allowed.
+    let own: Api<RunAssignment> = Api::namespaced(agent_1.clone(), &cluster_namespace("member-1"));
+    own.list(&ListParams::default())
+        .await
+        .expect("an agent reads its own cluster's assignments");
+    // Another cluster's: refused by the real hub API server.
+    let other: Api<RunAssignment> =
+        Api::namespaced(agent_1.clone(), &cluster_namespace("member-2"));
+    match other.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("agent of member-1 listed member-2's assignments: {other:?}"),
+    }
+    let reports: Api<MemberReport> =
+        Api::namespaced(agent_1.clone(), &cluster_namespace("member-2"));
+    let forged = json!({"status": {"heartbeatTime": "2030-01-01T00:00:00Z", "load": {"running": 0, "pending": 0}}});
+    match reports
+        .patch_status("member-2", &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("agent of member-1 wrote member-2's heartbeat: {other:?}"),
+    }
+    // Nor any template or federated run.
+    let runs: Api<FederatedTaskRun> = Api::all(agent_1);
+    match runs.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("an agent listed federated runs: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn members_report_heartbeat_and_load() {
+    let bed = run_federation();
+    let clusters: Api<tekfed_crds::MemberCluster> = Api::all(bed.client(HUB).await.unwrap());
+    for member in bed.members() {
+        let mc = clusters.get(&member).await.unwrap();
+        let status = mc.status.unwrap();
+        assert!(
+            status.last_heartbeat_time.is_some(),
+            "{member} has no heartbeat"
+        );
+        assert!(status.load.is_some(), "{member} has no load");
+        assert_eq!(status.schedulable, Some(true));
+        for condition in ["Reachable", "AgentReady", "Ready"] {
+            assert!(
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == condition && c.status == "True"),
+                "{member}: {condition}"
+            );
+        }
+    }
+}
