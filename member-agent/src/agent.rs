@@ -122,33 +122,38 @@ impl Agent {
 
     async fn sync(&self, stores: &Stores) {
         let records = stores.records.state();
-        for record in &records {
-            let kind = record.spec.run.kind;
-            let key = ObjectRef::new_with(&record.spec.run.name, tekton_resource(kind_name(kind)))
-                .within(&record.spec.run.namespace);
-            let member_run = stores
-                .runs(kind)
-                .get(&key)
-                .filter(|r| r.labels().get(UID_LABEL) == Some(&record.spec.run.uid));
-            let view = Record {
-                released: record
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.released)
-                    .unwrap_or(false),
-                phase: record.status.as_ref().and_then(|s| s.phase),
-                run_status: record.status.as_ref().and_then(|s| s.run_status.clone()),
-            };
-            let run_view = member_run.as_ref().map(|r| MemberRun {
-                spec_status: r.data["spec"]["status"].as_str().map(str::to_owned),
-                status: r.data["status"].clone(),
-            });
-            for step in plan(kind, Some(&view), run_view.as_ref()) {
-                if !self.execute(step, record, kind).await {
-                    break;
+        // Records are independent: take them concurrently, so one pass over
+        // a burst costs the slowest write, not the sum of them.
+        futures::stream::iter(records.iter())
+            .for_each_concurrent(64, |record| async move {
+                let kind = record.spec.run.kind;
+                let key =
+                    ObjectRef::new_with(&record.spec.run.name, tekton_resource(kind_name(kind)))
+                        .within(&record.spec.run.namespace);
+                let member_run = stores
+                    .runs(kind)
+                    .get(&key)
+                    .filter(|r| r.labels().get(UID_LABEL) == Some(&record.spec.run.uid));
+                let view = Record {
+                    released: record
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.released)
+                        .unwrap_or(false),
+                    phase: record.status.as_ref().and_then(|s| s.phase),
+                    run_status: record.status.as_ref().and_then(|s| s.run_status.clone()),
+                };
+                let run_view = member_run.as_ref().map(|r| MemberRun {
+                    spec_status: r.data["spec"]["status"].as_str().map(str::to_owned),
+                    status: r.data["status"].clone(),
+                });
+                for step in plan(kind, Some(&view), run_view.as_ref()) {
+                    if !self.execute(step, record, kind).await {
+                        break;
+                    }
                 }
-            }
-        }
+            })
+            .await;
         // Held runs whose record is gone were revoked: delete them unstarted.
         for kind in [RunKind::PipelineRun] {
             for run in stores.runs(kind).state() {

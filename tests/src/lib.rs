@@ -125,3 +125,42 @@ pub fn binary(name: &str) -> PathBuf {
     }
     target.join("debug").join(name)
 }
+
+/// Writes (create, update, patch, server-side apply, delete) an API server
+/// has served, by `(resource, subresource)`, from its own
+/// `apiserver_request_total`: how tests and benchmarks count what tekfed
+/// costs without trusting tekfed's own counters.
+pub async fn writes_by_resource(
+    client: &kube::Client,
+) -> std::collections::BTreeMap<(String, String), u64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a valid request");
+    let text = client.request_text(request).await.unwrap_or_default();
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| -> String {
+            let key = format!("{name}=\"");
+            line.split(&key)
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label("verb").as_str()) {
+            continue;
+        }
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        *counts
+            .entry((label("resource"), label("subresource")))
+            .or_default() += value;
+    }
+    counts
+}

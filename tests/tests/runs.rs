@@ -2,7 +2,12 @@
 //! executor, all real processes on real API servers.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::{WatchStreamExt, watcher};
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -13,7 +18,7 @@ use tekfed_crds::{
     FederatedPipelineRun, FederatedTaskRun, MemberReport, RunAssignment, cluster_namespace,
 };
 use tekfed_tests::federation::run_federation;
-use tekfed_tests::{HUB, TestBed, eventually};
+use tekfed_tests::{HUB, TestBed, eventually, writes_by_resource};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -76,43 +81,84 @@ async fn phases(api: &Api<FederatedTaskRun>) -> BTreeMap<String, Option<RunPhase
         .collect()
 }
 
+/// Total writes over the hub and members, by resource, that tekfed made
+/// for runs: Tekton's own status writes (the executor's `taskruns/status`)
+/// and per-cluster heartbeats are left out.
+async fn run_writes(bed: &TestBed) -> BTreeMap<(String, String), u64> {
+    let mut total = BTreeMap::new();
+    for cluster in bed.clusters() {
+        let client = bed.client(&cluster.name).await.unwrap();
+        for (key, n) in writes_by_resource(&client).await {
+            *total.entry(key).or_default() += n;
+        }
+    }
+    total.retain(|(resource, subresource), _| {
+        matches!(
+            resource.as_str(),
+            "federatedtaskruns" | "runassignments" | "taskruns" | "namespaces"
+        ) && !(resource == "taskruns" && subresource == "status")
+    });
+    total
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
 #[tokio::test]
 async fn a_burst_of_runs_spreads_evenly_runs_once_and_succeeds() {
-    const RUNS: usize = 150;
+    const RUNS: usize = 300;
     let bed = run_federation();
     let hub = bed.client(HUB).await.unwrap();
     let ns = bed.namespace("burst", &[HUB]).await.unwrap();
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    // When the hub first shows each run Succeeded, from a watch.
+    let seen_done: Arc<Mutex<BTreeMap<String, Timestamp>>> = Arc::default();
+    let watch = {
+        let (api, seen_done) = (api.clone(), seen_done.clone());
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default()).applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(run)) = stream.next().await {
+                if run.status.as_ref().and_then(|s| s.phase) == Some(RunPhase::Succeeded) {
+                    seen_done
+                        .lock()
+                        .unwrap()
+                        .entry(run.name_any())
+                        .or_insert_with(Timestamp::now);
+                }
+            }
+        })
+    };
+    let writes_before = run_writes(bed).await;
     let names: Vec<String> = (0..RUNS).map(|i| format!("build-{i:03}")).collect();
-    futures::future::join_all(
+    futures::stream::iter(
         names
             .iter()
             .map(|n| create_task_run(&hub, &ns, n, everywhere(), json!({}))),
     )
+    .buffer_unordered(16)
+    .collect::<Vec<()>>()
     .await;
-    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
-    let done = eventually("every run to succeed", WAIT, || {
-        let api = api.clone();
-        async move {
-            let phases = phases(&api).await;
-            let succeeded = phases
-                .values()
-                .filter(|p| **p == Some(RunPhase::Succeeded))
-                .count();
-            (succeeded == RUNS).then_some(phases)
-        }
+    eventually("every run to succeed", WAIT, || {
+        let seen_done = seen_done.clone();
+        async move { (seen_done.lock().unwrap().len() == RUNS).then_some(()) }
     })
     .await;
-    assert_eq!(done.len(), RUNS);
+    watch.abort();
+    let writes_after = run_writes(bed).await;
+
     let runs = member_runs(bed, "TaskRun", &ns).await;
     let mut seen = BTreeSet::new();
+    let counts: Vec<(String, usize)> = runs
+        .iter()
+        .map(|(m, u)| (m.clone(), u.values().sum()))
+        .collect();
     for (member, by_uid) in &runs {
         let count: usize = by_uid.values().sum();
         assert!(
-            (RUNS / 3).abs_diff(count) <= RUNS / 30,
-            "{member} got {count} of {RUNS} runs: {:?}",
-            runs.iter()
-                .map(|(m, u)| (m, u.values().sum::<usize>()))
-                .collect::<Vec<_>>()
+            (RUNS / 3).abs_diff(count) <= 10,
+            "{member} got {count} of {RUNS} runs: {counts:?}"
         );
         for (uid, n) in by_uid {
             assert_eq!(*n, 1, "{member} holds {n} runs of one federated run");
@@ -123,7 +169,13 @@ async fn a_burst_of_runs_spreads_evenly_runs_once_and_succeeds() {
         }
     }
     assert_eq!(seen.len(), RUNS);
-    // Each run's status names its cluster and mirrors Tekton.
+    let final_phases = phases(&api).await;
+    assert!(
+        final_phases
+            .values()
+            .all(|p| *p == Some(RunPhase::Succeeded)),
+        "{final_phases:?}"
+    );
     let one = api.get("build-000").await.unwrap().status.unwrap();
     assert!(one.cluster.is_some() && one.scheduled_time.is_some() && one.completion_time.is_some());
     let succeeded = one
@@ -135,6 +187,137 @@ async fn a_burst_of_runs_spreads_evenly_runs_once_and_succeeds() {
         (succeeded.status.as_str(), succeeded.reason.as_str()),
         ("True", "Succeeded")
     );
+
+    // Figures for the notes (printed, not asserted): status latency from the
+    // member run's completionTime to the hub showing Succeeded, and writes per run.
+    let seen_done = seen_done.lock().unwrap().clone();
+    let mut latencies = Vec::new();
+    for member in bed.members() {
+        let member_api: Api<DynamicObject> = Api::namespaced_with(
+            bed.client(&member).await.unwrap(),
+            &ns,
+            &tekton_resource("TaskRun"),
+        );
+        for run in member_api.list(&ListParams::default()).await.unwrap().items {
+            let finished: Option<Timestamp> = run.data["status"]["completionTime"]
+                .as_str()
+                .and_then(|t| t.parse().ok());
+            if let (Some(finished), Some(seen)) = (finished, seen_done.get(&run.name_any())) {
+                latencies.push(seen.duration_since(finished).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let writes: u64 = writes_after
+        .iter()
+        .map(|(k, v)| v - writes_before.get(k).copied().unwrap_or(0))
+        .sum();
+    let by_resource: Vec<String> = writes_after
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}{}{}={}",
+                k.0,
+                if k.1.is_empty() { "" } else { "/" },
+                k.1,
+                v - writes_before.get(k).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    eprintln!(
+        "FIGURES burst of {RUNS}: per member {counts:?}; status latency p50 {:.0} ms, p99 {:.0} ms over {} runs; tekfed writes per run {:.2} ({})",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.len(),
+        writes as f64 / RUNS as f64,
+        by_resource.join(", ")
+    );
+    assert_eq!(latencies.len(), RUNS);
+
+    // A finished run the member prunes is never re-created.
+    let member = one.cluster.unwrap();
+    let member_api: Api<DynamicObject> = Api::namespaced_with(
+        bed.client(&member).await.unwrap(),
+        &ns,
+        &tekton_resource("TaskRun"),
+    );
+    member_api
+        .delete("build-000", &Default::default())
+        .await
+        .unwrap();
+    // Touch the federated run so the hub reconciles it again; a run created
+    // after the touch and seen to succeed shows the hub got that far.
+    api.patch(
+        "build-000",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    create_task_run(
+        &hub,
+        &ns,
+        "after-prune",
+        json!({"clusters": [{"name": member}]}),
+        json!({}),
+    )
+    .await;
+    eventually("the run created after the prune to succeed", WAIT, || {
+        let api = api.clone();
+        async move {
+            (api.get("after-prune").await.ok()?.status?.phase == Some(RunPhase::Succeeded))
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        member_api.get_opt("build-000").await.unwrap().is_none(),
+        "a pruned run came back"
+    );
+    assert_eq!(
+        api.get("build-000").await.unwrap().status.unwrap().phase,
+        Some(RunPhase::Succeeded)
+    );
+}
+
+#[tokio::test]
+async fn mode_all_runs_once_on_every_selected_member() {
+    let bed = run_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let ns = bed.namespace("mode-all", &[HUB]).await.unwrap();
+    let mut placement = everywhere();
+    placement["mode"] = json!("All");
+    create_task_run(&hub, &ns, "conformance", placement, json!({})).await;
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    let status = eventually("the All run to succeed everywhere", WAIT, || {
+        let api = api.clone();
+        async move {
+            let s = api.get("conformance").await.ok()?.status?;
+            (s.phase == Some(RunPhase::Succeeded)).then_some(s)
+        }
+    })
+    .await;
+    let clusters: Vec<(&str, RunPhase)> = status
+        .clusters
+        .iter()
+        .map(|c| (c.cluster.as_str(), c.phase))
+        .collect();
+    assert_eq!(
+        clusters,
+        vec![
+            ("member-1", RunPhase::Succeeded),
+            ("member-2", RunPhase::Succeeded),
+            ("member-3", RunPhase::Succeeded)
+        ]
+    );
+    let runs = member_runs(bed, "TaskRun", &ns).await;
+    for (member, by_uid) in runs {
+        assert_eq!(
+            by_uid.values().sum::<usize>(),
+            1,
+            "{member} should hold exactly one copy"
+        );
+    }
 }
 
 #[tokio::test]

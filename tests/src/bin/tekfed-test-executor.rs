@@ -84,9 +84,11 @@ async fn watch(client: Client, kind: RunKind, duration: Duration, running: Runni
     }
 }
 
+/// RFC 3339 with milliseconds, so status latency can be measured finer
+/// than Tekton's whole seconds.
 fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
+        .round(k8s_openapi::jiff::Unit::Millisecond)
         .unwrap_or_default()
         .to_string()
 }
