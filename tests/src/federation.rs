@@ -343,25 +343,7 @@ pub fn run_federation() -> &'static TestBed {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let members = bed.members();
-                for member in &members {
-                    let labels =
-                        BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
-                    bed.register_member(member, labels)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                bed.start_hub("tekfed-hub", &["--heartbeat-grace", "10"])
-                    .map_err(|e| e.to_string())?;
-                for member in &members {
-                    bed.start_agent(member, 1.0)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    bed.start_executor(member, 300).map_err(|e| e.to_string())?;
-                }
-                wait_condition(bed, &members, "Ready", Duration::from_secs(90)).await
-            })
+            runtime.block_on(federate(bed, &[], 300))
         })
         .join()
         .unwrap_or_else(|_| Err("starting the federation panicked".into()))
@@ -370,6 +352,32 @@ pub fn run_federation() -> &'static TestBed {
         panic!("the federation did not start: {e}");
     }
     bed
+}
+
+/// Make `bed` a whole federation: every member registered (label
+/// `tekfed.io/test-member=<name>`), the hub (with `hub_args`), an agent and
+/// a test executor (runs last `run_ms`) per member; returns once every
+/// member is Ready.
+pub async fn federate(bed: &TestBed, hub_args: &[&str], run_ms: u64) -> Result<(), String> {
+    let members = bed.members();
+    for member in &members {
+        let labels = BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
+        bed.register_member(member, labels)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut args = vec!["--heartbeat-grace", "10"];
+    args.extend_from_slice(hub_args);
+    bed.start_hub("tekfed-hub", &args)
+        .map_err(|e| e.to_string())?;
+    for member in &members {
+        bed.start_agent(member, 1.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        bed.start_executor(member, run_ms)
+            .map_err(|e| e.to_string())?;
+    }
+    wait_condition(bed, &members, "Ready", Duration::from_secs(90)).await
 }
 
 /// Wait until the hub reports `condition=True` on each of `clusters`.

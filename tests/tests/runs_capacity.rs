@@ -1,0 +1,156 @@
+//! Clusters with `maxConcurrentRuns` never take more runs at once; the rest
+//! waits, saying why (a federation of its own: it changes member capacity).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::runs::RunPhase;
+use tekfed_crds::{FederatedTaskRun, MemberCluster};
+use tekfed_tests::federation::federate;
+use tekfed_tests::{HUB, POLL_INTERVAL, TestBed, eventually};
+
+const WAIT: Duration = Duration::from_secs(240);
+
+async fn create_runs(hub: &Client, ns: &str, count: usize) -> Vec<String> {
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
+    let names: Vec<String> = (0..count).map(|i| format!("job-{i:03}")).collect();
+    for name in &names {
+        let run: FederatedTaskRun = serde_json::from_value(json!({
+            "apiVersion": "tekfed.io/v1alpha1",
+            "kind": "FederatedTaskRun",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "template": {"spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}},
+                "placement": {"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}},
+            },
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &run).await.unwrap();
+    }
+    names
+}
+
+async fn phases(api: &Api<FederatedTaskRun>) -> Vec<(String, Option<RunPhase>, Option<String>)> {
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| {
+            let status = r.status.clone().unwrap_or_default();
+            let reason = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Scheduled")
+                .map(|c| c.reason.clone());
+            (r.name_any(), status.phase, reason)
+        })
+        .collect()
+}
+
+fn is_running(run: &DynamicObject) -> bool {
+    run.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Succeeded"))
+        .is_some_and(|c| c["status"] == "Unknown" && c["reason"] == "Running")
+}
+
+#[tokio::test]
+async fn max_concurrent_runs_is_never_exceeded_and_the_rest_waits() {
+    const MAX: usize = 5;
+    const RUNS: usize = 30;
+    let bed = TestBed::start(2).await.unwrap();
+    federate(&bed, &[], 2000).await.unwrap();
+    let hub = bed.client(HUB).await.unwrap();
+    let clusters: Api<MemberCluster> = Api::all(hub.clone());
+    for member in bed.members() {
+        clusters
+            .patch(
+                &member,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"maxConcurrentRuns": MAX}})),
+            )
+            .await
+            .unwrap();
+    }
+    let ns = bed.namespace("capacity", &[HUB]).await.unwrap();
+
+    // Sample what runs on each member while the runs go through.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let mut samplers = Vec::new();
+    for member in bed.members() {
+        let api: Api<DynamicObject> = Api::all_with(
+            bed.client(&member).await.unwrap(),
+            &tekton_resource("TaskRun"),
+        );
+        let (stop, peak) = (stop.clone(), peak.clone());
+        samplers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(list) = api.list(&ListParams::default()).await {
+                    let running = list.items.iter().filter(|r| is_running(r)).count();
+                    let mut peak = peak.lock().unwrap();
+                    let entry = peak.entry(member.clone()).or_default();
+                    *entry = (*entry).max(running);
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }));
+    }
+
+    create_runs(&hub, &ns, RUNS).await;
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    // While both clusters are full, the rest waits, saying why.
+    let queued = eventually("runs to queue behind full clusters", WAIT, || {
+        let api = api.clone();
+        async move {
+            let queued: Vec<_> = phases(&api)
+                .await
+                .into_iter()
+                .filter(|(_, p, _)| *p == Some(RunPhase::Queued))
+                .collect();
+            (queued.len() >= RUNS - 2 * MAX - 2).then_some(queued)
+        }
+    })
+    .await;
+    assert!(
+        queued
+            .iter()
+            .all(|(_, _, reason)| reason.as_deref() == Some("AllClustersFull")),
+        "{queued:?}"
+    );
+    eventually("every run to succeed", WAIT, || {
+        let api = api.clone();
+        async move {
+            phases(&api)
+                .await
+                .iter()
+                .all(|(_, p, _)| *p == Some(RunPhase::Succeeded))
+                .then_some(())
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for s in samplers {
+        s.await.unwrap();
+    }
+    let peak = peak.lock().unwrap().clone();
+    assert_eq!(peak.len(), 2, "{peak:?}");
+    for (member, running) in &peak {
+        assert!(
+            *running <= MAX,
+            "{member} ran {running} at once, over its maxConcurrentRuns {MAX}"
+        );
+        assert!(
+            *running >= 2,
+            "{member} never ran more than {running} at once: the sampling saw nothing"
+        );
+    }
+    eprintln!("FIGURES capacity: peak running per member {peak:?} (max {MAX})");
+}
