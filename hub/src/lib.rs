@@ -20,10 +20,12 @@
 //! - [`propagation`]: reconciles `FederatedTask`s and `FederatedPipeline`s
 //!   onto their members.
 //! - [`runs`]: the dispatcher and the run controllers.
+//! - [`metrics`]: Prometheus metrics on `/metrics`.
 
 pub mod drift;
 pub mod member_controller;
 pub mod members;
+pub mod metrics;
 pub mod overrides;
 pub mod ownership;
 pub mod placement;

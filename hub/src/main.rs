@@ -49,6 +49,9 @@ struct Args {
     /// stay Ready (and get new runs).
     #[arg(long, value_parser = humantime_secs, default_value = "30")]
     heartbeat_grace: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`); port 0 picks a free one.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_addr: std::net::SocketAddr,
 }
 
 /// Seconds, as a plain number (`30`) or with an `s` suffix (`30s`).
@@ -66,6 +69,7 @@ fn humantime_secs(text: &str) -> Result<Duration, String> {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -102,10 +106,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         heartbeat_grace: args.heartbeat_grace,
     });
     let member_controller = member_controller::controller(&member_ctx);
+    let metrics = Arc::new(tekfed_hub::metrics::Metrics::default());
     let run_ctx = Arc::new(RunContext::new(
         client.clone(),
         members.clone(),
         member_controller.store(),
+        metrics.clone(),
     ));
     let task_runs = runs::controller::<FederatedTaskRun>(&run_ctx);
     let pipeline_runs = runs::controller::<FederatedPipelineRun>(&run_ctx);
@@ -130,6 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = runs::run(task_runs, run_ctx.clone()) => {}
         _ = runs::run(pipeline_runs, run_ctx) => {}
         _ = dispatcher => {}
+        r = tekfed_hub::metrics::serve(args.metrics_addr, metrics) => { r?; }
         r = tokio::signal::ctrl_c() => { r?; tracing::info!("stopping"); }
     }
     Ok(())

@@ -46,6 +46,7 @@ use tekfed_crds::{
 };
 
 use crate::members::Members;
+use crate::metrics::{ClusterLabel, Metrics, PhaseLabel};
 use crate::overrides::{Source, render};
 use crate::ownership::Owner;
 use crate::placement::Member;
@@ -121,16 +122,23 @@ pub struct RunContext {
     pub hub: Client,
     pub members: Arc<Members>,
     pub clusters: Store<MemberCluster>,
+    pub metrics: Arc<Metrics>,
     /// Decisions written but not yet seen in the watch stores: uid → clusters.
     decided: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl RunContext {
-    pub fn new(hub: Client, members: Arc<Members>, clusters: Store<MemberCluster>) -> Self {
+    pub fn new(
+        hub: Client,
+        members: Arc<Members>,
+        clusters: Store<MemberCluster>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             hub,
             members,
             clusters,
+            metrics,
             decided: Mutex::default(),
         }
     }
@@ -566,6 +574,8 @@ async fn round(ctx: &RunContext, all: Vec<Entry>) {
         }
     }
     ctx.members.set_active_runs(&active);
+    record_metrics(ctx, &all, &active);
+    ctx.metrics.queue_depth.set(queue.len() as i64);
     if queue.is_empty() {
         return;
     }
@@ -660,5 +670,54 @@ async fn round(ctx: &RunContext, all: Vec<Entry>) {
         .await;
     for e in results.into_iter().filter_map(Result::err) {
         tracing::debug!(error = %e, "scheduling write skipped");
+    }
+}
+
+fn record_metrics(ctx: &RunContext, all: &[Entry], active: &BTreeMap<String, i64>) {
+    let mut by_phase: BTreeMap<String, i64> = [
+        "Queued",
+        "Scheduled",
+        "Running",
+        "Succeeded",
+        "Failed",
+        "Cancelled",
+    ]
+    .into_iter()
+    .map(|p| (p.to_owned(), 0))
+    .collect();
+    for entry in all {
+        let phase = entry
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(RunPhase::Queued);
+        *by_phase.entry(format!("{phase:?}")).or_default() += 1;
+    }
+    for (phase, n) in by_phase {
+        ctx.metrics.runs.get_or_create(&PhaseLabel { phase }).set(n);
+    }
+    for mc in ctx.clusters.state() {
+        let cluster = ClusterLabel {
+            cluster: mc.name_any(),
+        };
+        let status = mc.status.clone().unwrap_or_default();
+        let load = status
+            .load
+            .as_ref()
+            .map(|l| l.running + l.pending)
+            .unwrap_or(0);
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ctx.metrics.cluster_load.get_or_create(&cluster).set(load);
+        ctx.metrics
+            .cluster_ready
+            .get_or_create(&cluster)
+            .set(i64::from(ready));
+        ctx.metrics
+            .cluster_active
+            .get_or_create(&cluster)
+            .set(active.get(&cluster.cluster).copied().unwrap_or(0));
     }
 }

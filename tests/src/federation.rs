@@ -120,6 +120,8 @@ impl TestBed {
             HUB_NAMESPACE.into(),
             "--probe-interval".into(),
             "2".into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
         ];
         all.extend(args.iter().map(|a| a.to_string()));
         self.spawn(
@@ -420,4 +422,25 @@ pub async fn wait_condition(
         }
         tokio::time::sleep(crate::POLL_INTERVAL).await;
     }
+}
+
+impl TestBed {
+    /// The address a hub started by [`TestBed::start_hub`] serves metrics on,
+    /// from its log.
+    pub fn metrics_addr(&self, hub: &str) -> Option<String> {
+        let log = std::fs::read_to_string(self.dir().join(format!("{hub}.log"))).ok()?;
+        let line = log.lines().rev().find(|l| l.contains("serving metrics"))?;
+        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+        Some(addr.trim_matches('"').to_owned())
+    }
+}
+
+/// `GET /metrics` from a metrics address, as text.
+pub fn scrape(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: tekfed\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
 }

@@ -17,7 +17,7 @@ use tekfed_crds::runs::RunPhase;
 use tekfed_crds::{
     FederatedPipelineRun, FederatedTaskRun, MemberReport, RunAssignment, cluster_namespace,
 };
-use tekfed_tests::federation::run_federation;
+use tekfed_tests::federation::{run_federation, scrape};
 use tekfed_tests::{HUB, TestBed, eventually, writes_by_resource};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -485,5 +485,54 @@ async fn members_report_heartbeat_and_load() {
                 "{member}: {condition}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn the_hub_serves_prometheus_metrics() {
+    let bed = run_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let ns = bed.namespace("metrics", &[HUB]).await.unwrap();
+    create_task_run(
+        &hub,
+        &ns,
+        "measured",
+        json!({"clusters": [{"name": "member-3"}]}),
+        json!({}),
+    )
+    .await;
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    eventually("the run to succeed", WAIT, || {
+        let api = api.clone();
+        async move {
+            (api.get("measured").await.ok()?.status?.phase == Some(RunPhase::Succeeded))
+                .then_some(())
+        }
+    })
+    .await;
+    let addr = eventually("the hub to log its metrics address", WAIT, || async {
+        bed.metrics_addr("tekfed-hub")
+    })
+    .await;
+    let text = eventually("metrics that count the finished run", WAIT, || {
+        let addr = addr.clone();
+        async move {
+            let text = scrape(&addr).ok()?;
+            let succeeded = text
+                .lines()
+                .find(|l| l.starts_with("tekfed_runs{phase=\"Succeeded\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())?;
+            (succeeded >= 1).then_some(text)
+        }
+    })
+    .await;
+    for wanted in [
+        "tekfed_run_queue_depth",
+        "tekfed_scheduling_latency_seconds_bucket",
+        "tekfed_cluster_load{cluster=\"member-3\"}",
+        "tekfed_cluster_ready{cluster=\"member-3\"} 1",
+        "tekfed_cluster_active_runs{cluster=\"member-1\"}",
+    ] {
+        assert!(text.contains(wanted), "no {wanted} in:\n{text}");
     }
 }
