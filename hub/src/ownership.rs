@@ -22,6 +22,9 @@ pub const LABEL_NAMESPACE: &str = "tekfed.io/federated-namespace";
 pub const LABEL_NAME: &str = "tekfed.io/federated-name";
 /// The federated object's uid.
 pub const LABEL_UID: &str = "tekfed.io/federated-uid";
+/// On a Task or Pipeline copied to a member because a run there needs it,
+/// not because its placement selects that member.
+pub const LABEL_RUN_DEPENDENCY: &str = "tekfed.io/run-dependency";
 
 /// The federated object a member object belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]

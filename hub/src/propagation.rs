@@ -43,7 +43,9 @@ use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
 
 use crate::members::{Connection, Members, Requeue};
 use crate::overrides::{Source, render};
-use crate::ownership::{FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_UID, MANAGED_BY, Owner};
+use crate::ownership::{
+    FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_RUN_DEPENDENCY, LABEL_UID, MANAGED_BY, Owner,
+};
 use crate::placement::{self, Member, Selection};
 use crate::{drift, status};
 
@@ -235,8 +237,11 @@ fn obj_kind<K: Federated>() -> &'static str {
 }
 
 /// Clusters that hold a copy of `obj` now: those in its status, and any
-/// member whose watch store has an object with its uid.
-fn holders<K: Federated>(obj: &K, ctx: &Context) -> BTreeSet<String> {
+/// member whose watch store has an object with its uid. Copies put there
+/// only because a run needs them (label `tekfed.io/run-dependency`) count
+/// only when `with_run_dependencies`: placement does not remove them, but
+/// deleting the federated object does.
+fn holders<K: Federated>(obj: &K, ctx: &Context, with_run_dependencies: bool) -> BTreeSet<String> {
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let mut holders: BTreeSet<String> = obj
         .propagation()
@@ -246,10 +251,10 @@ fn holders<K: Federated>(obj: &K, ctx: &Context) -> BTreeSet<String> {
         let name = mc.name_any();
         if let Ok(conn) = ctx.members.connection(&name)
             && let Some(store) = conn.stores.get(K::TEKTON_KIND)
-            && store
-                .state()
-                .iter()
-                .any(|o| o.labels().get(LABEL_UID) == Some(&uid))
+            && store.state().iter().any(|o| {
+                o.labels().get(LABEL_UID) == Some(&uid)
+                    && (with_run_dependencies || !o.labels().contains_key(LABEL_RUN_DEPENDENCY))
+            })
         {
             holders.insert(name);
         }
@@ -259,7 +264,7 @@ fn holders<K: Federated>(obj: &K, ctx: &Context) -> BTreeSet<String> {
 
 async fn apply<K: Federated>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let fleet = members(ctx);
-    let holders = holders(obj, ctx);
+    let holders = holders(obj, ctx, false);
     let selection = Selection::from(obj.placement());
     let mut problem = None;
     let selected = match placement::resolve(selection, &fleet, &holders) {
@@ -273,17 +278,21 @@ async fn apply<K: Federated>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let generation = obj.meta().generation;
 
     let results = futures::future::join_all(selected.iter().map(|cluster| async move {
-        let (state, message) =
-            match tokio::time::timeout(ctx.member_timeout, sync_cluster(obj, cluster, ctx)).await {
-                Ok(outcome) => outcome,
-                Err(_) => (
-                    PropagationState::Failed,
-                    Some(format!(
-                        "cluster {cluster} did not answer within {:?}",
-                        ctx.member_timeout
-                    )),
-                ),
-            };
+        let (state, message) = match tokio::time::timeout(
+            ctx.member_timeout,
+            sync_cluster(obj, cluster, &ctx.members, false),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => (
+                PropagationState::Failed,
+                Some(format!(
+                    "cluster {cluster} did not answer within {:?}",
+                    ctx.member_timeout
+                )),
+            ),
+        };
         ClusterPropagation {
             cluster: cluster.clone(),
             state,
@@ -354,14 +363,16 @@ async fn apply<K: Federated>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     }))
 }
 
-/// Bring one member's copy in line: `(state, message)`.
-async fn sync_cluster<K: Federated>(
+/// Bring one member's copy in line: `(state, message)`. `run_dependency`
+/// marks a copy put there because a run needs it.
+pub(crate) async fn sync_cluster<K: Federated>(
     obj: &K,
     cluster: &str,
-    ctx: &Context,
+    members: &Members,
+    run_dependency: bool,
 ) -> (PropagationState, Option<String>) {
     let failed = |message: String| (PropagationState::Failed, Some(message));
-    let conn = match ctx.members.connection(cluster) {
+    let conn = match members.connection(cluster) {
         Ok(conn) => conn,
         Err(why) => {
             return failed(format!(
@@ -379,10 +390,13 @@ async fn sync_cluster<K: Federated>(
         template: obj.template(),
         overrides: obj.overrides(),
     };
-    let desired = match render(&source, cluster) {
+    let mut desired = match render(&source, cluster) {
         Ok(desired) => desired,
         Err(e) => return failed(format!("{e}; fix spec.overrides")),
     };
+    if run_dependency {
+        desired["metadata"]["labels"][LABEL_RUN_DEPENDENCY] = json!("true");
+    }
     let synced = (PropagationState::Synced, None);
     // The member watch's store answers without a request in the common
     // case: an unchanged copy that is ours.
@@ -544,7 +558,7 @@ async fn remove_copy<K: Federated>(obj: &K, cluster: &str, ctx: &Context) -> Res
 /// The federated object is being deleted: remove its copies, waiting at
 /// most the deletion timeout for members that cannot be reached.
 async fn cleanup<K: Federated>(obj: &K, ctx: &Context) -> Result<Action, Error> {
-    let holders = holders(obj, ctx);
+    let holders = holders(obj, ctx, true);
     let results = futures::future::join_all(holders.iter().map(|cluster| async move {
         match tokio::time::timeout(ctx.member_timeout, remove_copy(obj, cluster, ctx)).await {
             Ok(Ok(())) => None,

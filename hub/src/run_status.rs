@@ -154,6 +154,21 @@ pub fn fold(
     status
 }
 
+/// The condition saying a run waits for something it refers to.
+pub const DEPENDENCIES_READY: &str = "DependenciesReady";
+
+/// `DependenciesReady=False`, reason `DependencyMissing`, saying what is missing.
+pub fn dependency_missing(message: &str, now: Time) -> Condition {
+    Condition {
+        type_: DEPENDENCIES_READY.into(),
+        status: "False".into(),
+        reason: "DependencyMissing".into(),
+        message: format!("{message}; the run waits until it exists"),
+        observed_generation: None,
+        last_transition_time: now,
+    }
+}
+
 /// The status recording a scheduling decision, written before anything is
 /// created on a member.
 pub fn scheduled(

@@ -155,6 +155,8 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    #[error("{0}")]
+    DependencyMissing(String),
     #[error("{kind} {namespace}/{name}: {message}")]
     Waiting {
         kind: &'static str,
@@ -294,11 +296,40 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
                 }
             }
         };
-        ensure_member_run(run, cluster, &record, ctx).await?;
+        match ensure_member_run(run, cluster, &record, ctx).await {
+            Ok(()) => {}
+            Err(Error::DependencyMissing(message)) => {
+                let mut status = status.cloned().unwrap_or_default();
+                let condition = run_status::dependency_missing(&message, now());
+                if !status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == condition.type_ && c.message == condition.message)
+                {
+                    status.conditions.retain(|c| c.type_ != condition.type_);
+                    status.conditions.push(condition);
+                    write_status(run, ctx, status).await?;
+                }
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+            Err(e) => return Err(e),
+        }
         records.push((cluster.clone(), record.status));
     }
     let previous = status.cloned().unwrap_or_default();
-    let folded = run_status::fold(run.placement().mode, &previous, &records, now());
+    let mut base = previous.clone();
+    // Everything it refers to is there now: the wait is over.
+    for c in base
+        .conditions
+        .iter_mut()
+        .filter(|c| c.type_ == run_status::DEPENDENCIES_READY && c.status == "False")
+    {
+        c.status = "True".into();
+        c.reason = "Resolved".into();
+        c.message = "what the run refers to is on its cluster".into();
+        c.last_transition_time = now();
+    }
+    let folded = run_status::fold(run.placement().mode, &base, &records, now());
     if folded != previous {
         write_status(run, ctx, folded.clone()).await?;
         if folded.phase.is_some_and(is_final) {
@@ -392,6 +423,7 @@ async fn ensure_member_run<K: FederatedRun>(
             if K::KIND == RunKind::PipelineRun && !released && cancel.is_none() {
                 desired["spec"]["status"] = json!(PIPELINE_RUN_PENDING);
             }
+            ensure_dependencies(run, cluster, ctx).await?;
             ensure_namespace(&conn.client, &namespace).await;
             let object: DynamicObject = serde_json::from_value(desired)
                 .map_err(|e| waiting(format!("rendering the member run: {e}")))?;
@@ -719,5 +751,198 @@ fn record_metrics(ctx: &RunContext, all: &[Entry], active: &BTreeMap<String, i64
             .cluster_active
             .get_or_create(&cluster)
             .set(active.get(&cluster.cluster).copied().unwrap_or(0));
+    }
+}
+
+/// The Tasks and Pipelines a run's spec refers to by name: `(kind, name)`.
+/// Inline `taskSpec`/`pipelineSpec` need nothing, but the `taskRef`s inside
+/// an inline `pipelineSpec` do. Refs through a resolver are not tekfed's.
+pub fn references(
+    kind: RunKind,
+    spec: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<(&'static str, String)> {
+    let by_name = |r: &serde_json::Value, want: &str| -> Option<String> {
+        let kind_ok = r
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .is_none_or(|k| k == want);
+        (kind_ok && r.get("resolver").is_none())
+            .then(|| r.get("name")?.as_str().map(str::to_owned))
+            .flatten()
+    };
+    let mut refs = Vec::new();
+    match kind {
+        RunKind::TaskRun => {
+            if let Some(name) = spec.get("taskRef").and_then(|r| by_name(r, "Task")) {
+                refs.push(("Task", name));
+            }
+        }
+        RunKind::PipelineRun => {
+            if let Some(name) = spec.get("pipelineRef").and_then(|r| by_name(r, "Pipeline")) {
+                refs.push(("Pipeline", name));
+            }
+            if let Some(inline) = spec.get("pipelineSpec").and_then(|p| p.as_object()) {
+                refs.extend(pipeline_task_refs(inline).into_iter().map(|n| ("Task", n)));
+            }
+        }
+    }
+    refs
+}
+
+/// The Tasks a Pipeline spec's tasks and finally tasks refer to by name.
+pub fn pipeline_task_refs(spec: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let mut names: Vec<String> = ["tasks", "finally"]
+        .iter()
+        .filter_map(|k| spec.get(*k)?.as_array())
+        .flatten()
+        .filter_map(|t| {
+            let r = t.get("taskRef")?;
+            let kind_ok = r
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .is_none_or(|k| k == "Task");
+            (kind_ok && r.get("resolver").is_none())
+                .then(|| r.get("name")?.as_str().map(str::to_owned))
+                .flatten()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Put what `run` refers to on `cluster` before the run: a FederatedTask or
+/// FederatedPipeline of that name in the run's namespace is applied there
+/// (with that cluster's overrides); otherwise the member must already have
+/// it. What exists nowhere is `DependencyMissing`.
+async fn ensure_dependencies<K: FederatedRun>(
+    run: &K,
+    cluster: &str,
+    ctx: &RunContext,
+) -> Result<(), Error> {
+    use crate::propagation::sync_cluster;
+    use tekfed_crds::{FederatedPipeline, FederatedTask, PropagationState};
+    let ns = run.namespace().unwrap_or_default();
+    let mut tasks = BTreeSet::new();
+    let mut missing = Vec::new();
+    let mut failed = Vec::new();
+    let on_member = |kind: &'static str, name: String| {
+        let members = ctx.members.clone();
+        let (ns, cluster) = (ns.clone(), cluster.to_owned());
+        async move {
+            let conn = members.connection(&cluster).ok()?;
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(conn.client.clone(), &ns, &tekton_resource(kind));
+            api.get_metadata_opt(&name).await.ok().flatten().map(|_| ())
+        }
+    };
+    for (kind, name) in references(K::KIND, &run.template().spec) {
+        if kind == "Task" {
+            tasks.insert(name);
+            continue;
+        }
+        let pipelines: Api<FederatedPipeline> = Api::namespaced(ctx.hub.clone(), &ns);
+        match pipelines.get_opt(&name).await {
+            Ok(Some(fp)) => {
+                tasks.extend(pipeline_task_refs(&fp.spec.template.spec));
+                if let (state, Some(message)) = sync_cluster(&fp, cluster, &ctx.members, true).await
+                    && state != PropagationState::Synced
+                {
+                    failed.push(format!("Pipeline {name}: {message}"));
+                }
+            }
+            Ok(None) if on_member("Pipeline", name.clone()).await.is_some() => {}
+            Ok(None) => missing.push(format!("pipelineRef {name}: no FederatedPipeline {name} in {ns} and no Pipeline {name} on {cluster}")),
+            Err(e) => failed.push(format!("reading FederatedPipeline {name}: {e}")),
+        }
+    }
+    let federated_tasks: Api<FederatedTask> = Api::namespaced(ctx.hub.clone(), &ns);
+    for name in tasks {
+        match federated_tasks.get_opt(&name).await {
+            Ok(Some(ft)) => {
+                if let (state, Some(message)) = sync_cluster(&ft, cluster, &ctx.members, true).await
+                    && state != PropagationState::Synced
+                {
+                    failed.push(format!("Task {name}: {message}"));
+                }
+            }
+            Ok(None) if on_member("Task", name.clone()).await.is_some() => {}
+            Ok(None) => missing.push(format!(
+                "taskRef {name}: no FederatedTask {name} in {ns} and no Task {name} on {cluster}"
+            )),
+            Err(e) => failed.push(format!("reading FederatedTask {name}: {e}")),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::DependencyMissing(missing.join("; ")));
+    }
+    if !failed.is_empty() {
+        return Err(Error::Waiting {
+            kind: K::FEDERATED_KIND,
+            namespace: ns,
+            name: run.name_any(),
+            message: format!("dependencies not on {cluster} yet: {}", failed.join("; ")),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_task_run_needs_its_task_ref() {
+        assert_eq!(
+            references(
+                RunKind::TaskRun,
+                &spec(json!({"taskRef": {"name": "build"}}))
+            ),
+            vec![("Task", "build".to_string())]
+        );
+        assert!(references(RunKind::TaskRun, &spec(json!({"taskSpec": {"steps": []}}))).is_empty());
+        // Resolved remotely, or another kind: not tekfed's to place.
+        assert!(
+            references(
+                RunKind::TaskRun,
+                &spec(json!({"taskRef": {"resolver": "git", "params": []}}))
+            )
+            .is_empty()
+        );
+        assert!(
+            references(
+                RunKind::TaskRun,
+                &spec(json!({"taskRef": {"name": "x", "kind": "ClusterTask"}}))
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_pipeline_run_needs_its_pipeline_and_the_tasks_of_an_inline_pipeline() {
+        assert_eq!(
+            references(
+                RunKind::PipelineRun,
+                &spec(json!({"pipelineRef": {"name": "build-and-deploy"}}))
+            ),
+            vec![("Pipeline", "build-and-deploy".to_string())]
+        );
+        let inline = spec(json!({"pipelineSpec": {
+            "tasks": [{"name": "a", "taskRef": {"name": "build"}}, {"name": "b", "taskSpec": {"steps": []}}, {"name": "c", "taskRef": {"name": "build"}}],
+            "finally": [{"name": "d", "taskRef": {"name": "notify"}}],
+        }}));
+        assert_eq!(
+            references(RunKind::PipelineRun, &inline),
+            vec![
+                ("Task", "build".to_string()),
+                ("Task", "notify".to_string())
+            ]
+        );
     }
 }

@@ -536,3 +536,100 @@ async fn the_hub_serves_prometheus_metrics() {
         assert!(text.contains(wanted), "no {wanted} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
+    let bed = run_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let ns = bed.namespace("deps", &[HUB]).await.unwrap();
+    // The Task is placed on member-1 only; the run goes to member-3.
+    let tasks: Api<tekfed_crds::FederatedTask> = Api::namespaced(hub.clone(), &ns);
+    let task: tekfed_crds::FederatedTask = serde_json::from_value(json!({
+        "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTask",
+        "metadata": {"name": "lint", "namespace": ns},
+        "spec": {
+            "template": {"spec": {"steps": [{"name": "lint", "image": "golangci/golangci-lint"}]}},
+            "placement": {"clusters": [{"name": "member-1"}]},
+            "overrides": [{"clusterName": "member-3", "clusterOverrides": [{"path": "/spec/steps/0/image", "value": "mirror.member-3/golangci-lint"}]}],
+        },
+    }))
+    .unwrap();
+    tasks.create(&PostParams::default(), &task).await.unwrap();
+    let runs: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    let run = |name: &str, task: &str| -> FederatedTaskRun {
+        serde_json::from_value(json!({
+            "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"template": {"spec": {"taskRef": {"name": task}}}, "placement": {"clusters": [{"name": "member-3"}]}},
+        }))
+        .unwrap()
+    };
+    runs.create(&PostParams::default(), &run("lint-run", "lint"))
+        .await
+        .unwrap();
+    eventually("the run to succeed on member-3", WAIT, || {
+        let runs = runs.clone();
+        async move {
+            (runs.get("lint-run").await.ok()?.status?.phase == Some(RunPhase::Succeeded))
+                .then_some(())
+        }
+    })
+    .await;
+    let member_tasks: Api<DynamicObject> = Api::namespaced_with(
+        bed.client("member-3").await.unwrap(),
+        &ns,
+        &tekton_resource("Task"),
+    );
+    let copy = member_tasks
+        .get("lint")
+        .await
+        .expect("the Task came with the run");
+    assert_eq!(
+        copy.data["spec"]["steps"][0]["image"], "mirror.member-3/golangci-lint",
+        "member-3's override applies"
+    );
+    assert_eq!(copy.labels()["tekfed.io/run-dependency"], "true");
+
+    // A reference that exists nowhere: the run waits, saying so.
+    runs.create(&PostParams::default(), &run("orphan-run", "not-yet"))
+        .await
+        .unwrap();
+    let condition = eventually("DependencyMissing", WAIT, || {
+        let runs = runs.clone();
+        async move {
+            let s = runs.get("orphan-run").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.reason == "DependencyMissing")
+        }
+    })
+    .await;
+    assert!(
+        condition.message.contains("not-yet"),
+        "{}",
+        condition.message
+    );
+    let member_runs: Api<DynamicObject> = Api::namespaced_with(
+        bed.client("member-3").await.unwrap(),
+        &ns,
+        &tekton_resource("TaskRun"),
+    );
+    assert!(
+        member_runs.get_opt("orphan-run").await.unwrap().is_none(),
+        "a run with a missing Task was created on the member"
+    );
+    // Once the FederatedTask exists, the run goes.
+    let mut late = task.clone();
+    late.metadata.name = Some("not-yet".into());
+    late.metadata.resource_version = None;
+    late.metadata.uid = None;
+    tasks.create(&PostParams::default(), &late).await.unwrap();
+    eventually("the waiting run to succeed", WAIT, || {
+        let runs = runs.clone();
+        async move {
+            (runs.get("orphan-run").await.ok()?.status?.phase == Some(RunPhase::Succeeded))
+                .then_some(())
+        }
+    })
+    .await;
+}
