@@ -633,3 +633,78 @@ async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn what_the_hold_adds_to_time_to_start() {
+    // Measured, not asserted: from a PipelineRun appearing held on its
+    // member to the agent releasing it (spec.status cleared), as watched on
+    // the member.
+    const RUNS: usize = 20;
+    let bed = run_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let ns = bed.namespace("hold", &[HUB]).await.unwrap();
+    let member: Api<DynamicObject> = Api::namespaced_with(
+        bed.client("member-1").await.unwrap(),
+        &ns,
+        &tekton_resource("PipelineRun"),
+    );
+    let seen: Arc<Mutex<BTreeMap<String, (Option<Timestamp>, Option<Timestamp>)>>> = Arc::default();
+    let watch = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let stream = watcher(member, watcher::Config::default()).applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(run)) = stream.next().await {
+                let held = run.data["spec"]["status"] == "PipelineRunPending";
+                let mut seen = seen.lock().unwrap();
+                let entry = seen.entry(run.name_any()).or_default();
+                if held {
+                    entry.0.get_or_insert_with(Timestamp::now);
+                } else if entry.0.is_some() {
+                    entry.1.get_or_insert_with(Timestamp::now);
+                }
+            }
+        })
+    };
+    let api: Api<FederatedPipelineRun> = Api::namespaced(hub.clone(), &ns);
+    for i in 0..RUNS {
+        let run: FederatedPipelineRun = serde_json::from_value(json!({
+            "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedPipelineRun",
+            "metadata": {"name": format!("held-{i:02}"), "namespace": ns},
+            "spec": {
+                "template": {"spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}]}}},
+                "placement": {"clusters": [{"name": "member-1"}]},
+            },
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &run).await.unwrap();
+    }
+    let holds = eventually("every run to be held and released", WAIT, || {
+        let seen = seen.clone();
+        async move {
+            let seen = seen.lock().unwrap();
+            let holds: Vec<f64> = seen
+                .values()
+                .filter_map(|(held, released)| {
+                    Some(
+                        released
+                            .as_ref()?
+                            .duration_since(*held.as_ref()?)
+                            .as_secs_f64()
+                            * 1000.0,
+                    )
+                })
+                .collect();
+            (holds.len() == RUNS).then_some(holds)
+        }
+    })
+    .await;
+    watch.abort();
+    let mut holds = holds;
+    holds.sort_by(f64::total_cmp);
+    eprintln!(
+        "FIGURES hold (held on member -> released) over {RUNS} PipelineRuns: p50 {:.0} ms, p99 {:.0} ms",
+        percentile(&holds, 0.5),
+        percentile(&holds, 0.99)
+    );
+}
