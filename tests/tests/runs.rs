@@ -634,6 +634,9 @@ async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
     .await;
 }
 
+/// When a member run was first seen held, and then released.
+type HeldReleased = (Option<Timestamp>, Option<Timestamp>);
+
 #[tokio::test]
 async fn what_the_hold_adds_to_time_to_start() {
     // Measured, not asserted: from a PipelineRun appearing held on its
@@ -648,7 +651,7 @@ async fn what_the_hold_adds_to_time_to_start() {
         &ns,
         &tekton_resource("PipelineRun"),
     );
-    let seen: Arc<Mutex<BTreeMap<String, (Option<Timestamp>, Option<Timestamp>)>>> = Arc::default();
+    let seen: Arc<Mutex<BTreeMap<String, HeldReleased>>> = Arc::default();
     let watch = {
         let seen = seen.clone();
         tokio::spawn(async move {
