@@ -429,8 +429,14 @@ async fn ensure_member_run<K: FederatedRun>(
                 .map_err(|e| waiting(format!("rendering the member run: {e}")))?;
             match api.create(&PostParams::default(), &object).await {
                 Ok(_) => Ok(()),
-                // Created before (a retry, a restarted hub): ours, so done.
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                // Created meanwhile: "already created" only if it is ours.
+                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await {
+                    Ok(Some(member)) if owner.owns(member.labels()) => Ok(()),
+                    _ => Err(waiting(format!(
+                        "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
+                        kind_name(K::KIND)
+                    ))),
+                },
                 Err(e) => Err(kube_error(
                     run,
                     format!("creating the member run on {cluster}"),

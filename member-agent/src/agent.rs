@@ -301,6 +301,21 @@ impl Agent {
         if let Some(t) = &total {
             load.pending_pods = t.pending_pods;
         }
+        // Allocatable vs requested CPU and memory, where the member has nodes.
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.member.clone());
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.member.clone());
+        if let (Ok(nodes), Ok(pods)) = (
+            nodes.list(&ListParams::default()).await,
+            pods.list(&ListParams::default()).await,
+        ) && !nodes.items.is_empty()
+        {
+            let (cpu, cpu_requested, memory, memory_requested) =
+                load::capacity(&nodes.items, &pods.items);
+            load.cpu_allocatable_millis = Some(cpu);
+            load.cpu_requested_millis = Some(cpu_requested);
+            load.memory_allocatable_bytes = Some(memory);
+            load.memory_requested_bytes = Some(memory_requested);
+        }
         let patch = json!({"status": {
             "heartbeatTime": now(),
             "load": load,

@@ -9,7 +9,6 @@
 //! the test bed's folder. It ignores SIGINT, so Ctrl-C on `cargo test`
 //! still cleans up.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -89,6 +88,9 @@ impl Reaper {
 pub(crate) struct Process {
     pub(crate) name: String,
     pub(crate) log: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Child,
 }
 
@@ -101,25 +103,63 @@ impl Process {
         log: PathBuf,
         reaper: &mut Reaper,
     ) -> Result<Self, TestBedError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = Self::start(name, program, args, &env, &log, reaper)?;
+        Ok(Self {
+            name: name.to_owned(),
+            log,
+            program: program.to_owned(),
+            args: args.to_vec(),
+            env,
+            child,
+        })
+    }
+
+    /// Start it again after [`Process::stop`], with the same command line,
+    /// appending to the same log.
+    pub(crate) fn restart(&mut self, reaper: &mut Reaper) -> Result<(), TestBedError> {
+        self.stop();
+        self.child = Self::start(
+            &self.name,
+            &self.program,
+            &self.args,
+            &self.env,
+            &self.log,
+            reaper,
+        )?;
+        Ok(())
+    }
+
+    fn start(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+        reaper: &mut Reaper,
+    ) -> Result<Child, TestBedError> {
         let io = |what: String| move |source| TestBedError::Io { what, source };
-        let out = File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io(format!("creating {}", log.display())))?;
         let err = out
             .try_clone()
             .map_err(io(format!("opening {}", log.display())))?;
         let child = Command::new(program)
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .map_err(io(format!("starting {name} ({})", program.display())))?;
         reaper.watch(child.id());
-        Ok(Self {
-            name: name.to_owned(),
-            log,
-            child,
-        })
+        Ok(child)
     }
 
     pub(crate) fn pid(&self) -> u32 {

@@ -288,6 +288,17 @@ impl TestBed {
         Ok(pid)
     }
 
+    /// Stop the processes named `name` and start them again with the same
+    /// command line (an API server keeps its etcd data).
+    pub fn restart(&self, name: &str) -> Result<(), TestBedError> {
+        let mut reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner());
+        let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        for p in processes.iter_mut().filter(|p| p.name == name) {
+            p.restart(&mut reaper)?;
+        }
+        Ok(())
+    }
+
     /// Stop the processes named `name` (SIGTERM, then SIGKILL).
     pub fn stop(&self, name: &str) {
         let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());

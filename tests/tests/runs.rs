@@ -420,6 +420,26 @@ async fn cancelling_on_the_hub_cancels_the_member_run() {
         member.get("long").await.unwrap().data["spec"]["status"],
         "TaskRunCancelled"
     );
+
+    // Deleting the federated run deletes the member run and its record.
+    let uid = api.get("long").await.unwrap().uid().unwrap();
+    api.delete("long", &Default::default()).await.unwrap();
+    let records: Api<RunAssignment> = Api::namespaced(hub.clone(), &cluster_namespace("member-1"));
+    eventually(
+        "the member run, the record and the federated run to be gone",
+        WAIT,
+        || {
+            let (api, member, records, uid) =
+                (api.clone(), member.clone(), records.clone(), uid.clone());
+            async move {
+                let gone = api.get_opt("long").await.ok()?.is_none()
+                    && member.get_opt("long").await.ok()?.is_none()
+                    && records.get_opt(&uid).await.ok()?.is_none();
+                gone.then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
