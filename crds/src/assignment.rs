@@ -81,6 +81,16 @@ pub enum RunKind {
     PipelineRun,
 }
 
+impl RunKind {
+    /// The Tekton kind's name: `TaskRun` or `PipelineRun`.
+    pub fn tekton_kind(self) -> &'static str {
+        match self {
+            Self::TaskRun => "TaskRun",
+            Self::PipelineRun => "PipelineRun",
+        }
+    }
+}
+
 /// What the member's agent reports of an assignment.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

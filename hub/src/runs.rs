@@ -106,13 +106,6 @@ federated_run!(
     "FederatedPipelineRun"
 );
 
-fn kind_name(kind: RunKind) -> &'static str {
-    match kind {
-        RunKind::TaskRun => "TaskRun",
-        RunKind::PipelineRun => "PipelineRun",
-    }
-}
-
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
@@ -367,7 +360,7 @@ async fn ensure_member_run<K: FederatedRun>(
     let api: Api<DynamicObject> = Api::namespaced_with(
         conn.client.clone(),
         &namespace,
-        &tekton_resource(kind_name(K::KIND)),
+        &tekton_resource(K::KIND.tekton_kind()),
     );
     let existing = api.get_opt(&name).await.map_err(kube_error(
         run,
@@ -383,7 +376,7 @@ async fn ensure_member_run<K: FederatedRun>(
     match existing {
         Some(member) if !owner.owns(member.labels()) => Err(waiting(format!(
             "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
-            kind_name(K::KIND)
+            K::KIND.tekton_kind()
         ))),
         Some(member) => {
             if let Some(cancel) = cancel
@@ -412,7 +405,7 @@ async fn ensure_member_run<K: FederatedRun>(
         }
         None => {
             let source = Source {
-                kind: kind_name(K::KIND),
+                kind: K::KIND.tekton_kind(),
                 name: &name,
                 owner: owner.clone(),
                 template: run.template(),
@@ -434,7 +427,7 @@ async fn ensure_member_run<K: FederatedRun>(
                     Ok(Some(member)) if owner.owns(member.labels()) => Ok(()),
                     _ => Err(waiting(format!(
                         "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
-                        kind_name(K::KIND)
+                        K::KIND.tekton_kind()
                     ))),
                 },
                 Err(e) => Err(kube_error(
@@ -468,7 +461,7 @@ async fn cleanup<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, E
             let api: Api<DynamicObject> = Api::namespaced_with(
                 conn.client.clone(),
                 &run.namespace().unwrap_or_default(),
-                &tekton_resource(kind_name(K::KIND)),
+                &tekton_resource(K::KIND.tekton_kind()),
             );
             if let Ok(Some(member)) = api.get_opt(&run.name_any()).await
                 && owner(run).owns(member.labels())

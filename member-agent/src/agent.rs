@@ -52,13 +52,6 @@ impl Stores {
     }
 }
 
-fn kind_name(kind: RunKind) -> &'static str {
-    match kind {
-        RunKind::TaskRun => "TaskRun",
-        RunKind::PipelineRun => "PipelineRun",
-    }
-}
-
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
@@ -82,7 +75,7 @@ impl Agent {
         let mut run_stores = Vec::new();
         let mut run_watches = Vec::new();
         for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
-            let resource = tekton_resource(kind_name(kind));
+            let resource = tekton_resource(kind.tekton_kind());
             let api: Api<DynamicObject> = Api::all_with(self.member.clone(), &resource);
             let writer = reflector::store::Writer::<DynamicObject>::new(resource);
             run_stores.push(writer.as_reader());
@@ -128,7 +121,7 @@ impl Agent {
             .for_each_concurrent(64, |record| async move {
                 let kind = record.spec.run.kind;
                 let key =
-                    ObjectRef::new_with(&record.spec.run.name, tekton_resource(kind_name(kind)))
+                    ObjectRef::new_with(&record.spec.run.name, tekton_resource(kind.tekton_kind()))
                         .within(&record.spec.run.namespace);
                 let member_run = stores
                     .runs(kind)
@@ -210,7 +203,7 @@ impl Agent {
                 let api: Api<DynamicObject> = Api::namespaced_with(
                     self.member.clone(),
                     &run.namespace,
-                    &tekton_resource(kind_name(kind)),
+                    &tekton_resource(kind.tekton_kind()),
                 );
                 let patch = json!({"spec": {"status": null}});
                 api.patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -241,7 +234,7 @@ impl Agent {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.member.clone(),
             &run.namespace().unwrap_or_default(),
-            &tekton_resource(kind_name(kind)),
+            &tekton_resource(kind.tekton_kind()),
         );
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -272,7 +265,7 @@ impl Agent {
         let mut complete = true;
         for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
             let api: Api<DynamicObject> =
-                Api::all_with(self.member.clone(), &tekton_resource(kind_name(kind)));
+                Api::all_with(self.member.clone(), &tekton_resource(kind.tekton_kind()));
             match api.list(&ListParams::default()).await {
                 Ok(list) => {
                     all_statuses.extend(list.items.into_iter().map(|r| r.data["status"].clone()))

@@ -179,34 +179,7 @@ pub async fn wait_reachable(
     clusters: &[String],
     timeout: Duration,
 ) -> Result<(), String> {
-    let api: Api<MemberCluster> = Api::all(bed.client(HUB).await.map_err(|e| e.to_string())?);
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let list = api
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let reachable = |name: &String| {
-            list.items.iter().any(|mc| {
-                mc.name().as_deref() == Some(name.as_str())
-                    && mc.status.as_ref().is_some_and(|s| {
-                        s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Reachable" && c.status == "True")
-                    })
-            })
-        };
-        if clusters.iter().all(reachable) {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "members {clusters:?} not reachable after {timeout:?}; hub log: {}",
-                bed.log_of("tekfed-hub")
-            ));
-        }
-        tokio::time::sleep(crate::POLL_INTERVAL).await;
-    }
+    wait_condition(bed, clusters, "Reachable", timeout).await
 }
 
 impl TestBed {
@@ -443,4 +416,54 @@ pub fn scrape(addr: &str) -> std::io::Result<String> {
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     Ok(text)
+}
+
+/// Create `count` FederatedTaskRuns `job-000`… in `ns`, placed on every
+/// member of the test federation; returns their names.
+pub async fn create_task_runs(hub: &kube::Client, ns: &str, count: usize) -> Vec<String> {
+    use tekfed_crds::FederatedTaskRun;
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
+    let names: Vec<String> = (0..count).map(|i| format!("job-{i:03}")).collect();
+    for name in &names {
+        let run: FederatedTaskRun = serde_json::from_value(json!({
+            "apiVersion": "tekfed.io/v1alpha1",
+            "kind": "FederatedTaskRun",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "template": {"spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}},
+                "placement": {"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}},
+            },
+        }))
+        .expect("a valid FederatedTaskRun");
+        api.create(&kube::api::PostParams::default(), &run)
+            .await
+            .expect("creating a FederatedTaskRun");
+    }
+    names
+}
+
+/// Every FederatedTaskRun in `api`'s namespace: name, phase, and the
+/// reason of its `Scheduled` condition.
+pub async fn run_phases(
+    api: &Api<tekfed_crds::FederatedTaskRun>,
+) -> Vec<(String, Option<tekfed_crds::RunPhase>, Option<String>)> {
+    api.list(&Default::default())
+        .await
+        .expect("listing FederatedTaskRuns")
+        .items
+        .into_iter()
+        .map(|r| {
+            let status = r.status.clone().unwrap_or_default();
+            let reason = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Scheduled")
+                .map(|c| c.reason.clone());
+            (
+                r.metadata.name.clone().unwrap_or_default(),
+                status.phase,
+                reason,
+            )
+        })
+        .collect()
 }

@@ -6,53 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tekfed_crds::connect::tekton_resource;
 use tekfed_crds::runs::RunPhase;
 use tekfed_crds::{FederatedTaskRun, MemberCluster};
-use tekfed_tests::federation::federate;
+use tekfed_tests::federation::{create_task_runs, federate, run_phases};
 use tekfed_tests::{HUB, POLL_INTERVAL, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(240);
-
-async fn create_runs(hub: &Client, ns: &str, count: usize) -> Vec<String> {
-    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
-    let names: Vec<String> = (0..count).map(|i| format!("job-{i:03}")).collect();
-    for name in &names {
-        let run: FederatedTaskRun = serde_json::from_value(json!({
-            "apiVersion": "tekfed.io/v1alpha1",
-            "kind": "FederatedTaskRun",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {
-                "template": {"spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}},
-                "placement": {"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}},
-            },
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &run).await.unwrap();
-    }
-    names
-}
-
-async fn phases(api: &Api<FederatedTaskRun>) -> Vec<(String, Option<RunPhase>, Option<String>)> {
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|r| {
-            let status = r.status.clone().unwrap_or_default();
-            let reason = status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Scheduled")
-                .map(|c| c.reason.clone());
-            (r.name_any(), status.phase, reason)
-        })
-        .collect()
-}
 
 fn is_running(run: &DynamicObject) -> bool {
     run.data["status"]["conditions"]
@@ -104,13 +66,13 @@ async fn max_concurrent_runs_is_never_exceeded_and_the_rest_waits() {
         }));
     }
 
-    create_runs(&hub, &ns, RUNS).await;
+    create_task_runs(&hub, &ns, RUNS).await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     // While both clusters are full, the rest waits, saying why.
     let queued = eventually("runs to queue behind full clusters", WAIT, || {
         let api = api.clone();
         async move {
-            let queued: Vec<_> = phases(&api)
+            let queued: Vec<_> = run_phases(&api)
                 .await
                 .into_iter()
                 .filter(|(_, p, _)| *p == Some(RunPhase::Queued))
@@ -128,7 +90,7 @@ async fn max_concurrent_runs_is_never_exceeded_and_the_rest_waits() {
     eventually("every run to succeed", WAIT, || {
         let api = api.clone();
         async move {
-            phases(&api)
+            run_phases(&api)
                 .await
                 .iter()
                 .all(|(_, p, _)| *p == Some(RunPhase::Succeeded))

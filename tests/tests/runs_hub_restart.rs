@@ -4,53 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::{Client, ResourceExt};
-use serde_json::json;
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, ListParams};
 use tekfed_crds::FederatedTaskRun;
 use tekfed_crds::connect::tekton_resource;
 use tekfed_crds::runs::RunPhase;
-use tekfed_tests::federation::federate;
+use tekfed_tests::federation::{create_task_runs, federate, run_phases};
 use tekfed_tests::{HUB, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(240);
-
-async fn create_runs(hub: &Client, ns: &str, count: usize) -> Vec<String> {
-    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
-    let names: Vec<String> = (0..count).map(|i| format!("job-{i:03}")).collect();
-    for name in &names {
-        let run: FederatedTaskRun = serde_json::from_value(json!({
-            "apiVersion": "tekfed.io/v1alpha1",
-            "kind": "FederatedTaskRun",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {
-                "template": {"spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}},
-                "placement": {"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}},
-            },
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &run).await.unwrap();
-    }
-    names
-}
-
-async fn phases(api: &Api<FederatedTaskRun>) -> Vec<(String, Option<RunPhase>, Option<String>)> {
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|r| {
-            let status = r.status.clone().unwrap_or_default();
-            let reason = status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Scheduled")
-                .map(|c| c.reason.clone());
-            (r.name_any(), status.phase, reason)
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn killing_the_hub_mid_burst_loses_and_duplicates_nothing() {
@@ -62,14 +24,14 @@ async fn killing_the_hub_mid_burst_loses_and_duplicates_nothing() {
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     let creating = {
         let (hub, ns) = (hub.clone(), ns.clone());
-        tokio::spawn(async move { create_runs(&hub, &ns, RUNS).await })
+        tokio::spawn(async move { create_task_runs(&hub, &ns, RUNS).await })
     };
     // Kill the hub (SIGTERM then SIGKILL) once some runs are decided and
     // many are not, then start a new one.
     eventually("a third of the runs to be scheduled", WAIT, || {
         let api = api.clone();
         async move {
-            let decided = phases(&api)
+            let decided = run_phases(&api)
                 .await
                 .iter()
                 .filter(|(_, p, _)| p.is_some_and(|p| p != RunPhase::Queued))
@@ -85,7 +47,7 @@ async fn killing_the_hub_mid_burst_loses_and_duplicates_nothing() {
     eventually("every run to succeed after the restart", WAIT, || {
         let api = api.clone();
         async move {
-            phases(&api)
+            run_phases(&api)
                 .await
                 .iter()
                 .all(|(_, p, _)| *p == Some(RunPhase::Succeeded))
@@ -93,7 +55,7 @@ async fn killing_the_hub_mid_burst_loses_and_duplicates_nothing() {
         }
     })
     .await;
-    assert_eq!(phases(&api).await.len(), RUNS);
+    assert_eq!(run_phases(&api).await.len(), RUNS);
     let mut per_uid: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for member in bed.members() {
         let member_api: Api<DynamicObject> = Api::namespaced_with(

@@ -64,15 +64,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn kind_name(kind: RunKind) -> &'static str {
-    match kind {
-        RunKind::TaskRun => "TaskRun",
-        RunKind::PipelineRun => "PipelineRun",
-    }
-}
-
 async fn watch(client: Client, kind: RunKind, duration: Duration, running: Running) {
-    let resource = tekton_resource(kind_name(kind));
+    let resource = tekton_resource(kind.tekton_kind());
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -101,7 +94,7 @@ async fn write(client: &Client, kind: RunKind, run: &DynamicObject, status: Valu
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         &run.namespace().unwrap_or_default(),
-        &tekton_resource(kind_name(kind)),
+        &tekton_resource(kind.tekton_kind()),
     );
     let patch = json!({"status": status});
     if let Err(e) = api
@@ -114,7 +107,7 @@ async fn write(client: &Client, kind: RunKind, run: &DynamicObject, status: Valu
     {
         eprintln!(
             "tekfed-test-executor: {} {}: {e}",
-            kind_name(kind),
+            kind.tekton_kind(),
             run.name_any()
         );
     }
@@ -204,7 +197,7 @@ async fn step(
         let api: Api<DynamicObject> = Api::namespaced_with(
             client.clone(),
             &run.namespace().unwrap_or_default(),
-            &tekton_resource(kind_name(kind)),
+            &tekton_resource(kind.tekton_kind()),
         );
         if let Ok(Some(now_run)) = api.get_opt(&run.name_any()).await
             && !cancel_values(kind)
