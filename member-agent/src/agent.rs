@@ -309,7 +309,17 @@ impl Agent {
             load.memory_allocatable_bytes = Some(memory);
             load.memory_requested_bytes = Some(memory_requested);
         }
+        // Tekton publishes its version in this ConfigMap.
+        let infos: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.member.clone(), "tekton-pipelines");
+        let tekton_version = infos
+            .get_opt("pipelines-info")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|cm| cm.data?.get("version").cloned());
         let patch = json!({"status": {
+            "tektonVersion": tekton_version,
             "heartbeatTime": now(),
             "load": load,
             "total": total,

@@ -484,17 +484,53 @@ async fn an_agent_cannot_touch_another_clusters_records() {
 }
 
 #[tokio::test]
-async fn members_report_heartbeat_and_load() {
+async fn members_report_heartbeat_load_and_versions() {
     let bed = run_federation();
+    // Tekton publishes its version in tekton-pipelines/pipelines-info.
+    let member = bed.client("member-1").await.unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(member.clone());
+    let apply = PatchParams::apply("tekfed-tests").force();
+    namespaces
+        .patch("tekton-pipelines", &apply, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tekton-pipelines"}})))
+        .await
+        .unwrap();
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(member, "tekton-pipelines");
+    let info = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pipelines-info"}, "data": {"version": "v1.9.0"}});
+    configmaps
+        .patch("pipelines-info", &apply, &Patch::Apply(info))
+        .await
+        .unwrap();
+
     let clusters: Api<tekfed_crds::MemberCluster> = Api::all(bed.client(HUB).await.unwrap());
+    eventually("member-1 to report its Tekton version", WAIT, || {
+        let clusters = clusters.clone();
+        async move {
+            (clusters
+                .get("member-1")
+                .await
+                .ok()?
+                .status?
+                .tekton_version
+                .as_deref()
+                == Some("v1.9.0"))
+            .then_some(())
+        }
+    })
+    .await;
     for member in bed.members() {
-        let mc = clusters.get(&member).await.unwrap();
-        let status = mc.status.unwrap();
+        let status = clusters.get(&member).await.unwrap().status.unwrap();
         assert!(
             status.last_heartbeat_time.is_some(),
             "{member} has no heartbeat"
         );
         assert!(status.load.is_some(), "{member} has no load");
+        assert!(
+            status
+                .kubernetes_version
+                .as_deref()
+                .is_some_and(|v| v.starts_with("v1.37."))
+        );
         assert_eq!(status.schedulable, Some(true));
         for condition in ["Reachable", "AgentReady", "Ready"] {
             assert!(
