@@ -117,10 +117,23 @@ async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<MemberContext>) -> Result<Ac
     let name = mc.name_any();
     let outcome = connect(&mc, &ctx).await;
     let version = match outcome {
-        Ok((client, server, fingerprint, version)) => ctx
-            .members
-            .connected(&name, client, &server, &fingerprint)
-            .map(|()| version),
+        Ok((client, server, fingerprint, version)) => {
+            let created = mc
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_millisecond())
+                .unwrap_or(i64::MAX);
+            ctx.members
+                .connected(
+                    &name,
+                    client,
+                    &server,
+                    &fingerprint,
+                    (created, name.clone()),
+                )
+                .map(|()| version)
+        }
         Err(why) => {
             tracing::info!(cluster = %name, reason = why.reason, message = %why.message, "member not reachable");
             ctx.members.unreachable(&name, why.clone());

@@ -85,6 +85,9 @@ pub struct Members {
     pub schedule: Arc<tokio::sync::Notify>,
     /// Runs the hub has assigned to each cluster that have not finished.
     active: DashMap<String, i64>,
+    /// Each member's API server and when its MemberCluster was created
+    /// (milliseconds, name): who keeps a server joined under two names.
+    servers: DashMap<String, (String, (i64, String))>,
 }
 
 impl Members {
@@ -107,6 +110,7 @@ impl Members {
             placement_inputs: DashMap::new(),
             schedule: Arc::new(tokio::sync::Notify::new()),
             active: DashMap::new(),
+            servers: DashMap::new(),
         };
         (members, receivers)
     }
@@ -147,13 +151,19 @@ impl Members {
         client: Client,
         server: &str,
         fingerprint: &str,
+        joined: (i64, String),
     ) -> Result<(), Unreachable> {
-        if let Some(other) = self.members.iter().find_map(|m| match m.value() {
-            MemberState::Connected(c) if m.key() != name && c.server == server => {
-                Some(m.key().clone())
-            }
-            _ => None,
-        }) {
+        // The first name to join a server keeps it (oldest MemberCluster,
+        // then smaller name), whichever happens to be reachable right now.
+        self.servers
+            .insert(name.to_owned(), (server.to_owned(), joined.clone()));
+        let first = self
+            .servers
+            .iter()
+            .filter(|e| e.value().0 == server)
+            .min_by(|a, b| a.value().1.cmp(&b.value().1))
+            .map(|e| e.key().clone());
+        if let Some(other) = first.filter(|first| first != name) {
             let why = Unreachable {
                 reason: "DuplicateCluster",
                 message: format!(
@@ -162,6 +172,23 @@ impl Members {
             };
             self.unreachable(name, why.clone());
             return Err(why);
+        }
+        // This name keeps the server: any other name for it stops now, not
+        // at its next probe.
+        let others: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|e| e.key() != name && e.value().0 == server)
+            .map(|e| e.key().clone())
+            .collect();
+        for other in others {
+            self.unreachable(
+                &other,
+                Unreachable {
+                    reason: "DuplicateCluster",
+                    message: format!("{server} is already joined as member cluster {name}; unjoin one of the two names"),
+                },
+            );
         }
         if let Some(MemberState::Connected(c)) = self.get(name)
             && c.fingerprint == fingerprint
@@ -205,6 +232,7 @@ impl Members {
     /// Forget a member whose `MemberCluster` is gone.
     pub fn remove(&self, name: &str) {
         self.placement_inputs.remove(name);
+        self.servers.remove(name);
         if self.members.remove(name).is_some() {
             self.notify();
         }
