@@ -72,37 +72,27 @@ pub trait Federated:
     fn propagation(&self) -> Option<&PropagationStatus>;
 }
 
-impl Federated for FederatedTask {
-    const TEKTON_KIND: &'static str = "Task";
-    fn template(&self) -> &Template {
-        &self.spec.template
-    }
-    fn placement(&self) -> &Placement {
-        &self.spec.placement
-    }
-    fn overrides(&self) -> &[ClusterOverrides] {
-        &self.spec.overrides
-    }
-    fn propagation(&self) -> Option<&PropagationStatus> {
-        self.status.as_ref()
-    }
+macro_rules! federated {
+    ($ty:ty, $tekton:literal) => {
+        impl Federated for $ty {
+            const TEKTON_KIND: &'static str = $tekton;
+            fn template(&self) -> &Template {
+                &self.spec.template
+            }
+            fn placement(&self) -> &Placement {
+                &self.spec.placement
+            }
+            fn overrides(&self) -> &[ClusterOverrides] {
+                &self.spec.overrides
+            }
+            fn propagation(&self) -> Option<&PropagationStatus> {
+                self.status.as_ref()
+            }
+        }
+    };
 }
-
-impl Federated for FederatedPipeline {
-    const TEKTON_KIND: &'static str = "Pipeline";
-    fn template(&self) -> &Template {
-        &self.spec.template
-    }
-    fn placement(&self) -> &Placement {
-        &self.spec.placement
-    }
-    fn overrides(&self) -> &[ClusterOverrides] {
-        &self.spec.overrides
-    }
-    fn propagation(&self) -> Option<&PropagationStatus> {
-        self.status.as_ref()
-    }
-}
+federated!(FederatedTask, "Task");
+federated!(FederatedPipeline, "Pipeline");
 
 /// What the propagation controllers need.
 pub struct Context {

@@ -133,39 +133,52 @@ impl TestBed {
     }
 }
 
-/// The shared test bed with both members registered (labels
-/// `tekfed.io/test-member=<name>`) and one hub running: for propagation
-/// tests that share a federation, each in namespaces of its own.
+/// The shared test bed with `member-1` and `member-2` registered (labels
+/// `tekfed.io/test-member=<name>`; `member-3` is left for tests to join)
+/// and one hub running: for propagation tests that share a federation,
+/// each in namespaces of their own.
 pub fn shared_federation() -> &'static TestBed {
-    use std::sync::OnceLock;
-    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
+    static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    once_on_shared(&STARTED, |bed| async move {
+        for member in ["member-1".to_owned(), "member-2".to_owned()] {
+            let labels = BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
+            bed.register_member(&member, labels)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        bed.start_hub("tekfed-hub", &["--deletion-timeout", "5"])
+            .map_err(|e| e.to_string())?;
+        wait_reachable(
+            bed,
+            &["member-1".into(), "member-2".into()],
+            Duration::from_secs(60),
+        )
+        .await
+    })
+}
+
+/// Set the shared test bed up once per test binary with `setup`, on a
+/// runtime of its own (tests run on many runtimes), failing every test
+/// that asks if it failed.
+fn once_on_shared<F, Fut>(
+    cell: &'static std::sync::OnceLock<Result<(), String>>,
+    setup: F,
+) -> &'static TestBed
+where
+    F: FnOnce(&'static TestBed) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let bed = crate::shared();
-    let started = STARTED.get_or_init(|| {
+    let started = cell.get_or_init(|| {
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                for member in ["member-1".to_owned(), "member-2".to_owned()] {
-                    let labels =
-                        BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
-                    bed.register_member(&member, labels)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                bed.start_hub("tekfed-hub", &["--deletion-timeout", "5"])
-                    .map_err(|e| e.to_string())?;
-                wait_reachable(
-                    bed,
-                    &["member-1".into(), "member-2".into()],
-                    Duration::from_secs(60),
-                )
-                .await
-            })
+                .map_err(|e| e.to_string())?
+                .block_on(setup(bed))
         })
         .join()
-        .unwrap_or_else(|_| Err("starting the federation panicked".into()))
+        .unwrap_or_else(|_| Err("setting up the federation panicked".into()))
     });
     if let Err(e) = started {
         panic!("the federation did not start: {e}");
@@ -309,24 +322,8 @@ impl TestBed {
 /// agent and a test executor (runs last 300 ms) per member, every member
 /// Ready.
 pub fn run_federation() -> &'static TestBed {
-    use std::sync::OnceLock;
-    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
-    let bed = crate::shared();
-    let started = STARTED.get_or_init(|| {
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(federate(bed, &[], 300))
-        })
-        .join()
-        .unwrap_or_else(|_| Err("starting the federation panicked".into()))
-    });
-    if let Err(e) = started {
-        panic!("the federation did not start: {e}");
-    }
-    bed
+    static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    once_on_shared(&STARTED, |bed| federate(bed, &[], 300))
 }
 
 /// Make `bed` a whole federation: every member registered (label
