@@ -511,18 +511,33 @@ pub fn tekton_crds(bin_dir: &Path) -> Result<Vec<CustomResourceDefinition>, Test
         .collect()
 }
 
+/// A port for a server of the test bed. Not one the kernel hands out for
+/// outgoing connections (those come from 32768 up, and one of them could
+/// take a port between picking it here and the server binding it; seen
+/// once on CI), and never the same twice in one process.
 fn free_port() -> Result<u16, TestBedError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| TestBedError::Io {
+    use std::sync::atomic::AtomicU16;
+    const FIRST: u16 = 20000;
+    const SPAN: u16 = 12000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Start where another test process (one per test binary) is unlikely to be.
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(SPAN)) as u16 + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = FIRST + offset;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(TestBedError::Io {
         what: "finding a free port".into(),
-        source,
-    })?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|source| TestBedError::Io {
-            what: "finding a free port".into(),
-            source,
-        })
+        source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free port in 20000-31999"),
+    })
 }
 
 fn kubeconfig_yaml(pki: &pki::Pki, clusters: &[ClusterInfo]) -> String {
