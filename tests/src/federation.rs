@@ -464,3 +464,19 @@ pub async fn run_phases(
         })
         .collect()
 }
+
+/// Wait until every FederatedTaskRun in `api`'s namespace has Succeeded.
+pub async fn wait_all_succeeded(
+    api: &Api<tekfed_crds::FederatedTaskRun>,
+    what: &str,
+    timeout: Duration,
+) {
+    crate::eventually(what, timeout, || async {
+        run_phases(api)
+            .await
+            .iter()
+            .all(|(_, p, _)| *p == Some(tekfed_crds::RunPhase::Succeeded))
+            .then_some(())
+    })
+    .await;
+}

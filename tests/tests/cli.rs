@@ -5,9 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use kube::api::Api;
-use tekfed_crds::runs::RunPhase;
 use tekfed_crds::{FederatedTaskRun, MemberCluster};
-use tekfed_tests::federation::{create_task_runs, federate, run_phases};
+use tekfed_tests::federation::{create_task_runs, federate, wait_all_succeeded};
 use tekfed_tests::{HUB, TestBed, binary, eventually};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -62,17 +61,7 @@ async fn cordon_keeps_new_runs_off_and_uncordon_lets_them_back() {
     let ns = bed.namespace("cordon", &[HUB]).await.unwrap();
     create_task_runs(&hub, &ns, 10).await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
-    eventually("the runs to succeed on member-2 only", WAIT, || {
-        let api = api.clone();
-        async move {
-            run_phases(&api)
-                .await
-                .iter()
-                .all(|(_, p, _)| *p == Some(RunPhase::Succeeded))
-                .then_some(())
-        }
-    })
-    .await;
+    wait_all_succeeded(&api, "the runs to succeed on member-2 only", WAIT).await;
     for run in api.list(&Default::default()).await.unwrap() {
         assert_eq!(
             run.status.unwrap().cluster.as_deref(),
@@ -109,17 +98,7 @@ async fn cordon_keeps_new_runs_off_and_uncordon_lets_them_back() {
     let ns = bed.namespace("uncordon", &[HUB]).await.unwrap();
     create_task_runs(&hub, &ns, 10).await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
-    eventually("the new runs to succeed", WAIT, || {
-        let api = api.clone();
-        async move {
-            run_phases(&api)
-                .await
-                .iter()
-                .all(|(_, p, _)| *p == Some(RunPhase::Succeeded))
-                .then_some(())
-        }
-    })
-    .await;
+    wait_all_succeeded(&api, "the new runs to succeed", WAIT).await;
     let on_member_1 = api
         .list(&Default::default())
         .await

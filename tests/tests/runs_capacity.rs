@@ -11,7 +11,7 @@ use serde_json::json;
 use tekfed_crds::connect::tekton_resource;
 use tekfed_crds::runs::RunPhase;
 use tekfed_crds::{FederatedTaskRun, MemberCluster};
-use tekfed_tests::federation::{create_task_runs, federate, run_phases};
+use tekfed_tests::federation::{create_task_runs, federate, run_phases, wait_all_succeeded};
 use tekfed_tests::{HUB, POLL_INTERVAL, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -87,17 +87,7 @@ async fn max_concurrent_runs_is_never_exceeded_and_the_rest_waits() {
             .all(|(_, _, reason)| reason.as_deref() == Some("AllClustersFull")),
         "{queued:?}"
     );
-    eventually("every run to succeed", WAIT, || {
-        let api = api.clone();
-        async move {
-            run_phases(&api)
-                .await
-                .iter()
-                .all(|(_, p, _)| *p == Some(RunPhase::Succeeded))
-                .then_some(())
-        }
-    })
-    .await;
+    wait_all_succeeded(&api, "every run to succeed", WAIT).await;
     stop.store(true, Ordering::Relaxed);
     for s in samplers {
         s.await.unwrap();

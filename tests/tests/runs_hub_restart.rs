@@ -9,7 +9,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use tekfed_crds::FederatedTaskRun;
 use tekfed_crds::connect::tekton_resource;
 use tekfed_crds::runs::RunPhase;
-use tekfed_tests::federation::{create_task_runs, federate, run_phases};
+use tekfed_tests::federation::{create_task_runs, federate, run_phases, wait_all_succeeded};
 use tekfed_tests::{HUB, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -44,17 +44,7 @@ async fn killing_the_hub_mid_burst_loses_and_duplicates_nothing() {
     bed.start_hub("tekfed-hub", &["--heartbeat-grace", "10"])
         .unwrap();
     creating.await.unwrap();
-    eventually("every run to succeed after the restart", WAIT, || {
-        let api = api.clone();
-        async move {
-            run_phases(&api)
-                .await
-                .iter()
-                .all(|(_, p, _)| *p == Some(RunPhase::Succeeded))
-                .then_some(())
-        }
-    })
-    .await;
+    wait_all_succeeded(&api, "every run to succeed after the restart", WAIT).await;
     assert_eq!(run_phases(&api).await.len(), RUNS);
     let mut per_uid: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for member in bed.members() {
