@@ -1,0 +1,62 @@
+//! The `tekfed-hub` Helm chart ships copies of `crds/manifests/`: each CRD
+//! in its `crds/` folder, and the admission policies as a template (wrapped
+//! in `admissionPolicies.enabled`). A copy that differs from the manifests
+//! would install a schema the hub does not expect.
+
+use std::path::Path;
+
+/// What `crds/examples/crdgen.rs` wraps the admission policies in.
+const POLICIES_HEAD: &str = "{{- if .Values.admissionPolicies.enabled }}\n";
+const POLICIES_TAIL: &str = "{{- end }}\n";
+
+fn yaml_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_hub_chart_ships_the_committed_crds_and_policies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifests = root.join("manifests");
+    let chart = root.join("../charts/tekfed-hub");
+    let mut stale = Vec::new();
+    let mut expected_crds = Vec::new();
+    for file in yaml_files(&manifests) {
+        let source = std::fs::read_to_string(manifests.join(&file)).unwrap();
+        let (copy, wanted) = if file == "admission-policies.yaml" {
+            (
+                format!("templates/{file}"),
+                format!("{POLICIES_HEAD}{source}{POLICIES_TAIL}"),
+            )
+        } else {
+            expected_crds.push(file.clone());
+            (format!("crds/{file}"), source)
+        };
+        match std::fs::read_to_string(chart.join(&copy)) {
+            Ok(text) if text == wanted => {}
+            Ok(_) => stale.push(format!(
+                "charts/tekfed-hub/{copy} differs from crds/manifests/{file}"
+            )),
+            Err(e) => stale.push(format!("charts/tekfed-hub/{copy}: {e}")),
+        }
+    }
+    for extra in yaml_files(&chart.join("crds"))
+        .into_iter()
+        .filter(|f| !expected_crds.contains(f))
+    {
+        stale.push(format!(
+            "charts/tekfed-hub/crds/{extra} is not in crds/manifests/"
+        ));
+    }
+    assert!(
+        stale.is_empty(),
+        "the tekfed-hub chart's CRDs are stale; run `make crds` and commit the result:\n  {}",
+        stale.join("\n  ")
+    );
+}
