@@ -1,7 +1,7 @@
 //! `kubectl-tekfed`: the operator's command line (works as `kubectl tekfed`
-//! when on PATH). It talks to the hub only: `crds`, `cordon`, `uncordon`,
-//! `status`. `join`, `unjoin`, `drain` and `dev` come with the rest of the
-//! cluster-lifecycle issue.
+//! when on PATH): `crds`, `cordon`, `uncordon`, `drain`, `status`.
+
+mod drain;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tekfed_crds::connect::Target;
-use tekfed_crds::{FederatedPipelineRun, FederatedTaskRun, MemberCluster, RunPhase};
+use tekfed_crds::{
+    DRAIN_ANNOTATION, FederatedPipelineRun, FederatedTaskRun, MemberCluster, RunPhase,
+};
 
 /// Operate a tekfed federation of Tekton clusters.
 #[derive(Parser, Debug)]
@@ -45,6 +47,23 @@ enum Command {
     Uncordon {
         /// The MemberCluster (kubectl get mc lists them).
         name: String,
+    },
+    /// Cordon a member, move its runs that have not started to other clusters, and wait for the started ones to finish.
+    #[command(
+        after_help = "The hub moves held and not-yet-started runs with a fenced revoke, so nothing runs twice; \
+started runs finish where they are. Progress: running / moved / left to move. Interrupting drain \
+does not stop the hub from moving runs; the member stays cordoned until `uncordon`.\n\n\
+Examples:\n  kubectl tekfed drain member-2\n  kubectl tekfed drain member-2 --timeout 30m --cancel-remaining"
+    )]
+    Drain {
+        /// The MemberCluster (kubectl get mc lists them).
+        name: String,
+        /// How long to wait for started runs to finish (e.g. 90s, 10m, 1h).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// At the timeout, cancel the runs still running there.
+        #[arg(long)]
+        cancel_remaining: bool,
     },
     /// One table of members (ready, schedulable, load, assigned, heartbeat age) and the run queue.
     #[command(after_help = "Example:\n  kubectl tekfed status --context hub")]
@@ -81,11 +100,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Uncordon { name } => {
             set_unschedulable(&target.client().await?, &name, false).await
         }
+        Command::Drain {
+            name,
+            timeout,
+            cancel_remaining,
+        } => {
+            drain::drain(
+                &target.client().await?,
+                &name,
+                drain::Options {
+                    timeout,
+                    cancel_remaining,
+                },
+            )
+            .await
+        }
         Command::Status => status(&target.client().await?).await,
     }
 }
 
-async fn member(clusters: &Api<MemberCluster>, name: &str) -> anyhow::Result<MemberCluster> {
+pub(crate) async fn member(
+    clusters: &Api<MemberCluster>,
+    name: &str,
+) -> anyhow::Result<MemberCluster> {
     clusters.get_opt(name).await?.ok_or_else(|| {
         anyhow::anyhow!("there is no member cluster {name}; `kubectl get mc` lists them")
     })
@@ -95,12 +132,18 @@ async fn member(clusters: &Api<MemberCluster>, name: &str) -> anyhow::Result<Mem
 async fn set_unschedulable(client: &Client, name: &str, cordon: bool) -> anyhow::Result<()> {
     let clusters: Api<MemberCluster> = Api::all(client.clone());
     let mc = member(&clusters, name).await?;
-    if mc.spec.unschedulable == cordon {
+    let draining = mc.annotations().contains_key(DRAIN_ANNOTATION);
+    if mc.spec.unschedulable == cordon && (cordon || !draining) {
         let state = if cordon { "cordoned" } else { "schedulable" };
         println!("{name} is already {state}; nothing changed");
         return Ok(());
     }
-    let patch = json!({"spec": {"unschedulable": cordon}});
+    let patch = if cordon {
+        json!({"spec": {"unschedulable": true}})
+    } else {
+        // Uncordon ends a drain too.
+        json!({"metadata": {"annotations": {DRAIN_ANNOTATION: null}}, "spec": {"unschedulable": false}})
+    };
     clusters
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;

@@ -11,8 +11,10 @@
 //! A `RunAssignment` is also the fencing record: the agent may start a run
 //! only after it has marked the record released with a conditional write
 //! (resourceVersion precondition), and the hub may move a run only after it
-//! has deleted the record, with a precondition, while it was unreleased.
-//! The hub's store decides once whether a run may start on a cluster.
+//! has marked the record revoked, with the same kind of precondition, while
+//! it was unreleased. The hub's store decides once whether a run may start
+//! on a cluster. A revoked record stays until its federated run is deleted,
+//! so nothing can mistake its absence for "not created yet".
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
@@ -44,6 +46,7 @@ pub fn cluster_namespace(cluster: &str) -> String {
     printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.run.kind"}"#,
     printcolumn = r#"{"name":"Run","type":"string","jsonPath":".spec.run.name"}"#,
     printcolumn = r#"{"name":"Released","type":"boolean","jsonPath":".status.released"}"#,
+    printcolumn = r#"{"name":"Revoked","type":"string","jsonPath":".status.revokedReason"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -111,6 +114,25 @@ pub struct RunAssignmentStatus {
     /// When the agent last wrote this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_time: Option<Time>,
+    /// Set by the hub, with a resourceVersion precondition, when it takes
+    /// the run off this cluster (drain, cluster lost). An unreleased run is
+    /// then never released here; a released one is cancelled by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<bool>,
+    /// Why the hub took the run away: `Drained` or `ClusterLost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_time: Option<Time>,
+}
+
+impl RunAssignmentStatus {
+    pub fn is_released(&self) -> bool {
+        self.released == Some(true)
+    }
+    pub fn is_revoked(&self) -> bool {
+        self.revoked == Some(true)
+    }
 }
 
 /// One member's heartbeat and load, written by its agent.

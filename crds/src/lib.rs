@@ -38,11 +38,11 @@ pub use common::{
     RunPlacement, Taint, TaintEffect, Template, TemplateMetadata, Toleration, TolerationOperator,
 };
 pub use member_cluster::{
-    ClusterLoad, MemberCluster, MemberClusterSpec, MemberClusterStatus, SecretRef,
+    ClusterLoad, DRAIN_ANNOTATION, MemberCluster, MemberClusterSpec, MemberClusterStatus, SecretRef,
 };
 pub use runs::{
     FederatedPipelineRun, FederatedPipelineRunSpec, FederatedTaskRun, FederatedTaskRunSpec,
-    RunAttempt, RunClusterStatus, RunPhase, RunStatus,
+    OnClusterLost, RunAttempt, RunClusterStatus, RunPhase, RunStatus,
 };
 pub use templates::{
     ClusterPropagation, FederatedPipeline, FederatedPipelineSpec, FederatedTask, FederatedTaskSpec,

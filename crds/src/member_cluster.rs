@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Taint, conditions};
 
+/// Set (to the RFC 3339 time the drain began) by `kubectl tekfed drain` on a
+/// cordoned `MemberCluster`: the hub moves the runs there that have not
+/// started to other clusters. `uncordon` removes it.
+pub const DRAIN_ANNOTATION: &str = "tekfed.io/drain";
+
 /// A member cluster joined to the federation.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(

@@ -43,6 +43,13 @@ pub struct FederatedTaskRunSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub overrides: Vec<ClusterOverrides>,
+    /// What happens when the run's cluster stops reporting after the run
+    /// started there: `Fail` (default) marks it `Failed` with reason
+    /// `ClusterLost`; `Reschedule` runs it again on another cluster (the
+    /// lost copy is cancelled if its cluster comes back). A run that had
+    /// not started always moves.
+    #[serde(default, rename = "onClusterLost")]
+    pub on_cluster_lost: OnClusterLost,
 }
 
 /// A Tekton `PipelineRun` the hub schedules onto member clusters.
@@ -71,6 +78,21 @@ pub struct FederatedPipelineRunSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub overrides: Vec<ClusterOverrides>,
+    /// What happens when the run's cluster stops reporting after the run
+    /// started there: `Fail` (default) marks it `Failed` with reason
+    /// `ClusterLost`; `Reschedule` runs it again on another cluster (the
+    /// lost copy is cancelled if its cluster comes back). A run that had
+    /// not started always moves.
+    #[serde(default, rename = "onClusterLost")]
+    pub on_cluster_lost: OnClusterLost,
+}
+
+/// What to do with a started run whose cluster is lost.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OnClusterLost {
+    #[default]
+    Fail,
+    Reschedule,
 }
 
 /// Where a run stands in its life.

@@ -10,6 +10,7 @@
 //! - [`status`]: folding per-cluster results into a template's status.
 //! - [`scheduler`]: which member a run goes to, by load, or why it waits.
 //! - [`run_status`]: folding member runs into a federated run's status.
+//! - [`moves`]: which runs leave a drained or lost cluster, and how.
 //!
 //! And the parts that do I/O:
 //!
@@ -26,6 +27,7 @@ pub mod drift;
 pub mod member_controller;
 pub mod members;
 pub mod metrics;
+pub mod moves;
 pub mod overrides;
 pub mod ownership;
 pub mod placement;

@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
-use tekfed_crds::runs::{RunClusterStatus, RunPhase, RunStatus};
+use tekfed_crds::runs::{OnClusterLost, RunAttempt, RunClusterStatus, RunPhase, RunStatus};
 use tekfed_crds::tekton::{is_final, succeeded_condition};
 use tekfed_crds::{PlacementMode, RunAssignmentStatus};
 
@@ -237,6 +237,80 @@ pub fn queued(
     status
 }
 
+/// The status of a `mode: One` run whose record on `cluster` (made for
+/// placement number `attempt`) the hub revoked (see [`crate::moves`]): back
+/// in the queue with the move in `attempts`, or, for a run that had started
+/// on a lost cluster and does not ask to be rescheduled, `Failed` with
+/// reason `ClusterLost`.
+pub fn revoked(
+    previous: &RunStatus,
+    cluster: &str,
+    attempt: i32,
+    record: &RunAssignmentStatus,
+    on_lost: OnClusterLost,
+    now: Time,
+) -> RunStatus {
+    let mut status = previous.clone();
+    let reason = record
+        .revoked_reason
+        .clone()
+        .unwrap_or_else(|| "Revoked".into());
+    let started = record.is_released();
+    if started && on_lost == OnClusterLost::Fail {
+        status.phase = Some(RunPhase::Failed);
+        status.completion_time = Some(now.clone());
+        set_condition(
+            &mut status.conditions,
+            Condition {
+                type_: SUCCEEDED.into(),
+                status: "False".into(),
+                reason: reason.clone(),
+                message: format!(
+                    "cluster {cluster} stopped reporting after the run started there, so tekfed \
+                     cannot tell how it ends; it is not run again elsewhere unless \
+                     spec.onClusterLost is Reschedule"
+                ),
+                observed_generation: None,
+                last_transition_time: now,
+            },
+        );
+        return status;
+    }
+    // Placement `attempt` ends here; recorded once however often it is folded.
+    if status.attempts.len() < attempt.max(1) as usize {
+        status.attempts.push(RunAttempt {
+            cluster: cluster.to_owned(),
+            reason: reason.clone(),
+            time: now.clone(),
+        });
+    }
+    status.phase = Some(RunPhase::Queued);
+    status.cluster = None;
+    status.scheduled_time = None;
+    status.start_time = None;
+    status.member_status = None;
+    status.conditions.retain(|c| c.type_ != SUCCEEDED);
+    let what = if started {
+        "started there, and is run again elsewhere (spec.onClusterLost: Reschedule)"
+    } else {
+        "had not started there"
+    };
+    set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: SCHEDULED.into(),
+            status: "False".into(),
+            reason: "Moved".into(),
+            message: format!(
+                "moved off {cluster} ({reason}): it {what}; waiting for another cluster"
+            ),
+            observed_generation: None,
+            last_transition_time: now,
+        },
+    );
+    status
+}
+
 /// The clusters a run was scheduled to, if it was.
 pub fn decided_clusters(status: Option<&RunStatus>) -> Vec<String> {
     let Some(status) = status else { return vec![] };
@@ -403,5 +477,101 @@ mod tests {
         assert_eq!(overall(&[Cancelled, Failed]), Failed);
         assert_eq!(overall(&[Scheduled, Scheduled]), Scheduled);
         assert_eq!(overall(&[Scheduled, Succeeded]), Running);
+    }
+
+    fn revoked_record(released: bool, reason: &str) -> RunAssignmentStatus {
+        RunAssignmentStatus {
+            released: Some(released),
+            revoked: Some(true),
+            revoked_reason: Some(reason.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_revoked_unstarted_run_goes_back_to_the_queue_with_the_move_recorded() {
+        let on_1 = scheduled(None, PlacementMode::One, &["member-1".into()], None, at(1));
+        for on_lost in [OnClusterLost::Fail, OnClusterLost::Reschedule] {
+            let moved = revoked(
+                &on_1,
+                "member-1",
+                1,
+                &revoked_record(false, "Drained"),
+                on_lost,
+                at(5),
+            );
+            assert_eq!(moved.phase, Some(RunPhase::Queued));
+            assert_eq!(moved.cluster, None);
+            assert!(
+                decided_clusters(Some(&moved)).is_empty(),
+                "to be scheduled again"
+            );
+            assert_eq!(
+                moved.attempts,
+                vec![RunAttempt {
+                    cluster: "member-1".into(),
+                    reason: "Drained".into(),
+                    time: at(5)
+                }]
+            );
+            let c = moved
+                .conditions
+                .iter()
+                .find(|c| c.type_ == SCHEDULED)
+                .unwrap();
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Moved"));
+            assert!(
+                c.message.contains("moved off member-1 (Drained)"),
+                "{}",
+                c.message
+            );
+            // Folding the same record again records the move once.
+            let again = revoked(
+                &moved,
+                "member-1",
+                1,
+                &revoked_record(false, "Drained"),
+                on_lost,
+                at(6),
+            );
+            assert_eq!(again.attempts.len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_started_run_on_a_lost_cluster_fails_unless_it_asks_to_be_rescheduled() {
+        let mut running = scheduled(None, PlacementMode::One, &["member-1".into()], None, at(1));
+        running.phase = Some(RunPhase::Running);
+        let lost = revoked_record(true, "ClusterLost");
+        let failed = revoked(&running, "member-1", 1, &lost, OnClusterLost::Fail, at(9));
+        assert_eq!(failed.phase, Some(RunPhase::Failed));
+        assert_eq!(
+            failed.cluster.as_deref(),
+            Some("member-1"),
+            "where it was lost"
+        );
+        assert!(failed.attempts.is_empty());
+        let c = failed
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SUCCEEDED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ClusterLost")
+        );
+        assert!(c.message.contains("onClusterLost"), "{}", c.message);
+
+        let again = revoked(
+            &running,
+            "member-1",
+            1,
+            &lost,
+            OnClusterLost::Reschedule,
+            at(9),
+        );
+        assert_eq!(again.phase, Some(RunPhase::Queued));
+        assert_eq!(again.attempts[0].reason, "ClusterLost");
+        assert!(again.conditions.iter().all(|c| c.type_ != SUCCEEDED));
     }
 }

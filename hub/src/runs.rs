@@ -28,7 +28,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -38,15 +38,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::{RunPhase, RunStatus};
+use tekfed_crds::runs::{OnClusterLost, RunPhase, RunStatus};
 use tekfed_crds::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final};
 use tekfed_crds::{
-    ClusterOverrides, FederatedPipelineRun, FederatedTaskRun, MemberCluster, RunAssignment,
-    RunAssignmentSpec, RunKind, RunPlacement, RunRef, Template, cluster_namespace,
+    ClusterOverrides, FederatedPipelineRun, FederatedTaskRun, MemberCluster, PlacementMode,
+    RunAssignment, RunAssignmentSpec, RunKind, RunPlacement, RunRef, Template, cluster_namespace,
 };
 
 use crate::members::Members;
 use crate::metrics::{ClusterLabel, Metrics, PhaseLabel};
+use crate::moves;
 use crate::overrides::{Source, render};
 use crate::ownership::Owner;
 use crate::placement::Member;
@@ -72,6 +73,7 @@ pub trait FederatedRun:
     fn template(&self) -> &Template;
     fn placement(&self) -> &RunPlacement;
     fn overrides(&self) -> &[ClusterOverrides];
+    fn on_cluster_lost(&self) -> OnClusterLost;
     fn run_status(&self) -> Option<&RunStatus>;
     fn set_run_status(&mut self, status: RunStatus);
 }
@@ -89,6 +91,9 @@ macro_rules! federated_run {
             }
             fn overrides(&self) -> &[ClusterOverrides] {
                 &self.spec.overrides
+            }
+            fn on_cluster_lost(&self) -> OnClusterLost {
+                self.spec.on_cluster_lost
             }
             fn run_status(&self) -> Option<&RunStatus> {
                 self.status.as_ref()
@@ -271,7 +276,7 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
                             name: run.name_any(),
                             uid: uid.clone(),
                         },
-                        attempt: 1,
+                        attempt: status.map_or(0, |s| s.attempts.len() as i32) + 1,
                     },
                 );
                 match api.create(&PostParams::default(), &record).await {
@@ -289,6 +294,45 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
                 }
             }
         };
+        if let Some(revoked) = record.status.as_ref().filter(|s| s.is_revoked())
+            && run.placement().mode == PlacementMode::One
+        {
+            let previous = status.cloned().unwrap_or_default();
+            if previous.attempts.len() >= record.spec.attempt.max(1) as usize {
+                // The move off this cluster is folded and the run was
+                // scheduled here again: the old record (never released, or
+                // its run cancelled) makes way for a new one.
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: record.uid(),
+                        resource_version: record.resource_version(),
+                    }),
+                    ..Default::default()
+                };
+                record_api(ctx, cluster)
+                    .delete(&record.name_any(), &params)
+                    .await
+                    .map_err(kube_error(
+                        run,
+                        format!("replacing the revoked assignment on {cluster}"),
+                    ))?;
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+            // Taken off this cluster by the dispatcher: fold the move.
+            let next = run_status::revoked(
+                &previous,
+                cluster,
+                record.spec.attempt,
+                revoked,
+                run.on_cluster_lost(),
+                now(),
+            );
+            if next != previous {
+                write_status(run, ctx, next).await?;
+                ctx.members.schedule.notify_one();
+            }
+            return Ok(Action::await_change());
+        }
         match ensure_member_run(run, cluster, &record, ctx).await {
             Ok(()) => {}
             Err(Error::DependencyMissing(message)) => {
@@ -456,7 +500,16 @@ async fn ensure_namespace(client: &Client, namespace: &str) {
 /// Deleting a federated run deletes its member runs and records.
 async fn cleanup<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Error> {
     let uid = run.uid().unwrap_or_default();
-    for cluster in run_status::decided_clusters(run.run_status()) {
+    let mut clusters = run_status::decided_clusters(run.run_status());
+    // Clusters it was moved off keep a revoked record (and maybe a copy).
+    clusters.extend(
+        run.run_status()
+            .into_iter()
+            .flat_map(|s| s.attempts.iter().map(|a| a.cluster.clone())),
+    );
+    clusters.sort();
+    clusters.dedup();
+    for cluster in clusters {
         if let Ok(conn) = ctx.members.connection(&cluster) {
             let api: Api<DynamicObject> = Api::namespaced_with(
                 conn.client.clone(),
@@ -604,6 +657,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>) {
             }
         }
     }
+    evacuate(ctx, &all).await;
     ctx.members.set_active_runs(&active);
     record_metrics(ctx, &all, &active);
     ctx.metrics.queue_depth.set(queue.len() as i64);
@@ -702,6 +756,57 @@ async fn round(ctx: &RunContext, all: Vec<Entry>) {
     for e in results.into_iter().filter_map(Result::err) {
         tracing::debug!(error = %e, "scheduling write skipped");
     }
+}
+
+/// Revoke the records of runs on clusters being drained or lost (see
+/// [`crate::moves`]); their run controllers then move or fail them.
+async fn evacuate(ctx: &RunContext, all: &[Entry]) {
+    let clusters = ctx.clusters.state();
+    let leaving = moves::leaving(clusters.iter().map(|c| c.as_ref()));
+    if leaving.is_empty() {
+        return;
+    }
+    let targets = all.iter().filter_map(|entry| {
+        let status = entry.status.as_ref()?;
+        if entry.deleting
+            || entry.placement.mode != PlacementMode::One
+            || status.phase.is_some_and(is_final)
+        {
+            return None;
+        }
+        let cluster = status.cluster.clone()?;
+        let why = *leaving.get(&cluster)?;
+        Some((entry, cluster, why))
+    });
+    futures::stream::iter(targets)
+        .for_each_concurrent(16, |(entry, cluster, why)| async move {
+            let api = record_api(ctx, &cluster);
+            let record = match api.get_opt(&entry.uid).await {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::debug!(run = %entry.key, %cluster, error = %e, "assignment not read");
+                    return;
+                }
+            };
+            let step = moves::step(why, record.as_ref().map(|r| r.status.as_ref()));
+            let Some(mut record) = record.filter(|_| step == moves::Step::Revoke) else {
+                return;
+            };
+            let status = record.status.get_or_insert_with(Default::default);
+            status.revoked = Some(true);
+            status.revoked_reason = Some(why.reason().to_owned());
+            status.revoked_time = Some(now());
+            // The precondition is the resourceVersion read: if the agent
+            // released the run meanwhile, this fails and the run stays.
+            match api
+                .replace_status(&record.name_any(), &PostParams::default(), &record)
+                .await
+            {
+                Ok(_) => tracing::info!(run = %entry.key, %cluster, reason = why.reason(), "assignment revoked; the run moves"),
+                Err(e) => tracing::debug!(run = %entry.key, %cluster, error = %e, "assignment not revoked; looked at again next round"),
+            }
+        })
+        .await;
 }
 
 fn record_metrics(ctx: &RunContext, all: &[Entry], active: &BTreeMap<String, i64>) {

@@ -20,6 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::tekton::cancel_values;
 use tekfed_crds::{MemberReport, RunAssignment, RunKind, cluster_namespace};
 use tokio::sync::Notify;
 
@@ -133,6 +134,7 @@ impl Agent {
                         .as_ref()
                         .and_then(|s| s.released)
                         .unwrap_or(false),
+                    revoked: record.status.as_ref().is_some_and(|s| s.is_revoked()),
                     phase: record.status.as_ref().and_then(|s| s.phase),
                     run_status: record.status.as_ref().and_then(|s| s.run_status.clone()),
                 };
@@ -141,6 +143,12 @@ impl Agent {
                     status: r.data["status"].clone(),
                 });
                 for step in plan(kind, Some(&view), run_view.as_ref()) {
+                    if step == Step::DeleteHeld {
+                        if let Some(run) = &member_run {
+                            self.delete_held(run, kind).await;
+                        }
+                        break;
+                    }
                     if !self.execute(step, record, kind).await {
                         break;
                     }
@@ -212,6 +220,28 @@ impl Agent {
                     .is_ok()
             }
             Step::DeleteHeld => false,
+            Step::Cancel => {
+                let api: Api<DynamicObject> = Api::namespaced_with(
+                    self.member.clone(),
+                    &run.namespace,
+                    &tekton_resource(kind.tekton_kind()),
+                );
+                let cancel = cancel_values(kind)[0];
+                let patch = json!({"spec": {"status": cancel}});
+                match api
+                    .patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(run = %run.name, ns = %run.namespace, "cancelled a run the hub took off this cluster");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %run.name, error = %e, "could not cancel a revoked run");
+                        false
+                    }
+                }
+            }
             Step::Report { phase, status } => {
                 let patch =
                     json!({"status": {"phase": phase, "runStatus": status, "observedTime": now()}});

@@ -3,18 +3,22 @@
 //!
 //! The fencing rule lives here: a run may start on this cluster only after
 //! the agent's conditional write marking its record released succeeded. A
-//! held run whose record is gone was revoked (moved elsewhere, or its
-//! federated run deleted) and is deleted unstarted.
+//! held run whose record is gone, or marked revoked, was taken away (moved
+//! elsewhere, or its federated run deleted) and is deleted unstarted; a
+//! started run whose record is revoked (its cluster was lost, and the hub
+//! failed or rescheduled it) is cancelled.
 
 use serde_json::Value;
 use tekfed_crds::RunKind;
 use tekfed_crds::runs::RunPhase;
-use tekfed_crds::tekton::{PIPELINE_RUN_PENDING, phase};
+use tekfed_crds::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final, phase};
 
 /// The assignment record, as the agent last saw it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
     pub released: bool,
+    /// The hub took the run off this cluster.
+    pub revoked: bool,
     pub phase: Option<RunPhase>,
     pub run_status: Option<Value>,
 }
@@ -43,6 +47,8 @@ pub enum Step {
     Unhold,
     /// Delete the held member run: its record was revoked.
     DeleteHeld,
+    /// Cancel the started member run: the hub no longer counts on it.
+    Cancel,
     /// Write the member run's phase and status into the record.
     Report { phase: RunPhase, status: Value },
 }
@@ -53,6 +59,20 @@ pub fn plan(kind: RunKind, record: Option<&Record>, run: Option<&MemberRun>) -> 
         // Revoked while held: it must never start here.
         (None, Some(run)) if run.held() => vec![Step::DeleteHeld],
         (None, _) => vec![],
+        (Some(record), Some(run)) if record.revoked && run.held() => vec![Step::DeleteHeld],
+        (Some(record), Some(run)) if record.revoked => {
+            let cancelling = run
+                .spec_status
+                .as_deref()
+                .is_some_and(|s| cancel_values(kind).contains(&s));
+            if record.released && !cancelling && !is_final(phase(&run.status)) {
+                vec![Step::Cancel]
+            } else {
+                vec![]
+            }
+        }
+        // Never released once revoked.
+        (Some(record), None) if record.revoked => vec![],
         (Some(record), run) if !record.released => match (kind, run) {
             // A PipelineRun is created held by the hub; release it once it is here.
             (RunKind::PipelineRun, Some(run)) if run.held() => vec![Step::Release, Step::Unhold],
@@ -149,6 +169,43 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_record_is_never_released_its_held_copy_is_deleted_and_a_started_one_cancelled() {
+        let revoked = Record {
+            revoked: true,
+            ..Default::default()
+        };
+        for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
+            assert_eq!(plan(kind, Some(&revoked), None), vec![]);
+        }
+        assert_eq!(
+            plan(RunKind::PipelineRun, Some(&revoked), Some(&held())),
+            vec![Step::DeleteHeld]
+        );
+        let lost = Record {
+            released: true,
+            revoked: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(RunKind::PipelineRun, Some(&lost), Some(&running())),
+            vec![Step::Cancel]
+        );
+        let cancelling = MemberRun {
+            spec_status: Some("TaskRunCancelled".into()),
+            ..running()
+        };
+        assert_eq!(
+            plan(RunKind::TaskRun, Some(&lost), Some(&cancelling)),
+            vec![]
+        );
+        let done = MemberRun {
+            spec_status: None,
+            status: json!({"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}),
+        };
+        assert_eq!(plan(RunKind::TaskRun, Some(&lost), Some(&done)), vec![]);
+    }
+
+    #[test]
     fn status_is_reported_only_when_it_changed() {
         let steps = plan(RunKind::TaskRun, Some(&released()), Some(&running()));
         assert_eq!(
@@ -160,6 +217,7 @@ mod tests {
         );
         let reported = Record {
             released: true,
+            revoked: false,
             phase: Some(RunPhase::Running),
             run_status: Some(running().status),
         };

@@ -338,7 +338,11 @@ pub async fn federate(bed: &TestBed, hub_args: &[&str], run_ms: u64) -> Result<(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let mut args = vec!["--heartbeat-grace", "10"];
+    // A 10 s grace unless the caller sets one.
+    let mut args = vec![];
+    if !hub_args.contains(&"--heartbeat-grace") {
+        args.extend(["--heartbeat-grace", "10"]);
+    }
     args.extend_from_slice(hub_args);
     bed.start_hub("tekfed-hub", &args)
         .map_err(|e| e.to_string())?;

@@ -101,6 +101,44 @@ where
     }
 }
 
+/// [`eventually`], and on timeout the end of the hub's and agents' logs too.
+pub async fn eventually_logged<T, F, Fut>(
+    bed: &TestBed,
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            let mut logs = String::new();
+            let names = std::iter::once("tekfed-hub".to_owned())
+                .chain(bed.members().into_iter().map(|m| format!("agent-{m}")));
+            for name in names {
+                let log = bed.log_of(&name);
+                let tail: String = log
+                    .chars()
+                    .rev()
+                    .take(20000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                logs.push_str(&format!("\n--- {name} (end of log) ---\n{tail}"));
+            }
+            panic!("timed out after {timeout:?} waiting for {what}{logs}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// The path of one of tekfed's binaries (`tekfed-hub`, `tekfed-agent`,
 /// `kubectl-tekfed`), built first if needed: tests run the real binaries
 /// as a user would.
