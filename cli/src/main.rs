@@ -1,7 +1,9 @@
 //! `kubectl-tekfed`: the operator's command line (works as `kubectl tekfed`
-//! when on PATH): `crds`, `cordon`, `uncordon`, `drain`, `status`.
+//! when on PATH): `join`, `unjoin`, `cordon`, `uncordon`, `drain`,
+//! `status`, `crds`, and `dev up|down` for a local federation.
 
 mod drain;
+mod join;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,65 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Join a cluster to the federation: least-privilege identities on both sides, its kubeconfig Secret and MemberCluster on the hub.
+    #[command(
+        after_help = "Creates on the member: namespace tekfed-system, ServiceAccount tekfed-hub bound to a ClusterRole \
+for Tekton objects and namespaces only, and Secret tekfed-hub-kubeconfig (the agent's hub identity). \
+On the hub: Secret tekfed-member-NAME (server, CA, token; no key of yours), MemberCluster NAME, \
+namespace tekfed-cluster-NAME and the agent's ServiceAccount with a Role confined to it. \
+Running it again changes nothing (and renews tokens close to expiry).\n\n\
+Examples:\n  kubectl tekfed join member-1 --cluster-context kind-member-1 --hub-context kind-hub --labels region=eu\n  \
+kubectl tekfed join gpu-1 --cluster-context gpu-1 --install-agent --agent-image registry.example/tekfed:0.1.0"
+    )]
+    Join {
+        /// The member's name on the hub (a DNS label, e.g. member-1).
+        name: String,
+        /// The member cluster's context in the kubeconfig.
+        #[arg(long)]
+        cluster_context: String,
+        /// The hub's context (default: --context, else the current context).
+        #[arg(long)]
+        hub_context: Option<String>,
+        /// Labels for the MemberCluster, which placements select on: k=v,k2=v2.
+        #[arg(long, value_parser = join::parse_label, value_delimiter = ',')]
+        labels: Vec<(String, String)>,
+        /// Also create the agent's Deployment, ServiceAccount and RBAC on the member.
+        #[arg(long, conflicts_with = "print_agent_helm")]
+        install_agent: bool,
+        /// Print how to install the agent with Helm (the default).
+        #[arg(long)]
+        print_agent_helm: bool,
+        /// The agent image, with --install-agent.
+        #[arg(long, default_value = concat!("tekfed:", env!("CARGO_PKG_VERSION")))]
+        agent_image: String,
+        /// The member API server as the hub reaches it (default: the context's server).
+        #[arg(long)]
+        member_server: Option<String>,
+        /// The hub API server as the agent reaches it (default: the hub context's server).
+        #[arg(long)]
+        hub_server: Option<String>,
+        /// Lifetime of the tokens join issues (a join renews them within 30 days of expiry).
+        #[arg(long, default_value = "1y", value_parser = humantime::parse_duration)]
+        token_ttl: std::time::Duration,
+    },
+    /// Remove what join created on the hub (and on the member with --cluster-context).
+    #[command(
+        after_help = "Refuses while runs are active on the member unless --force; drain it first.\n\n\
+Examples:\n  kubectl tekfed drain member-1 && kubectl tekfed unjoin member-1 --cluster-context kind-member-1"
+    )]
+    Unjoin {
+        /// The MemberCluster to remove.
+        name: String,
+        /// The member's context, to remove tekfed's objects there too.
+        #[arg(long)]
+        cluster_context: Option<String>,
+        /// The hub's context (default: --context, else the current context).
+        #[arg(long)]
+        hub_context: Option<String>,
+        /// Unjoin even while runs are active there.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the tekfed CRDs and admission policies as YAML, to install them on a hub.
     #[command(after_help = "Example:\n  kubectl tekfed crds | kubectl apply --server-side -f -")]
     Crds,
@@ -99,6 +160,47 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Cordon { name } => set_unschedulable(&target.client().await?, &name, true).await,
         Command::Uncordon { name } => {
             set_unschedulable(&target.client().await?, &name, false).await
+        }
+        Command::Join {
+            name,
+            cluster_context,
+            hub_context,
+            labels,
+            install_agent,
+            print_agent_helm: _,
+            agent_image,
+            member_server,
+            hub_server,
+            token_ttl,
+        } => {
+            join::join(join::JoinOptions {
+                name,
+                kubeconfig: target.kubeconfig.clone(),
+                cluster_context,
+                hub_context: hub_context.or(target.context.clone()),
+                labels,
+                install_agent,
+                agent_image,
+                member_server,
+                hub_server,
+                token_ttl,
+            })
+            .await
+        }
+        Command::Unjoin {
+            name,
+            cluster_context,
+            hub_context,
+            force,
+        } => {
+            join::unjoin(join::UnjoinOptions {
+                name,
+                kubeconfig: target.kubeconfig.clone(),
+                cluster_context,
+                hub_context: hub_context.or(target.context.clone()),
+                force,
+            })
+            .await
         }
         Command::Drain {
             name,

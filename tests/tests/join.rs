@@ -1,0 +1,388 @@
+//! `kubectl tekfed join` and `unjoin` on real API servers: the identities
+//! join creates are enough for the hub and the agents to run work (nothing
+//! here uses the test bed's admin credentials for them), they are no more
+//! than that, a second join changes nothing, and unjoin leaves nothing.
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::{FederatedTaskRun, MemberCluster, cluster_namespace};
+use tekfed_tests::federation::{create_task_runs, wait_all_succeeded, wait_condition};
+use tekfed_tests::{HUB, TestBed, binary, eventually_logged};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn tekfed(bed: &TestBed, args: &[&str]) -> (bool, String) {
+    let output = Command::new(binary("kubectl-tekfed"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(bed.kubeconfig())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn join(bed: &TestBed, member: &str) -> (bool, String) {
+    let labels = format!("tekfed.io/test-member={member}");
+    tekfed(
+        bed,
+        &[
+            "join",
+            member,
+            "--cluster-context",
+            member,
+            "--hub-context",
+            HUB,
+            "--labels",
+            &labels,
+        ],
+    )
+}
+
+async fn can(client: &Client, user: &str, verb: &str, group: &str, resource: &str) -> bool {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allowed
+}
+
+#[tokio::test]
+async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
+    let bed = TestBed::start(2).await.unwrap();
+    let members = bed.members();
+    bed.start_hub("tekfed-hub", &["--heartbeat-grace", "10"])
+        .unwrap();
+    let hub = bed.client(HUB).await.unwrap();
+
+    // Bad input is refused up front, saying what to do.
+    let (ok, out) = tekfed(
+        &bed,
+        &[
+            "join",
+            "Member_1",
+            "--cluster-context",
+            "member-1",
+            "--hub-context",
+            HUB,
+        ],
+    );
+    assert!(!ok && out.contains("not a valid member name"), "{out}");
+    let (ok, out) = tekfed(
+        &bed,
+        &[
+            "join",
+            "member-9",
+            "--cluster-context",
+            "nope",
+            "--hub-context",
+            HUB,
+        ],
+    );
+    assert!(
+        !ok && out.contains("no context \"nope\"") && out.contains("member-1"),
+        "{out}"
+    );
+
+    for member in &members {
+        let (ok, out) = join(&bed, member);
+        assert!(ok, "join {member}: {out}");
+        assert!(
+            out.contains(&format!("joined {member}")) && out.contains("created"),
+            "{out}"
+        );
+        assert!(
+            out.contains("helm upgrade --install"),
+            "prints how to install the agent: {out}"
+        );
+    }
+    for member in &members {
+        let (ok, out) = join(&bed, member);
+        assert!(
+            ok && out.contains(&format!("{member} is already joined; nothing changed")),
+            "a second join: {out}"
+        );
+        assert!(
+            !out.contains(" created ") && !out.contains(" updated "),
+            "{out}"
+        );
+    }
+
+    // The hub reaches each member with the token join made.
+    wait_condition(&bed, &members, "Reachable", WAIT)
+        .await
+        .unwrap();
+
+    // That identity reaches Tekton objects and namespaces, and no Secret.
+    let hub_sa = "system:serviceaccount:tekfed-system:tekfed-hub";
+    for member in &members {
+        let m = bed.client(member).await.unwrap();
+        assert!(
+            !can(&m, hub_sa, "list", "", "secrets").await,
+            "{member}: secrets"
+        );
+        assert!(
+            !can(&m, hub_sa, "get", "", "secrets").await,
+            "{member}: secrets"
+        );
+        assert!(!can(&m, hub_sa, "list", "", "pods").await, "{member}: pods");
+        assert!(
+            !can(
+                &m,
+                hub_sa,
+                "create",
+                "rbac.authorization.k8s.io",
+                "clusterroles"
+            )
+            .await
+        );
+        assert!(can(&m, hub_sa, "create", "tekton.dev", "pipelineruns").await);
+        assert!(can(&m, hub_sa, "create", "", "namespaces").await);
+    }
+    // The agent's hub identity touches its own cluster's namespace only.
+    let agent_1 = "system:serviceaccount:tekfed-system:tekfed-agent-member-1";
+    let ns_review = |ns: &str, verb: &str, resource: &str| SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(agent_1.into()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.into()),
+                verb: Some(verb.into()),
+                group: Some("tekfed.io".into()),
+                resource: Some(resource.into()),
+                subresource: Some("status".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let reviews: Api<SubjectAccessReview> = Api::all(hub.clone());
+    let allowed = |r: SubjectAccessReview| {
+        let reviews = reviews.clone();
+        async move {
+            reviews
+                .create(&PostParams::default(), &r)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .allowed
+        }
+    };
+    assert!(
+        allowed(ns_review(
+            &cluster_namespace("member-1"),
+            "update",
+            "runassignments"
+        ))
+        .await
+    );
+    assert!(
+        !allowed(ns_review(
+            &cluster_namespace("member-2"),
+            "update",
+            "runassignments"
+        ))
+        .await
+    );
+    assert!(!allowed(ns_review("default", "update", "federatedtaskruns")).await);
+
+    // Agents run with the hub kubeconfig join left on each member.
+    for member in &members {
+        let secrets: Api<Secret> =
+            Api::namespaced(bed.client(member).await.unwrap(), "tekfed-system");
+        let secret = secrets.get("tekfed-hub-kubeconfig").await.unwrap();
+        let kubeconfig = secret.data.unwrap()["kubeconfig"].0.clone();
+        let path = bed.dir().join(format!("{member}-hub.kubeconfig"));
+        std::fs::write(&path, kubeconfig).unwrap();
+        let args: Vec<String> = [
+            "--cluster-name",
+            member,
+            "--kubeconfig",
+            &bed.kubeconfig().to_string_lossy(),
+            "--context",
+            member,
+            "--hub-kubeconfig",
+            &path.to_string_lossy(),
+            "--heartbeat-interval",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        bed.spawn(
+            &format!("agent-{member}"),
+            &binary("tekfed-agent"),
+            &args,
+            &[("RUST_LOG", "info")],
+        )
+        .unwrap();
+        bed.start_executor(member, 300).unwrap();
+    }
+    wait_condition(&bed, &members, "Ready", WAIT).await.unwrap();
+    let ns = bed.namespace("joined", &[HUB]).await.unwrap();
+    create_task_runs(&hub, &ns, 10).await;
+    let runs: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    wait_all_succeeded(&runs, "10 runs through joined members", WAIT).await;
+
+    // A run still active on member-2: unjoin refuses without --force.
+    let long: FederatedTaskRun = serde_json::from_value(json!({
+        "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
+        "metadata": {"name": "long", "namespace": ns},
+        "spec": {
+            "template": {"metadata": {"annotations": {"tekfed.io/test-duration-ms": "600000"}}, "spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}},
+            "placement": {"clusters": [{"name": "member-2"}]},
+        },
+    }))
+    .unwrap();
+    runs.create(&PostParams::default(), &long).await.unwrap();
+    eventually_logged(&bed, "the long run to start on member-2", WAIT, || {
+        let runs = runs.clone();
+        async move {
+            let s = runs.get("long").await.ok()?.status?;
+            (s.phase == Some(tekfed_crds::RunPhase::Running)).then_some(())
+        }
+    })
+    .await;
+    let (ok, out) = tekfed(
+        &bed,
+        &[
+            "unjoin",
+            "member-2",
+            "--cluster-context",
+            "member-2",
+            "--hub-context",
+            HUB,
+        ],
+    );
+    assert!(
+        !ok && out.contains("1 run(s) are active on member-2") && out.contains("--force"),
+        "{out}"
+    );
+
+    for member in &members {
+        bed.stop(&format!("agent-{member}"));
+        let mut args = vec![
+            "unjoin",
+            member.as_str(),
+            "--cluster-context",
+            member.as_str(),
+            "--hub-context",
+            HUB,
+        ];
+        if member == "member-2" {
+            args.push("--force");
+        }
+        let (ok, out) = tekfed(&bed, &args);
+        assert!(ok && out.contains(&format!("unjoined {member}")), "{out}");
+    }
+
+    // Nothing of tekfed's is left. (No namespace controller runs in the test
+    // bed, so a deleted namespace stays Terminating: deleted is what counts.)
+    let gone_or_terminating =
+        |ns: Option<Namespace>| ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+    assert!(
+        Api::<MemberCluster>::all(hub.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let hub_secrets: Api<Secret> = Api::namespaced(hub.clone(), "tekfed-system");
+    let hub_sas: Api<ServiceAccount> = Api::namespaced(hub.clone(), "tekfed-system");
+    for member in &members {
+        assert!(
+            hub_secrets
+                .get_opt(&format!("tekfed-member-{member}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            hub_sas
+                .get_opt(&format!("tekfed-agent-{member}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let ns = Api::<Namespace>::all(hub.clone())
+            .get_opt(&cluster_namespace(member))
+            .await
+            .unwrap();
+        assert!(gone_or_terminating(ns), "hub namespace of {member}");
+
+        let m = bed.client(member).await.unwrap();
+        let system = Api::<Namespace>::all(m.clone())
+            .get_opt("tekfed-system")
+            .await
+            .unwrap();
+        assert!(gone_or_terminating(system), "{member}: tekfed-system");
+        assert!(
+            Api::<ClusterRole>::all(m.clone())
+                .get_opt("tekfed-hub")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            Api::<ClusterRoleBinding>::all(m.clone())
+                .get_opt("tekfed-hub")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        for kind in ["TaskRun", "PipelineRun", "Task", "Pipeline"] {
+            let api: Api<DynamicObject> = Api::all_with(m.clone(), &tekton_resource(kind));
+            let left = api
+                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tekfed"))
+                .await
+                .unwrap();
+            assert!(
+                left.items.is_empty(),
+                "{member}: {kind}s left: {:?}",
+                left.items.iter().map(|o| o.name_any()).collect::<Vec<_>>()
+            );
+        }
+        let marked = Api::<Namespace>::all(m.clone())
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tekfed"))
+            .await
+            .unwrap();
+        assert!(
+            marked
+                .items
+                .iter()
+                .all(|n| n.metadata.deletion_timestamp.is_some()),
+            "{member}: namespaces still marked as tekfed's"
+        );
+    }
+}
