@@ -3,11 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help test demo bins crds lint fmt testbed
+.PHONY: help test demo demo-down bins crds lint fmt testbed
 
 help:
 	@echo "make test     build the Kubernetes test binaries and helm (cached), then run every test"
-	@echo "make demo     start a local federation and show runs spreading (not built yet)"
+	@echo "make demo     start a local federation (hub + 3 members), show a burst spreading and a drain; it stays up"
+	@echo "make demo-down  stop the demo's federation"
 	@echo "make bins     build kube-apiserver, kubectl, etcd and fetch Tekton's CRDs (cached outside the repo)"
 	@echo "make crds     regenerate crds/manifests/ (and the hub chart's copies) from the Rust types"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
@@ -37,7 +38,18 @@ testbed:
 	@bin_dir=$$(bash hack/k8s-bins.sh | tail -n1) && \
 	  TEKFED_K8S_BIN_DIR="$$bin_dir" $(CARGO) run -q -p tekfed-tests --example testbed_up
 
+# A local federation (hub + 3 members, hub controller, agents, a test
+# executor standing in for Tekton) that stays up after the demo.
 demo:
-	@echo "make demo: not yet. The local federation demo (hub, members, agents and runs"
-	@echo "spreading across them) comes with the cluster-lifecycle issue (kubectl tekfed dev up)."
-	@echo "Today you can start the real control planes it will use: make testbed"
+	@bin_dir=$$(bash hack/k8s-bins.sh | tail -n1) && \
+	  $(CARGO) build --workspace --bins --examples --locked && \
+	  target=$$($(CARGO) metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/') && \
+	  TEKFED_K8S_BIN_DIR="$$bin_dir" "$$target/debug/kubectl-tekfed" dev up --members 3 --dir .tekfed-dev && \
+	  echo "== kubectl apply -f examples/ (hello-world, build-and-deploy, git-clone-on-member-2)" && \
+	  "$$bin_dir/kubectl" --kubeconfig .tekfed-dev/kubeconfig --context hub apply \
+	    -f examples/hello-world.yaml -f examples/build-and-deploy.yaml -f examples/git-clone-on-member-2.yaml && \
+	  "$$target/debug/examples/demo" .tekfed-dev/kubeconfig
+
+demo-down:
+	@target=$$($(CARGO) metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/') && \
+	  "$$target/debug/kubectl-tekfed" dev down --dir .tekfed-dev

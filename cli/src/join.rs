@@ -59,6 +59,8 @@ pub struct JoinOptions {
     pub member_server: Option<String>,
     pub hub_server: Option<String>,
     pub token_ttl: Duration,
+    /// Only the summary, not a line per object (`dev up`).
+    pub quiet: bool,
 }
 
 /// Is `name` a DNS-1123 label (what a MemberCluster name must be)?
@@ -189,6 +191,7 @@ pub fn jwt_expiry(token: &str) -> Option<i64> {
 pub struct Report {
     lines: Vec<String>,
     changed: usize,
+    quiet: bool,
 }
 
 impl Report {
@@ -197,7 +200,9 @@ impl Report {
             self.changed += 1;
         }
         let line = format!("  {verb:<9} {what}");
-        println!("{line}");
+        if !self.quiet {
+            println!("{line}");
+        }
         self.lines.push(line);
     }
 }
@@ -435,7 +440,10 @@ pub async fn join(options: JoinOptions) -> anyhow::Result<()> {
         "joining {name}: member {:?} ({}), hub {:?} ({})",
         member.context, member_endpoint.server, hub.context, hub_endpoint.server
     );
-    let mut report = Report::default();
+    let mut report = Report {
+        quiet: options.quiet,
+        ..Default::default()
+    };
     let labels = meta_labels(name);
 
     // --- member: the hub's identity there -------------------------------
@@ -593,6 +601,9 @@ pub async fn join(options: JoinOptions) -> anyhow::Result<()> {
             report.changed,
             report.lines.len() - report.changed
         );
+    }
+    if options.quiet {
+        return Ok(());
     }
     if !options.install_agent {
         println!(

@@ -2,6 +2,7 @@
 //! when on PATH): `join`, `unjoin`, `cordon`, `uncordon`, `drain`,
 //! `status`, `crds`, and `dev up|down` for a local federation.
 
+mod dev;
 mod drain;
 mod join;
 
@@ -92,6 +93,9 @@ Examples:\n  kubectl tekfed drain member-1 && kubectl tekfed unjoin member-1 --c
         #[arg(long)]
         force: bool,
     },
+    /// A local federation on this machine for trying tekfed: real API servers, hub, agents.
+    #[command(subcommand)]
+    Dev(DevCommand),
     /// Print the tekfed CRDs and admission policies as YAML, to install them on a hub.
     #[command(after_help = "Example:\n  kubectl tekfed crds | kubectl apply --server-side -f -")]
     Crds,
@@ -129,6 +133,33 @@ Examples:\n  kubectl tekfed drain member-2\n  kubectl tekfed drain member-2 --ti
     /// One table of members (ready, schedulable, load, assigned, heartbeat age) and the run queue.
     #[command(after_help = "Example:\n  kubectl tekfed status --context hub")]
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCommand {
+    /// Start a hub and N members (etcd + kube-apiserver each, Tekton's CRDs), join them, run the hub, agents and a test executor in the background.
+    #[command(
+        after_help = "Needs the binaries `make bins` builds (or TEKFED_K8S_BIN_DIR) and `cargo build --workspace --bins`. \
+No kubelet or Tekton controller runs: a test executor moves runs through Tekton's status shapes.\n\n\
+Examples:\n  kubectl tekfed dev up --members 3\n  export KUBECONFIG=$PWD/.tekfed-dev/kubeconfig; kubectl --context hub get mc\n  kubectl tekfed dev down"
+    )]
+    Up {
+        /// How many member clusters.
+        #[arg(long, default_value = "3")]
+        members: usize,
+        /// Where the kubeconfig, logs and pids go.
+        #[arg(long, default_value = ".tekfed-dev")]
+        dir: PathBuf,
+        /// How long the test executor lets each run take (ms), unless a run says otherwise.
+        #[arg(long, default_value = "2000")]
+        run_ms: u64,
+    },
+    /// Stop everything `dev up` started and remove its folder.
+    #[command(after_help = "Example:\n  kubectl tekfed dev down --dir .tekfed-dev")]
+    Down {
+        #[arg(long, default_value = ".tekfed-dev")]
+        dir: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -184,6 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 member_server,
                 hub_server,
                 token_ttl,
+                quiet: false,
             })
             .await
         }
@@ -202,6 +234,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Dev(DevCommand::Up {
+            members,
+            dir,
+            run_ms,
+        }) => dev::up(members, dir, run_ms).await,
+        Command::Dev(DevCommand::Down { dir }) => dev::down(&dir).await,
         Command::Drain {
             name,
             timeout,

@@ -22,6 +22,7 @@ pids=
 while read -r line; do
   case "$line" in
     clean) pids= ;;
+    detach) pids= ; keep=1 ;;
     *) pids="$pids $line" ;;
   esac
 done
@@ -35,7 +36,7 @@ while [ $i -lt 50 ]; do
   i=$((i + 1))
 done
 for p in $pids; do kill -KILL "$p" 2>/dev/null; done
-rm -rf "$1"
+[ -n "$keep" ] || rm -rf "$1"
 "#;
 
 /// Stops the children and removes the folder when this process ends.
@@ -72,6 +73,15 @@ impl Reaper {
             // the children in the ordinary case, so there is nothing to add.
             let _ = writeln!(stdin, "{pid}");
         }
+    }
+
+    /// The children go on without this process (`kubectl tekfed dev up`):
+    /// the reaper forgets them and keeps the folder.
+    pub(crate) fn detach(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "detach");
+        }
+        let _ = self.child.wait();
     }
 
     /// The children were stopped in an orderly way: let the reaper only
@@ -150,7 +160,11 @@ impl Process {
         let err = out
             .try_clone()
             .map_err(io(format!("opening {}", log.display())))?;
+        // A process group of its own: Ctrl-C in the terminal that started
+        // it does not reach it; the reaper or Drop stops it.
+        use std::os::unix::process::CommandExt;
         let child = Command::new(program)
+            .process_group(0)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

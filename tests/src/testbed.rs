@@ -55,16 +55,28 @@ impl TestBed {
     /// Start a hub and `members` member clusters, and wait until every API
     /// server is ready and every CRD is established.
     pub async fn start(members: usize) -> Result<Self, TestBedError> {
+        Self::start_in(members, None).await
+    }
+
+    /// [`TestBed::start`] in the folder `dir` (created; a temporary one
+    /// when `None`).
+    pub async fn start_in(members: usize, dir: Option<PathBuf>) -> Result<Self, TestBedError> {
         let bin_dir = bins::bin_dir()?;
         let io = |what: &str| {
             let what = what.to_owned();
             move |source| TestBedError::Io { what, source }
         };
-        let dir = tempfile::Builder::new()
-            .prefix("tekfed-testbed-")
-            .tempdir()
-            .map_err(io("creating the test bed folder"))?
-            .keep();
+        let dir = match dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(io("creating the test bed folder"))?;
+                dir
+            }
+            None => tempfile::Builder::new()
+                .prefix("tekfed-testbed-")
+                .tempdir()
+                .map_err(io("creating the test bed folder"))?
+                .keep(),
+        };
         let mut reaper = Reaper::start(&dir)?;
         let began = Instant::now();
         let mut processes = Vec::new();
@@ -444,6 +456,21 @@ impl TestBed {
                 _ => tokio::time::sleep(POLL_INTERVAL).await,
             }
         }
+    }
+}
+
+impl TestBed {
+    /// Leave every process running and the folder in place, and return
+    /// the processes' names and pids (`kubectl tekfed dev up`).
+    pub fn detach(self) -> Vec<(String, u32)> {
+        let me = std::mem::ManuallyDrop::new(self);
+        let processes =
+            std::mem::take(&mut *me.processes.lock().unwrap_or_else(|p| p.into_inner()));
+        me.reaper.lock().unwrap_or_else(|p| p.into_inner()).detach();
+        processes
+            .iter()
+            .map(|p| (p.name.clone(), p.pid()))
+            .collect()
     }
 }
 

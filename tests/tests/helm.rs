@@ -165,6 +165,25 @@ fn grants(rules: &Value, group: &str, resource: &str, verb: &str) -> bool {
     })
 }
 
+/// Leader election needs exactly this on Leases: create (which RBAC cannot
+/// limit by name), then get and update of the one Lease.
+fn assert_lease_rules(rules: &Value, lease: &str) {
+    let lease_rules: Vec<&Value> = rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| strings(&r["resources"]).contains(&"leases"))
+        .collect();
+    assert_eq!(
+        lease_rules,
+        [
+            &json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}),
+            &json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease], "verbs": ["get", "update"]}),
+        ],
+        "Lease rules"
+    );
+}
+
 /// No wildcard anywhere, no Secrets, nothing that grants more RBAC.
 fn assert_least_privilege(role: &Value) {
     let name = &role["metadata"]["name"];
@@ -209,15 +228,8 @@ fn both_charts_lint_clean() {
 #[test]
 fn the_hub_chart_renders_what_users_rely_on() {
     let helm = Helm::new();
-    let docs = helm.render(
-        HUB_CHART,
-        &[
-            "--namespace",
-            "tekfed-system",
-            "--set",
-            "leaderElection.enabled=true",
-        ],
-    );
+    // Leader election is on by default.
+    let docs = helm.render(HUB_CHART, &["--namespace", "tekfed-system"]);
 
     let deployment = one(&docs, "Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -230,6 +242,9 @@ fn the_hub_chart_renders_what_users_rely_on() {
         "--namespace=tekfed-system",
         "--metrics-addr=0.0.0.0:9090",
         "--leader-elect",
+        "--leader-elect-namespace=tekfed-system",
+        "--leader-elect-lease-name=tekfed-hub",
+        "--leader-elect-lease-duration=15",
     ] {
         assert!(args.contains(&wanted), "hub args {args:?} lack {wanted}");
     }
@@ -277,12 +292,7 @@ fn the_hub_chart_renders_what_users_rely_on() {
     assert_eq!(role["metadata"]["namespace"], "tekfed-system");
     assert!(grants(&role["rules"], "", "secrets", "get"));
     assert!(!grants(&role["rules"], "", "secrets", "create"));
-    assert!(grants(
-        &role["rules"],
-        "coordination.k8s.io",
-        "leases",
-        "update"
-    ));
+    assert_lease_rules(&role["rules"], "tekfed-hub");
 
     let policies = objects(&docs, "ValidatingAdmissionPolicy");
     assert_eq!(policies.len(), 2, "the admission policies are templates");
@@ -354,6 +364,10 @@ fn the_agent_chart_renders_what_users_rely_on() {
         "--cluster-name=member-7",
         "--hub-kubeconfig=/etc/tekfed/hub/kubeconfig",
         "--heartbeat-interval=5",
+        "--leader-elect",
+        "--leader-elect-namespace=tekfed-system",
+        "--leader-elect-lease-name=tekfed-agent-member-7",
+        "--leader-elect-lease-duration=15",
     ] {
         assert!(args.contains(&wanted), "agent args {args:?} lack {wanted}");
     }
@@ -383,12 +397,37 @@ fn the_agent_chart_renders_what_users_rely_on() {
     assert!(!grants(rules, "tekton.dev", "taskruns", "create"));
     assert!(!grants(rules, "tekton.dev", "pipelineruns", "create"));
     assert!(grants(rules, "", "pods", "list"));
-    let role = one(&docs, "Role");
-    assert_eq!(role["metadata"]["namespace"], "tekton-pipelines");
+    let roles = objects(&docs, "Role");
+    assert_eq!(roles.len(), 2, "{roles:?}");
+    let in_namespace = |ns: &str| {
+        *roles
+            .iter()
+            .find(|r| r["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no Role in {ns}: {roles:?}"))
+    };
     assert_eq!(
-        role["rules"],
+        in_namespace("tekton-pipelines")["rules"],
         json!([{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["pipelines-info"], "verbs": ["get"]}])
     );
+    assert_lease_rules(
+        &in_namespace("tekfed-system")["rules"],
+        "tekfed-agent-member-7",
+    );
+    let no_leader = helm.render(
+        AGENT_CHART,
+        &[
+            "--set",
+            "clusterName=member-7",
+            "--set",
+            "leaderElection.enabled=false",
+        ],
+    );
+    let args = strings(
+        &one(&no_leader, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
+    )
+    .join(" ");
+    assert!(!args.contains("--leader-elect"), "{args}");
+    assert_eq!(objects(&no_leader, "Role").len(), 1);
 
     let created = helm.render(
         AGENT_CHART,
