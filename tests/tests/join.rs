@@ -137,6 +137,32 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
         );
     }
 
+    // --install-agent adds the agent itself (no kubelet runs it here).
+    let (ok, out) = tekfed(
+        &bed,
+        &[
+            "join",
+            "member-1",
+            "--cluster-context",
+            "member-1",
+            "--hub-context",
+            HUB,
+            "--labels",
+            "tekfed.io/test-member=member-1",
+            "--install-agent",
+            "--agent-image",
+            "tekfed:test",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "created   member member-1: Deployment tekfed-system/tekfed-agent (tekfed:test)"
+        ) && out.contains("created   member member-1: ClusterRole tekfed-agent")
+            && !out.contains("helm upgrade"),
+        "{out}"
+    );
+
     // The hub reaches each member with the token join made.
     wait_condition(&bed, &members, "Reachable", WAIT)
         .await
@@ -347,20 +373,18 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
             .await
             .unwrap();
         assert!(gone_or_terminating(system), "{member}: tekfed-system");
-        assert!(
-            Api::<ClusterRole>::all(m.clone())
-                .get_opt("tekfed-hub")
+        for name in ["tekfed-hub", "tekfed-agent"] {
+            let role = Api::<ClusterRole>::all(m.clone())
+                .get_opt(name)
                 .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            Api::<ClusterRoleBinding>::all(m.clone())
-                .get_opt("tekfed-hub")
+                .unwrap();
+            assert!(role.is_none(), "{member}: ClusterRole {name}");
+            let binding = Api::<ClusterRoleBinding>::all(m.clone())
+                .get_opt(name)
                 .await
-                .unwrap()
-                .is_none()
-        );
+                .unwrap();
+            assert!(binding.is_none(), "{member}: ClusterRoleBinding {name}");
+        }
         for kind in ["TaskRun", "PipelineRun", "Task", "Pipeline"] {
             let api: Api<DynamicObject> = Api::all_with(m.clone(), &tekton_resource(kind));
             let left = api
