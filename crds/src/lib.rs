@@ -23,6 +23,7 @@ pub mod admission;
 pub mod assignment;
 pub mod common;
 pub mod connect;
+pub mod leader;
 pub mod manifests;
 pub mod member_cluster;
 pub mod runs;
