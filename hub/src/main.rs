@@ -3,6 +3,11 @@
 //! clusters (credentials, reachability, heartbeats), propagation of
 //! `FederatedTask`s and `FederatedPipeline`s, and the scheduling and
 //! status of `FederatedTaskRun`s and `FederatedPipelineRun`s.
+//!
+//! With `--leader-elect` it first waits for the leader Lease (serving only
+//! metrics meanwhile), runs the controllers only while it holds it, exits
+//! non-zero the moment it cannot be sure it still does, and releases it on
+//! SIGTERM or Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +16,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tekfed_crds::connect::{Target, require_apis, tekfed_apis};
+use tekfed_crds::leader::{self, LeaderElector, LeaseSettings};
 use tekfed_crds::{FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun};
 use tekfed_hub::member_controller::{self, MemberContext};
 use tekfed_hub::members::Members;
@@ -52,6 +58,23 @@ struct Args {
     /// Where to serve Prometheus metrics (`/metrics`); port 0 picks a free one.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
+    /// Take part in leader election: only the holder of a
+    /// coordination.k8s.io Lease runs the controllers, so two replicas
+    /// can run.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of that Lease.
+    #[arg(long, default_value = "tekfed-hub")]
+    leader_elect_lease_name: String,
+    /// Namespace of that Lease (default: --namespace).
+    #[arg(long)]
+    leader_elect_namespace: Option<String>,
+    /// Seconds the Lease stays valid without renewal. The leader renews
+    /// every third of it and exits when it could not for two thirds; a
+    /// standby takes over when it has seen no renewal for this long.
+    #[arg(long, default_value_t = leader::DEFAULT_LEASE_SECONDS,
+          value_parser = clap::value_parser!(u32).range(i64::from(leader::MIN_LEASE_SECONDS)..=3600))]
+    leader_elect_lease_duration: u32,
 }
 
 /// Seconds, as a plain number (`30`) or with an `s` suffix (`30s`).
@@ -95,6 +118,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     require_apis(&client, &server, &tekfed_apis()).await?;
     tracing::info!(%server, "connected to the hub; tekfed CRDs are installed");
 
+    // Metrics are served from the start, leader or not; SIGTERM and Ctrl-C
+    // are listened for from the start too, so none is missed in between.
+    let metrics = Arc::new(tekfed_hub::metrics::Metrics::default());
+    let mut serving = std::pin::pin!(tekfed_hub::metrics::serve(
+        args.metrics_addr,
+        metrics.clone()
+    ));
+    let mut stopping = std::pin::pin!(stop_signal());
+    let mut elector = args.leader_elect.then(|| {
+        let settings = LeaseSettings {
+            namespace: args
+                .leader_elect_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone()),
+            name: args.leader_elect_lease_name.clone(),
+            duration_seconds: args.leader_elect_lease_duration,
+            identity: leader::identity(),
+        };
+        LeaderElector::new(client.clone(), &server, settings, Arc::new(sleep))
+    });
+    if let Some(elector) = elector.as_mut() {
+        let (identity, lease) = (elector.identity().to_owned(), elector.lease());
+        tracing::info!(%identity, %lease, "leader election: trying to take the Lease");
+        tokio::select! {
+            r = elector.acquire(|e| log_election(&lease, e)) => r?,
+            r = &mut serving => { r?; return Ok(()); }
+            r = &mut stopping => { r?; tracing::info!("stopping"); return Ok(()); }
+        }
+        tracing::info!(%identity, %lease, "leading");
+    }
+    metrics.leader.set(1);
+
     let (members, mut requeue) = Members::new();
     let members = Arc::new(members);
     let member_ctx = Arc::new(MemberContext {
@@ -106,7 +161,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         heartbeat_grace: args.heartbeat_grace,
     });
     let member_controller = member_controller::controller(&member_ctx);
-    let metrics = Arc::new(tekfed_hub::metrics::Metrics::default());
     let run_ctx = Arc::new(RunContext::new(
         client.clone(),
         members.clone(),
@@ -129,6 +183,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pipelines = requeue
         .remove("FederatedPipeline")
         .expect("a channel per federated kind");
+    let keeping = async {
+        match elector.as_mut() {
+            Some(elector) => {
+                let lease = elector.lease();
+                elector.keep(|e| log_election(&lease, e)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    // Whichever branch ends, the others (every controller) are dropped
+    // with this select: nothing is written after it.
     tokio::select! {
         _ = member_controller::run(member_controller, member_ctx) => {}
         _ = propagation::run::<FederatedTask>(ctx.clone(), tasks) => {}
@@ -136,8 +201,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = runs::run(task_runs, run_ctx.clone()) => {}
         _ = runs::run(pipeline_runs, run_ctx) => {}
         _ = dispatcher => {}
-        r = tekfed_hub::metrics::serve(args.metrics_addr, metrics) => { r?; }
-        r = tokio::signal::ctrl_c() => { r?; tracing::info!("stopping"); }
+        r = &mut serving => { r?; }
+        lost = keeping => {
+            tracing::error!(error = %lost, "lost the lease; exiting");
+            return Err(lost.into());
+        }
+        r = &mut stopping => { r?; tracing::info!("stopping"); }
+    }
+    if let Some(elector) = elector.as_mut() {
+        match elector.release().await {
+            Ok(true) => tracing::info!(lease = %elector.lease(), "released the Lease"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the Lease; it expires on its own")
+            }
+        }
     }
     Ok(())
+}
+
+fn sleep(duration: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(tokio::time::sleep(duration))
+}
+
+fn log_election(lease: &str, event: leader::Event<'_>) {
+    match event {
+        leader::Event::Waiting { holder, expires_in } => {
+            tracing::info!(%lease, %holder, ?expires_in, "waiting to lead (held by {holder})")
+        }
+        leader::Event::Retrying { error } => {
+            tracing::warn!(%lease, %error, "leader election: retrying")
+        }
+    }
+}
+
+/// SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }

@@ -7,6 +7,8 @@
 //! - `tekfed_cluster_load{cluster}`: running + pending runs the agent reported.
 //! - `tekfed_cluster_active_runs{cluster}`: unfinished runs the hub assigned.
 //! - `tekfed_cluster_ready{cluster}`: 1 when the member is Ready.
+//! - `tekfed_leader`: 1 while this replica leads (always, without
+//!   `--leader-elect`), 0 while it waits for the Lease.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +44,7 @@ pub struct Metrics {
     pub cluster_load: Family<ClusterLabel, Gauge>,
     pub cluster_active: Family<ClusterLabel, Gauge>,
     pub cluster_ready: Family<ClusterLabel, Gauge>,
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,6 +83,12 @@ impl Default for Metrics {
             "1 when the member is Ready (reachable, fresh heartbeat)",
             cluster_ready.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controllers",
+            leader.clone(),
+        );
         Self {
             registry,
             runs,
@@ -88,6 +97,7 @@ impl Default for Metrics {
             cluster_load,
             cluster_active,
             cluster_ready,
+            leader,
         }
     }
 }
@@ -141,6 +151,7 @@ mod tests {
             })
             .set(7);
         m.scheduling_latency.observe(0.02);
+        m.leader.set(1);
         let text = m.render();
         assert!(text.contains("tekfed_runs{phase=\"Running\"} 3"), "{text}");
         assert!(
@@ -151,5 +162,6 @@ mod tests {
             text.contains("tekfed_scheduling_latency_seconds_count 1"),
             "{text}"
         );
+        assert!(text.contains("tekfed_leader 1"), "{text}");
     }
 }

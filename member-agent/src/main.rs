@@ -2,6 +2,10 @@
 //! to the hub, checks that the member serves Tekton's v1 API and the hub
 //! tekfed's, then reports heartbeats and load and carries runs' release and
 //! status (see the library).
+//!
+//! With `--leader-elect` it first waits for a Lease on the member, runs its
+//! loops only while it holds it, exits non-zero the moment it cannot be
+//! sure it still does, and releases it on SIGTERM or Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tekfed_crds::connect::{Target, require_apis, tekton_apis};
+use tekfed_crds::leader::{self, LeaderElector, LeaseSettings};
 
 /// The tekfed member agent: reports heartbeats, load and run status of one
 /// member cluster to the hub.
@@ -37,6 +42,25 @@ struct Args {
     /// Seconds between heartbeats (load reports) to the hub.
     #[arg(long, default_value = "5")]
     heartbeat_interval: f64,
+    /// Take part in leader election: only the holder of a
+    /// coordination.k8s.io Lease on the member acts, so two replicas can
+    /// run.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of that Lease (default: tekfed-agent-<cluster name>).
+    #[arg(long)]
+    leader_elect_lease_name: Option<String>,
+    /// Namespace of that Lease on the member; it must exist.
+    #[arg(long, default_value = "tekfed-system")]
+    leader_elect_namespace: String,
+    /// Seconds the Lease stays valid without renewal. The leader renews
+    /// every third of it and exits when it could not for two thirds; a
+    /// standby takes over when it has seen no renewal for this long. Keep
+    /// it well under the hub's --heartbeat-grace, or the hub declares the
+    /// cluster lost while a standby takes over.
+    #[arg(long, default_value_t = leader::DEFAULT_LEASE_SECONDS,
+          value_parser = clap::value_parser!(u32).range(i64::from(leader::MIN_LEASE_SECONDS)..=3600))]
+    leader_elect_lease_duration: u32,
 }
 
 #[tokio::main]
@@ -94,15 +118,88 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
     tracing::info!(cluster = %args.cluster_name, %member_server, %hub_server, "connected to member and hub");
+
+    // Listened for from the start, so none is missed between the phases.
+    let mut stopping = std::pin::pin!(stop_signal());
+    let mut elector = args.leader_elect.then(|| {
+        let settings = LeaseSettings {
+            namespace: args.leader_elect_namespace.clone(),
+            name: args
+                .leader_elect_lease_name
+                .clone()
+                .unwrap_or_else(|| format!("tekfed-agent-{}", args.cluster_name)),
+            duration_seconds: args.leader_elect_lease_duration,
+            identity: leader::identity(),
+        };
+        LeaderElector::new(member.clone(), &member_server, settings, Arc::new(sleep))
+    });
+    if let Some(elector) = elector.as_mut() {
+        let (identity, lease) = (elector.identity().to_owned(), elector.lease());
+        tracing::info!(%identity, %lease, "leader election: trying to take the Lease on the member");
+        tokio::select! {
+            r = elector.acquire(|e| log_election(&lease, e)) => r?,
+            r = &mut stopping => { r?; tracing::info!("stopping"); return Ok(()); }
+        }
+        tracing::info!(%identity, %lease, "leading");
+    }
+
     let agent = Arc::new(tekfed_member_agent::agent::Agent {
         cluster: args.cluster_name,
         hub,
         member,
         heartbeat: Duration::from_secs_f64(args.heartbeat_interval.max(0.1)),
     });
+    let keeping = async {
+        match elector.as_mut() {
+            Some(elector) => {
+                let lease = elector.lease();
+                elector.keep(|e| log_election(&lease, e)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    // Whichever branch ends, the agent's loops are dropped with this
+    // select: nothing is written after it.
     tokio::select! {
         _ = agent.run() => {}
-        r = tokio::signal::ctrl_c() => { r?; tracing::info!("stopping"); }
+        lost = keeping => {
+            tracing::error!(error = %lost, "lost the lease; exiting");
+            return Err(lost.into());
+        }
+        r = &mut stopping => { r?; tracing::info!("stopping"); }
+    }
+    if let Some(elector) = elector.as_mut() {
+        match elector.release().await {
+            Ok(true) => tracing::info!(lease = %elector.lease(), "released the Lease"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the Lease; it expires on its own")
+            }
+        }
     }
     Ok(())
+}
+
+fn sleep(duration: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(tokio::time::sleep(duration))
+}
+
+fn log_election(lease: &str, event: leader::Event<'_>) {
+    match event {
+        leader::Event::Waiting { holder, expires_in } => {
+            tracing::info!(%lease, %holder, ?expires_in, "waiting to lead (held by {holder})")
+        }
+        leader::Event::Retrying { error } => {
+            tracing::warn!(%lease, %error, "leader election: retrying")
+        }
+    }
+}
+
+/// SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }
