@@ -18,6 +18,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -896,6 +897,25 @@ async fn both_charts_install_and_their_service_accounts_can_run_a_federation() {
         member_run.data["spec"].get("status").is_none(),
         "the agent released the held PipelineRun"
     );
+
+    // Both lead through the Leases the charts name (leader election is on
+    // by default), in their release namespaces.
+    for (client, ns, lease) in [
+        (&hub, &hub_ns, "tekfed-hub".to_owned()),
+        (&member, &agent_ns, format!("tekfed-agent-{MEMBER}")),
+    ] {
+        let lease = Api::<Lease>::namespaced(client.clone(), ns)
+            .get(&lease)
+            .await
+            .unwrap_or_else(|e| panic!("Lease {ns}/{lease}: {e}"));
+        assert!(
+            lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .is_some_and(|h| !h.is_empty()),
+            "Lease {ns} has no holder"
+        );
+    }
 
     // Not one request of the hub or the agent was refused.
     let refused_after = (refused(&hub).await, refused(&member).await);

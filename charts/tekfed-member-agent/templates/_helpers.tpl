@@ -66,3 +66,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "hubKubeconfig.create=true needs hubKubeconfig.value (--set-file hubKubeconfig.value=agent-hub.yaml)" }}
 {{- end }}
 {{- end }}
+
+{{/* The leader-election Lease's name. */}}
+{{- define "tekfed-member-agent.leaseName" -}}
+{{- default (printf "tekfed-agent-%s" (include "tekfed-member-agent.clusterName" .)) .Values.leaderElection.leaseName }}
+{{- end }}
