@@ -58,6 +58,19 @@ fn hard_kill(pid: u32) {
     assert!(status.success(), "kill -KILL {pid} failed");
 }
 
+/// Whether the child `pid` has exited (the harness reaps it later: until
+/// then it is a zombie).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) state …"
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
 fn log(bed: &TestBed, name: &str) -> String {
     std::fs::read_to_string(bed.dir().join(format!("{name}.log"))).unwrap_or_default()
 }
@@ -381,6 +394,27 @@ async fn killing_the_leading_agent_hands_over_and_runs_keep_flowing() {
     create_task_runs(&hub, &ns2, 20).await;
     wait_all_succeeded(&api2, "runs after the handover to succeed", WAIT).await;
     assert_each_ran_once(&bed, &api2, &ns2, 20).await;
+
+    // A leader that finds the Lease taken from it stops at once, non-zero.
+    let mut lease = leases.get(LEASE_NAME).await.unwrap();
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some("intruder".into());
+    }
+    leases
+        .replace(LEASE_NAME, &Default::default(), &lease)
+        .await
+        .unwrap();
+    eventually(
+        "the agent to exit once its Lease is taken",
+        WAIT,
+        || async { exited(third).then_some(()) },
+    )
+    .await;
+    assert!(
+        log(&bed, "agent-c").contains("lost the lease; exiting"),
+        "{}",
+        log(&bed, "agent-c")
+    );
     println!(
         "FIGURES agent failover (lease {LEASE:?}, {RUNS} runs on one member): leader killed with \
          {} succeeded; standby took the Lease {takeover:.1?} after the kill; every run succeeded \
