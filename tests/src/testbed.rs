@@ -320,6 +320,12 @@ impl TestBed {
     }
 
     /// The last lines of a process's log, for failure messages.
+    /// The pid of the running process `name`, if there is one.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        let processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        processes.iter().find(|p| p.name == name).map(|p| p.pid())
+    }
+
     pub fn log_of(&self, name: &str) -> String {
         crate::process::log_tail(&self.dir.join(format!("{name}.log")))
     }

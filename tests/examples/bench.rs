@@ -1,0 +1,813 @@
+//! `make bench`: tekfed's figures on this machine, each beside a baseline
+//! measured in the same run. Prints a table per measure and writes
+//! `target/bench/results.json`. Benchmarks print figures; nothing here
+//! fails on time.
+//!
+//! `cargo run --release -p tekfed-tests --example bench -- [--full] [--json PATH]`
+//!
+//! Measures, on a test bed (hub + 3 members, real API servers, the hub,
+//! agents and the test executor as processes):
+//! 1. dispatch throughput and latency against the raw write rate of the
+//!    same API servers (the same number of TaskRuns created straight on
+//!    the members by one kube-rs client with the same concurrency), API
+//!    writes per run from the servers' own `apiserver_request_total`, the
+//!    write efficiency, and latency at half the peak rate;
+//! 2. status latency, member run finished → hub status shows it;
+//! 3. balance over equal members and over unequal `maxConcurrentRuns`;
+//! 5. hub RSS and CPU during the burst and at rest with the runs stored;
+//! 6. the hub's client limits.
+//!
+//! (4, the scheduler alone, is `hub/examples/bench_scheduler.rs`; its JSON
+//! is merged in when present.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::runs::RunPhase;
+use tekfed_crds::{FederatedTaskRun, MemberCluster, RunAssignment};
+use tekfed_tests::federation::federate;
+use tekfed_tests::{HUB, TestBed, writes_by_resource};
+
+/// Concurrent creates, for tekfed's burst and the raw baseline alike.
+const CONCURRENCY: usize = 32;
+/// How long the test executor lets each run take.
+const RUN_MS: u64 = 200;
+
+struct Mode {
+    name: &'static str,
+    burst: usize,
+    half_rate: usize,
+    balance: usize,
+    stored: usize,
+}
+
+const QUICK: Mode = Mode {
+    name: "quick",
+    burst: 300,
+    half_rate: 100,
+    balance: 90,
+    stored: 600,
+};
+const FULL: Mode = Mode {
+    name: "full",
+    burst: 5000,
+    half_rate: 1000,
+    balance: 600,
+    stored: 10_000,
+};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (
+        percentile(&v, 0.5),
+        percentile(&v, 0.95),
+        percentile(&v, 0.99),
+    )
+}
+
+fn task_run(ns: &str, name: &str, extra_labels: Value) -> Value {
+    let mut labels = json!({"tekfed-bench": "1"});
+    if let (Some(l), Some(e)) = (labels.as_object_mut(), extra_labels.as_object()) {
+        l.extend(e.clone());
+    }
+    json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"taskSpec": {"steps": [{"name": "s", "image": "alpine", "script": "true"}]}},
+    })
+}
+
+/// When each run reached each stage, by run name, from watches.
+#[derive(Default)]
+struct Seen {
+    created: HashMap<String, Instant>,
+    released: HashMap<String, Instant>,
+    on_member: HashMap<String, Instant>,
+    member_done: HashMap<String, Instant>,
+    hub_done: HashMap<String, Instant>,
+    cluster: HashMap<String, String>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+fn first(map: &mut HashMap<String, Instant>, name: String) {
+    map.entry(name).or_insert_with(Instant::now);
+}
+
+/// Watch the hub's runs and assignments and the members' TaskRuns in `ns`.
+async fn watch_all(bed: &TestBed, ns: &str, seen: Shared) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let hub = bed.client(HUB).await.unwrap();
+    let runs: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
+    let s = seen.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut stream =
+            std::pin::pin!(watcher(runs, watcher::Config::default()).applied_objects());
+        while let Some(Ok(run)) = stream.next().await {
+            let status = run.status.unwrap_or_default();
+            let mut seen = s.lock().unwrap();
+            if let Some(c) = status.cluster {
+                seen.cluster
+                    .insert(run.metadata.name.clone().unwrap_or_default(), c);
+            }
+            if status.phase == Some(RunPhase::Succeeded) {
+                first(&mut seen.hub_done, run.metadata.name.unwrap_or_default());
+            }
+        }
+    }));
+    let records: Api<RunAssignment> = Api::all(hub);
+    let s = seen.clone();
+    let ns_owned = ns.to_owned();
+    tasks.push(tokio::spawn(async move {
+        let mut stream =
+            std::pin::pin!(watcher(records, watcher::Config::default()).applied_objects());
+        while let Some(Ok(r)) = stream.next().await {
+            if r.spec.run.namespace == ns_owned
+                && r.status.as_ref().is_some_and(|s| s.is_released())
+            {
+                first(&mut s.lock().unwrap().released, r.spec.run.name);
+            }
+        }
+    }));
+    for member in bed.members() {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            bed.client(&member).await.unwrap(),
+            ns,
+            &tekton_resource("TaskRun"),
+        );
+        let s = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream =
+                std::pin::pin!(watcher(api, watcher::Config::default()).applied_objects());
+            while let Some(Ok(tr)) = stream.next().await {
+                let name = tr.name_any();
+                let done = tr.data["status"]["completionTime"].is_string();
+                let mut seen = s.lock().unwrap();
+                first(&mut seen.on_member, name.clone());
+                if done {
+                    first(&mut seen.member_done, name);
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+async fn create_runs(
+    hub: &Client,
+    ns: &str,
+    names: &[String],
+    pace: Option<Duration>,
+    seen: &Shared,
+) -> Duration {
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
+    let began = Instant::now();
+    let placement = json!({"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}});
+    let one = |name: String, at: Option<Instant>| {
+        let (api, seen, placement, ns) =
+            (api.clone(), seen.clone(), placement.clone(), ns.to_owned());
+        async move {
+            if let Some(at) = at {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let run: FederatedTaskRun = serde_json::from_value(json!({
+                "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"template": {"spec": {"taskSpec": {"steps": [{"name": "s", "image": "alpine", "script": "true"}]}}}, "placement": placement},
+            }))
+            .expect("a valid FederatedTaskRun");
+            match api.create(&PostParams::default(), &run).await {
+                Ok(_) => first(&mut seen.lock().unwrap().created, name),
+                Err(e) => eprintln!("bench: creating {name}: {e}"),
+            }
+        }
+    };
+    futures::stream::iter(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| one(n.clone(), pace.map(|p| began + p * i as u32))),
+    )
+    .buffer_unordered(CONCURRENCY)
+    .collect::<Vec<()>>()
+    .await;
+    began.elapsed()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            panic!("bench: {what} did not happen within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes by all API servers (hub and members), by resource/subresource.
+async fn all_writes(bed: &TestBed) -> BTreeMap<(String, String), u64> {
+    let mut total = BTreeMap::new();
+    for cluster in bed.clusters() {
+        let client = bed.client(&cluster.name).await.unwrap();
+        for (key, n) in writes_by_resource(&client).await {
+            *total.entry(key).or_default() += n;
+        }
+    }
+    total
+}
+
+fn delta(
+    after: &BTreeMap<(String, String), u64>,
+    before: &BTreeMap<(String, String), u64>,
+) -> BTreeMap<(String, String), u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Resident memory (bytes) and CPU seconds of a process, from /proc.
+fn proc_usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15; after the ')' they are 12 and 13.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    (rss, ticks / 100.0)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn row(table: &mut Vec<(String, String)>, k: &str, v: String) {
+    table.push((k.to_owned(), v));
+}
+
+fn print_table(title: &str, rows: &[(String, String)]) {
+    println!("\n{title}");
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        println!("  {k:<w$}  {v}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = if args.iter().any(|a| a == "--full") {
+        FULL
+    } else {
+        QUICK
+    };
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "target/bench/results.json".into());
+    let mut results = serde_json::Map::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("tekfed bench, {} mode, on {cores} cores ({cpu})", mode.name);
+    results.insert("mode".into(), json!(mode.name));
+    results.insert("machine_cores".into(), json!(cores));
+    results.insert("machine_cpu".into(), json!(cpu));
+    let began = Instant::now();
+
+    let bed = TestBed::start(3).await?;
+    let hub = bed.client(HUB).await?;
+
+    // --- baseline: the raw write rate of the member API servers -------------
+    let raw_ns = bed
+        .namespace("raw", &["member-1", "member-2", "member-3"])
+        .await?;
+    let members = bed.members();
+    let mut member_clients = Vec::new();
+    for m in &members {
+        member_clients.push(bed.client(m).await?);
+    }
+    let raw_began = Instant::now();
+    futures::stream::iter((0..mode.burst).map(|i| {
+        let client = member_clients[i % member_clients.len()].clone();
+        let ns = raw_ns.clone();
+        async move {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client, &ns, &tekton_resource("TaskRun"));
+            let mut obj: DynamicObject =
+                serde_json::from_value(task_run(&ns, &format!("raw-{i:05}"), json!({}))).unwrap();
+            obj.types = Some(kube::api::TypeMeta {
+                api_version: "tekton.dev/v1".into(),
+                kind: "TaskRun".into(),
+            });
+            if let Err(e) = api.create(&PostParams::default(), &obj).await {
+                eprintln!("bench: raw create: {e}");
+            }
+        }
+    }))
+    .buffer_unordered(CONCURRENCY)
+    .collect::<Vec<()>>()
+    .await;
+    let raw_elapsed = raw_began.elapsed().as_secs_f64();
+    let raw_rate = mode.burst as f64 / raw_elapsed;
+    for client in &member_clients {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &raw_ns, &tekton_resource("TaskRun"));
+        api.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await?;
+    }
+
+    // --- tekfed ---------------------------------------------------------------
+    federate(&bed, &["--heartbeat-grace", "30"], RUN_MS)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let hub_pid = bed.pid_of("tekfed-hub").expect("the hub runs");
+    let ns = bed.namespace("bench", &[HUB]).await?;
+    let seen: Shared = Arc::default();
+    let watches = watch_all(&bed, &ns, seen.clone()).await;
+    let writes_before = all_writes(&bed).await;
+    let (_, cpu_before) = proc_usage(hub_pid);
+    let peak_rss = Arc::new(Mutex::new(0u64));
+    let sampler = {
+        let peak = peak_rss.clone();
+        tokio::spawn(async move {
+            loop {
+                let (rss, _) = proc_usage(hub_pid);
+                {
+                    let mut p = peak.lock().unwrap();
+                    *p = (*p).max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let names: Vec<String> = (0..mode.burst).map(|i| format!("burst-{i:05}")).collect();
+    let burst_began = Instant::now();
+    let create_time = create_runs(&hub, &ns, &names, None, &seen).await;
+    let timeout = Duration::from_secs(60 + mode.burst as u64 / 5);
+    wait_for("every burst run released on a member", timeout, || {
+        let s = seen.lock().unwrap();
+        names.iter().all(|n| s.released.contains_key(n))
+    })
+    .await;
+    let last_released = {
+        let s = seen.lock().unwrap();
+        names
+            .iter()
+            .filter_map(|n| s.released.get(n))
+            .max()
+            .copied()
+            .unwrap()
+    };
+    let dispatch_elapsed = last_released.duration_since(burst_began).as_secs_f64();
+    let tekfed_rate = mode.burst as f64 / dispatch_elapsed;
+    wait_for(
+        "every burst run shown Succeeded on the hub",
+        timeout,
+        || {
+            let s = seen.lock().unwrap();
+            names.iter().all(|n| s.hub_done.contains_key(n))
+        },
+    )
+    .await;
+    let burst_total = burst_began.elapsed().as_secs_f64();
+    // Writes settle (the last status writes) before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes = delta(&all_writes(&bed).await, &writes_before);
+    let (_, cpu_after) = proc_usage(hub_pid);
+    sampler.abort();
+    let burst_peak_rss = *peak_rss.lock().unwrap();
+
+    // Writes tekfed spent: all of them, less the user's creates of the
+    // federated runs, Tekton's own status writes (the executor's
+    // taskruns/status) and the heartbeats (per cluster and time, not run).
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for ((resource, sub), n) in &writes {
+        let user = resource == "federatedtaskruns" && sub.is_empty();
+        let tekton = resource == "taskruns" && sub == "status";
+        let heartbeat = resource == "memberreports"
+            || resource == "memberclusters"
+            || resource == "leases"
+            || resource == "events";
+        if user || tekton || heartbeat {
+            continue;
+        }
+        let key = if sub.is_empty() {
+            resource.clone()
+        } else {
+            format!("{resource}/{sub}")
+        };
+        *by_kind.entry(key).or_default() += n;
+    }
+    let user_creates = writes
+        .get(&("federatedtaskruns".into(), String::new()))
+        .copied()
+        .unwrap_or(0);
+    let tekfed_writes: u64 = by_kind.values().sum();
+    let writes_per_run = tekfed_writes as f64 / mode.burst as f64;
+    let efficiency = tekfed_rate * writes_per_run / raw_rate;
+
+    let (lat_exists, lat_released, lat_status) = {
+        let s = seen.lock().unwrap();
+        let since_create = |m: &HashMap<String, Instant>| -> Vec<f64> {
+            names
+                .iter()
+                .filter_map(|n| {
+                    Some(m.get(n)?.duration_since(*s.created.get(n)?).as_secs_f64() * 1000.0)
+                })
+                .collect()
+        };
+        let status: Vec<f64> = names
+            .iter()
+            .filter_map(|n| {
+                Some(
+                    s.hub_done
+                        .get(n)?
+                        .duration_since(*s.member_done.get(n)?)
+                        .as_secs_f64()
+                        * 1000.0,
+                )
+            })
+            .collect();
+        (
+            stats(since_create(&s.on_member)),
+            stats(since_create(&s.released)),
+            stats(status),
+        )
+    };
+    let equal_balance = {
+        let s = seen.lock().unwrap();
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for n in &names {
+            if let Some(c) = s.cluster.get(n) {
+                *per.entry(c.clone()).or_default() += 1;
+            }
+        }
+        per
+    };
+
+    // --- latency at half the peak rate ---------------------------------------
+    let half: Vec<String> = (0..mode.half_rate)
+        .map(|i| format!("half-{i:05}"))
+        .collect();
+    let pace = Duration::from_secs_f64(2.0 / tekfed_rate);
+    create_runs(&hub, &ns, &half, Some(pace), &seen).await;
+    wait_for("every half-rate run released", timeout, || {
+        let s = seen.lock().unwrap();
+        half.iter().all(|n| s.released.contains_key(n))
+    })
+    .await;
+    let lat_half = {
+        let s = seen.lock().unwrap();
+        stats(
+            half.iter()
+                .filter_map(|n| {
+                    Some(
+                        s.released
+                            .get(n)?
+                            .duration_since(*s.created.get(n)?)
+                            .as_secs_f64()
+                            * 1000.0,
+                    )
+                })
+                .collect(),
+        )
+    };
+
+    // --- balance with unequal capacities --------------------------------------
+    let clusters: Api<MemberCluster> = Api::all(hub.clone());
+    let caps = [2, 4, 8];
+    for (m, cap) in members.iter().zip(caps) {
+        let patch = json!({"spec": {"maxConcurrentRuns": cap}});
+        clusters
+            .patch(m, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    let bal: Vec<String> = (0..mode.balance).map(|i| format!("cap-{i:05}")).collect();
+    create_runs(&hub, &ns, &bal, None, &seen).await;
+    wait_for("every capacity run done", timeout, || {
+        let s = seen.lock().unwrap();
+        bal.iter().all(|n| s.hub_done.contains_key(n))
+    })
+    .await;
+    let unequal_balance = {
+        let s = seen.lock().unwrap();
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for n in &bal {
+            if let Some(c) = s.cluster.get(n) {
+                *per.entry(c.clone()).or_default() += 1;
+            }
+        }
+        per
+    };
+    for m in &members {
+        let patch = json!({"spec": {"maxConcurrentRuns": null}});
+        clusters
+            .patch(m, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+
+    // --- hub at rest with the runs stored --------------------------------------
+    let stored_so_far = mode.burst + mode.half_rate + mode.balance;
+    let filler: Vec<String> = (stored_so_far..mode.stored)
+        .map(|i| format!("fill-{i:05}"))
+        .collect();
+    if !filler.is_empty() {
+        create_runs(&hub, &ns, &filler, None, &seen).await;
+        wait_for(
+            "every filler run done",
+            Duration::from_secs(60 + filler.len() as u64 / 5),
+            || {
+                let s = seen.lock().unwrap();
+                filler.iter().all(|n| s.hub_done.contains_key(n))
+            },
+        )
+        .await;
+    }
+    for w in watches {
+        w.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rest_rss_0, rest_cpu_0) = proc_usage(hub_pid);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (rest_rss, rest_cpu_1) = proc_usage(hub_pid);
+    let stored = Api::<FederatedTaskRun>::namespaced(hub.clone(), &ns)
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len();
+
+    // --- report -----------------------------------------------------------------
+    let mut t = Vec::new();
+    row(&mut t, "runs", format!("{}", mode.burst));
+    row(&mut t, "concurrency (both)", format!("{CONCURRENCY}"));
+    row(
+        &mut t,
+        "raw TaskRun creates on the members",
+        format!("{raw_rate:.0} writes/s ({:.1}s)", raw_elapsed),
+    );
+    row(
+        &mut t,
+        "tekfed: create -> last member run released",
+        format!(
+            "{tekfed_rate:.1} runs/s ({dispatch_elapsed:.1}s; creating took {:.1}s)",
+            create_time.as_secs_f64()
+        ),
+    );
+    row(
+        &mut t,
+        "tekfed: all shown Succeeded on the hub",
+        format!("{burst_total:.1}s"),
+    );
+    row(
+        &mut t,
+        "latency create -> released p50/p95/p99",
+        format!(
+            "{:.0} / {:.0} / {:.0} ms",
+            lat_released.0, lat_released.1, lat_released.2
+        ),
+    );
+    row(
+        &mut t,
+        "latency create -> member run exists p50/p95/p99",
+        format!(
+            "{:.0} / {:.0} / {:.0} ms",
+            lat_exists.0, lat_exists.1, lat_exists.2
+        ),
+    );
+    row(
+        &mut t,
+        "writes per run (tekfed, hub + members)",
+        format!("{writes_per_run:.2}"),
+    );
+    for (k, n) in &by_kind {
+        row(
+            &mut t,
+            &format!("  {k}"),
+            format!("{:.2}/run", *n as f64 / mode.burst as f64),
+        );
+    }
+    row(
+        &mut t,
+        "  (not counted: user's creates)",
+        format!("{user_creates}"),
+    );
+    row(
+        &mut t,
+        "write efficiency",
+        format!("{efficiency:.3} (runs/s x writes/run / raw writes/s)"),
+    );
+    row(
+        &mut t,
+        &format!(
+            "latency at half rate ({:.1} runs/s) p50/p95/p99",
+            tekfed_rate / 2.0
+        ),
+        format!(
+            "{:.0} / {:.0} / {:.0} ms",
+            lat_half.0, lat_half.1, lat_half.2
+        ),
+    );
+    print_table(
+        "1. Dispatch throughput and latency (hub + 3 members, test executor)",
+        &t,
+    );
+
+    let mut t = Vec::new();
+    row(
+        &mut t,
+        "member run done -> hub shows Succeeded p50/p95/p99",
+        format!(
+            "{:.0} / {:.0} / {:.0} ms",
+            lat_status.0, lat_status.1, lat_status.2
+        ),
+    );
+    print_table("2. Status latency (over the burst)", &t);
+
+    let ratio = |per: &BTreeMap<String, usize>, weights: &[f64]| -> f64 {
+        let norm: Vec<f64> = members
+            .iter()
+            .zip(weights)
+            .map(|(m, w)| per.get(m).copied().unwrap_or(0) as f64 / w)
+            .collect();
+        let mean = norm.iter().sum::<f64>() / norm.len() as f64;
+        norm.iter().cloned().fold(0.0, f64::max) / mean
+    };
+    let equal_ratio = ratio(&equal_balance, &[1.0, 1.0, 1.0]);
+    let unequal_ratio = ratio(&unequal_balance, &caps.map(|c| c as f64));
+    let mut t = Vec::new();
+    row(
+        &mut t,
+        "equal members: runs per cluster",
+        format!("{equal_balance:?}, max/mean {equal_ratio:.3}"),
+    );
+    row(
+        &mut t,
+        "maxConcurrentRuns 2/4/8: runs per cluster",
+        format!("{unequal_balance:?}, max/mean per unit of capacity {unequal_ratio:.3}"),
+    );
+    print_table("3. Balance", &t);
+
+    let burst_cpu = cpu_after - cpu_before;
+    let rest_cpu = (rest_cpu_1 - rest_cpu_0) / 10.0;
+    let mut t = Vec::new();
+    row(
+        &mut t,
+        "hub peak RSS during the burst",
+        format!("{:.1} MiB", mib(burst_peak_rss)),
+    );
+    row(
+        &mut t,
+        "hub CPU during the burst",
+        format!(
+            "{burst_cpu:.2} s ({:.2} ms/run)",
+            burst_cpu * 1000.0 / mode.burst as f64
+        ),
+    );
+    row(
+        &mut t,
+        &format!("hub RSS at rest, {stored} completed runs stored"),
+        format!("{:.1} MiB", mib(rest_rss.max(rest_rss_0))),
+    );
+    row(
+        &mut t,
+        "hub CPU at rest",
+        format!("{:.3} s per s", rest_cpu),
+    );
+    print_table("5. Hub footprint", &t);
+
+    let mut t = Vec::new();
+    row(
+        &mut t,
+        "per-cluster and hub clients",
+        "kube-rs: no client-side QPS/burst limit (client-go defaults to 5 QPS / 10 burst)".into(),
+    );
+    row(&mut t, "hub concurrency", "dispatcher: 32 status writes in flight; run controllers: one reconcile per run at a time, unbounded across runs".into());
+    print_table("6. Client rate limits", &t);
+
+    let put = |r: &mut serde_json::Map<String, Value>, k: &str, v: Value| {
+        r.insert(k.into(), v);
+    };
+    put(&mut results, "runs", json!(mode.burst));
+    put(&mut results, "concurrency", json!(CONCURRENCY));
+    put(&mut results, "raw_writes_per_s", json!(raw_rate));
+    put(&mut results, "dispatch_runs_per_s", json!(tekfed_rate));
+    put(&mut results, "dispatch_seconds", json!(dispatch_elapsed));
+    put(
+        &mut results,
+        "latency_released_ms",
+        json!({"p50": lat_released.0, "p95": lat_released.1, "p99": lat_released.2}),
+    );
+    put(
+        &mut results,
+        "latency_member_run_exists_ms",
+        json!({"p50": lat_exists.0, "p95": lat_exists.1, "p99": lat_exists.2}),
+    );
+    put(
+        &mut results,
+        "latency_half_rate_released_ms",
+        json!({"p50": lat_half.0, "p95": lat_half.1, "p99": lat_half.2, "rate_runs_per_s": tekfed_rate / 2.0}),
+    );
+    put(&mut results, "writes_per_run", json!(writes_per_run));
+    put(
+        &mut results,
+        "writes_per_run_by_kind",
+        json!(
+            by_kind
+                .iter()
+                .map(|(k, n)| (k.clone(), *n as f64 / mode.burst as f64))
+                .collect::<BTreeMap<_, _>>()
+        ),
+    );
+    put(&mut results, "write_efficiency", json!(efficiency));
+    put(
+        &mut results,
+        "status_latency_ms",
+        json!({"p50": lat_status.0, "p95": lat_status.1, "p99": lat_status.2}),
+    );
+    put(
+        &mut results,
+        "balance_equal",
+        json!({"per_cluster": equal_balance, "max_over_mean": equal_ratio}),
+    );
+    put(
+        &mut results,
+        "balance_unequal",
+        json!({"capacities": caps, "per_cluster": unequal_balance, "max_over_mean_per_capacity": unequal_ratio}),
+    );
+    put(
+        &mut results,
+        "hub_burst_peak_rss_mib",
+        json!(mib(burst_peak_rss)),
+    );
+    put(&mut results, "hub_burst_cpu_seconds", json!(burst_cpu));
+    put(
+        &mut results,
+        "hub_rest_rss_mib",
+        json!(mib(rest_rss.max(rest_rss_0))),
+    );
+    put(
+        &mut results,
+        "hub_rest_cpu_seconds_per_second",
+        json!(rest_cpu),
+    );
+    put(&mut results, "hub_rest_runs_stored", json!(stored));
+    put(&mut results, "client_rate_limit", json!("none (kube-rs)"));
+    let scheduler = std::path::Path::new(&json_path).with_file_name("scheduler.json");
+    if let Ok(text) = std::fs::read_to_string(&scheduler)
+        && let Ok(Value::Object(s)) = serde_json::from_str::<Value>(&text)
+    {
+        results.extend(s);
+    }
+    put(
+        &mut results,
+        "bench_seconds",
+        json!(began.elapsed().as_secs_f64()),
+    );
+    if let Some(dir) = std::path::Path::new(&json_path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&Value::Object(results))?,
+    )?;
+    println!(
+        "\nwrote {json_path} ({:.0}s)",
+        began.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
