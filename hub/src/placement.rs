@@ -66,24 +66,57 @@ pub fn resolve(
     members: &[Member],
     current: &BTreeSet<String>,
 ) -> Result<BTreeSet<String>, PlacementError> {
-    let selector = selection
-        .cluster_selector
-        .map(|s| Selector::try_from(s.clone()))
-        .transpose()
-        .map_err(|e| PlacementError::InvalidSelector(e.to_string()))?;
-    let named: BTreeSet<&str> = selection.clusters.iter().map(|c| c.name.as_str()).collect();
+    let matcher = Matcher::new(selection)?;
     Ok(members
         .iter()
-        .filter(|m| named.is_empty() || named.contains(m.name.as_str()))
-        .filter(|m| selector.as_ref().is_none_or(|s| s.matches(&m.labels)))
-        .filter(|m| {
-            untolerated(&m.taints, selection.tolerations).all(|effect| match effect {
-                TaintEffect::NoSchedule => current.contains(&m.name),
-                TaintEffect::NoExecute => false,
-            })
-        })
+        .filter(|m| matcher.selects(m, current))
         .map(|m| m.name.clone())
         .collect())
+}
+
+/// A selection ready to test members one at a time: its label selector is
+/// parsed once, not once per member, and a caller holding members by name
+/// can look up [`Matcher::named`] instead of testing every member.
+#[derive(Debug)]
+pub struct Matcher<'a> {
+    named: BTreeSet<&'a str>,
+    selector: Option<Selector>,
+    tolerations: &'a [Toleration],
+}
+
+impl<'a> Matcher<'a> {
+    pub fn new(selection: Selection<'a>) -> Result<Self, PlacementError> {
+        let selector = selection
+            .cluster_selector
+            .map(|s| Selector::try_from(s.clone()))
+            .transpose()
+            .map_err(|e| PlacementError::InvalidSelector(e.to_string()))?;
+        Ok(Self {
+            named: selection.clusters.iter().map(|c| c.name.as_str()).collect(),
+            selector,
+            tolerations: selection.tolerations,
+        })
+    }
+
+    /// The clusters the selection names, in name order; empty when it
+    /// names none (and then any member may match).
+    pub fn named(&self) -> &BTreeSet<&'a str> {
+        &self.named
+    }
+
+    /// Whether the selection places the object on `member`; `current` as
+    /// for [`resolve`].
+    pub fn selects(&self, member: &Member, current: &BTreeSet<String>) -> bool {
+        (self.named.is_empty() || self.named.contains(member.name.as_str()))
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&member.labels))
+            && untolerated(&member.taints, self.tolerations).all(|effect| match effect {
+                TaintEffect::NoSchedule => current.contains(&member.name),
+                TaintEffect::NoExecute => false,
+            })
+    }
 }
 
 /// Clusters a placement names that are not members (a typo, or a cluster

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tekfed_crds::{PlacementMode, RunPlacement};
 
-use crate::placement::{self, Member, Selection};
+use crate::placement::{Matcher, Member, Selection};
 
 /// Capacity assumed for a cluster without `maxConcurrentRuns`: its load is
 /// still comparable with capped clusters, and it never counts as full.
@@ -153,16 +153,25 @@ impl Scheduler {
 
     /// The decision for one run, without recording it.
     pub fn decide(&self, placement: &RunPlacement) -> Decision {
-        let members: Vec<Member> = self.clusters.values().map(|c| c.member.clone()).collect();
-        let selected =
-            match placement::resolve(Selection::from(placement), &members, &BTreeSet::new()) {
-                Ok(selected) => selected,
-                Err(e) => return Decision::Queue(QueueReason::InvalidPlacement(e.to_string())),
-            };
-        let selected: Vec<&ClusterView> = selected
-            .iter()
-            .filter_map(|n| self.clusters.get(n))
-            .collect();
+        let matcher = match Matcher::new(Selection::from(placement)) {
+            Ok(matcher) => matcher,
+            Err(e) => return Decision::Queue(QueueReason::InvalidPlacement(e.to_string())),
+        };
+        // A run is new everywhere: a NoSchedule taint keeps it off.
+        let holders = BTreeSet::new();
+        let selects = |c: &&ClusterView| matcher.selects(&c.member, &holders);
+        // Named clusters are looked up rather than found by testing the
+        // whole fleet; both ways give name order.
+        let selected: Vec<&ClusterView> = if matcher.named().is_empty() {
+            self.clusters.values().filter(selects).collect()
+        } else {
+            matcher
+                .named()
+                .iter()
+                .filter_map(|n| self.clusters.get(*n))
+                .filter(selects)
+                .collect()
+        };
         if selected.is_empty() {
             return Decision::Queue(QueueReason::NoClusterMatches);
         }
