@@ -150,18 +150,26 @@ pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
+    // `make bench` runs the daemons as release builds.
+    let release = std::env::var("TEKFED_BIN_PROFILE").as_deref() == Ok("release");
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !built.contains(name) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut args = vec!["build", "--quiet", "--bin", name];
+        if release {
+            args.push("--release");
+        }
         let status = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "--bin", name])
+            .args(&args)
             .current_dir(&root)
             .status()
             .unwrap_or_else(|e| panic!("running cargo build --bin {name}: {e}"));
         assert!(status.success(), "cargo build --bin {name} failed");
         built.insert(name.to_owned());
     }
-    target.join("debug").join(name)
+    target
+        .join(if release { "release" } else { "debug" })
+        .join(name)
 }
 
 /// Writes (create, update, patch, server-side apply, delete) an API server

@@ -395,6 +395,10 @@ fn the_agent_chart_renders_what_users_rely_on() {
     let rules = &cluster_role["rules"];
     assert!(grants(rules, "tekton.dev", "pipelineruns", "patch"));
     assert!(grants(rules, "tekton.dev", "taskruns", "watch"));
+    assert!(
+        grants(rules, "tekton.dev", "taskruns", "patch"),
+        "cancelling a revoked run"
+    );
     assert!(!grants(rules, "tekton.dev", "taskruns", "create"));
     assert!(!grants(rules, "tekton.dev", "pipelineruns", "create"));
     assert!(grants(rules, "", "pods", "list"));
