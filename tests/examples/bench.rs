@@ -348,7 +348,9 @@ async fn main() -> anyhow::Result<()> {
     let hub = bed.client(HUB).await?;
 
     // --- baseline: the raw write rate of the member API servers -------------
-    let raw_ns = bed.namespace("raw", &["member-1", "member-2", "member-3"]).await?;
+    let raw_ns = bed
+        .namespace("raw", &["member-1", "member-2", "member-3"])
+        .await?;
     let members = bed.members();
     let mut member_clients = Vec::new();
     for m in &members {
@@ -386,7 +388,15 @@ async fn main() -> anyhow::Result<()> {
     // --profile: sample the hub with perf for the burst.
     let profile = args.iter().any(|a| a == "--profile").then(|| {
         std::process::Command::new("perf")
-            .args(["record", "-F", "499", "-g", "-o", "target/bench/hub.perf.data", "-p"])
+            .args([
+                "record",
+                "-F",
+                "499",
+                "-g",
+                "-o",
+                "target/bench/hub.perf.data",
+                "-p",
+            ])
             .arg(hub_pid.to_string())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -422,14 +432,31 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let burst_total = burst_began.elapsed().as_secs_f64();
     if let Some(Ok(child)) = profile {
-        let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
         let _ = child.wait_with_output();
         let report = std::process::Command::new("perf")
-            .args(["report", "-i", "target/bench/hub.perf.data", "--stdio", "--no-children", "--sort", "symbol", "--percent-limit", "1.5", "-g", "none"])
+            .args([
+                "report",
+                "-i",
+                "target/bench/hub.perf.data",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "symbol",
+                "--percent-limit",
+                "1.5",
+                "-g",
+                "none",
+            ])
             .output();
         if let Ok(out) = report {
             println!("\nhub profile during the burst (perf, self time):");
-            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains('%')) {
+            for line in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains('%'))
+            {
                 println!("  {}", line.trim());
             }
         }
@@ -612,7 +639,9 @@ async fn main() -> anyhow::Result<()> {
     row(
         &mut t,
         "raw TaskRun creates on the members",
-        format!("{raw_rate:.0} writes/s (best of {raw_before:.0} before and {raw_after:.0} beside tekfed)"),
+        format!(
+            "{raw_rate:.0} writes/s (best of {raw_before:.0} before and {raw_after:.0} beside tekfed)"
+        ),
     );
     row(
         &mut t,
