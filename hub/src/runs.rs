@@ -556,6 +556,26 @@ async fn write_status<K: FederatedRun>(
     Ok(())
 }
 
+/// What the dispatcher keeps of a run's status. It writes only runs still
+/// waiting for a cluster, so only those need their whole status; of the
+/// others (most of them, under a burst or with runs stored) it needs the
+/// phase and clusters. Cloning every stored run's whole status (conditions,
+/// the member run's status) each round was the hub's top cost under a
+/// burst (perf: `RunStatus::clone`, `String::clone`, `BTreeMap::clone`).
+fn dispatch_view(status: Option<&RunStatus>) -> Option<RunStatus> {
+    let status = status?;
+    if run_status::decided_clusters(Some(status)).is_empty() && !status.phase.is_some_and(is_final)
+    {
+        return Some(status.clone());
+    }
+    Some(RunStatus {
+        phase: status.phase,
+        cluster: status.cluster.clone(),
+        clusters: status.clusters.clone(),
+        ..Default::default()
+    })
+}
+
 /// A run as the dispatcher sees it, whichever its kind.
 struct Entry {
     key: String,
@@ -591,7 +611,7 @@ fn entries<K: FederatedRun>(store: &Store<K>, ctx: &Arc<RunContext>) -> Vec<Entr
                     .map(|t| t.0.as_millisecond())
                     .unwrap_or_default(),
                 placement: run.placement().clone(),
-                status: run.run_status().cloned(),
+                status: dispatch_view(run.run_status()),
                 deleting: run.meta().deletion_timestamp.is_some(),
                 write: Box::new(move |status| {
                     let ctx = ctx.clone();

@@ -391,8 +391,9 @@ async fn main() -> anyhow::Result<()> {
             .args([
                 "record",
                 "-F",
-                "499",
-                "-g",
+                "199",
+                "--call-graph",
+                "dwarf,16384",
                 "-o",
                 "target/bench/hub.perf.data",
                 "-p",
@@ -442,17 +443,19 @@ async fn main() -> anyhow::Result<()> {
                 "-i",
                 "target/bench/hub.perf.data",
                 "--stdio",
-                "--no-children",
+                "--children",
                 "--sort",
                 "symbol",
                 "--percent-limit",
-                "1.5",
+                "4",
                 "-g",
                 "none",
             ])
             .output();
         if let Ok(out) = report {
-            println!("\nhub profile during the burst (perf, self time):");
+            println!(
+                "\nhub profile during the burst (perf, time in a function and what it calls):"
+            );
             for line in String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter(|l| l.contains('%'))
