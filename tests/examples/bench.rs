@@ -233,11 +233,21 @@ async fn raw_creates(clients: &[Client], ns: &str, prefix: &str, n: usize) -> an
     .collect::<Vec<()>>()
     .await;
     let rate = n as f64 / began.elapsed().as_secs_f64();
+    eprintln!("bench: {n} raw TaskRuns ({prefix}) at {rate:.0}/s; deleting them");
+    // Delete them (a large collection can time out on a busy server: retry).
     for client in clients {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), ns, &tekton_resource("TaskRun"));
-        api.delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await?;
+        for attempt in 1..=5 {
+            match api
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => eprintln!("bench: deleting raw TaskRuns (attempt {attempt}): {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
     Ok(rate)
 }
