@@ -584,6 +584,11 @@ struct Entry {
     placement: RunPlacement,
     status: Option<RunStatus>,
     deleting: bool,
+    /// The run controller has added its finalizer. Until then the
+    /// dispatcher leaves the run alone: that write changes the
+    /// resourceVersion, so a decision written against the older one fails
+    /// and must be made again (under a burst of thousands, most of them).
+    ready: bool,
     write: Box<
         dyn Fn(RunStatus) -> futures::future::BoxFuture<'static, Result<(), Error>> + Send + Sync,
     >,
@@ -613,6 +618,7 @@ fn entries<K: FederatedRun>(store: &Store<K>, ctx: &Arc<RunContext>) -> Vec<Entr
                 placement: run.placement().clone(),
                 status: dispatch_view(run.run_status()),
                 deleting: run.meta().deletion_timestamp.is_some(),
+                ready: run.finalizers().iter().any(|f| f == FINALIZER),
                 write: Box::new(move |status| {
                     let ctx = ctx.clone();
                     let run = for_write.clone();
@@ -668,7 +674,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>) {
                 for c in clusters {
                     *active.entry(c.clone()).or_default() += 1;
                 }
-            } else if !entry.deleting {
+            } else if !entry.deleting && entry.ready {
                 queue.push(RunRequest {
                     key: entry.key.clone(),
                     created: entry.created,
