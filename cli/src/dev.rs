@@ -272,6 +272,22 @@ pub async fn down(dir: &Path) -> anyhow::Result<()> {
             .arg(pid.to_string())
             .status();
     }
+    // Return only once they are gone: a killed process takes a moment to exit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|(_, p)| alive(*p)) {
+        if Instant::now() > deadline {
+            let left: Vec<String> = pids
+                .iter()
+                .filter(|(_, p)| alive(*p))
+                .map(|(name, pid)| format!("{name} ({pid})"))
+                .collect();
+            bail!(
+                "these processes did not stop even when killed: {}",
+                left.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     std::fs::remove_dir_all(dir)
         .or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
