@@ -83,30 +83,22 @@ pub fn shared() -> &'static TestBed {
 /// Poll `check` until it returns `Some`, or fail after `timeout` saying what
 /// was awaited. The condition is what the test is about; the deadline only
 /// keeps a broken run from hanging.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    poll_until(timeout, check, || {
+        format!("timed out after {timeout:?} waiting for {what}")
+    })
+    .await
 }
 
-/// [`eventually`], and on timeout the end of the hub's and agents' logs too.
-pub async fn eventually_logged<T, F, Fut>(
-    bed: &TestBed,
-    what: &str,
+/// Poll `check` until it returns `Some`; after `timeout`, panic with `failure()`.
+async fn poll_until<T, F, Fut>(
     timeout: Duration,
     mut check: F,
+    failure: impl FnOnce() -> String,
 ) -> T
 where
     F: FnMut() -> Fut,
@@ -118,25 +110,57 @@ where
             return value;
         }
         if Instant::now() >= deadline {
-            let mut logs = String::new();
-            let names = std::iter::once("tekfed-hub".to_owned())
-                .chain(bed.members().into_iter().map(|m| format!("agent-{m}")));
-            for name in names {
-                let log = bed.log_of(&name);
-                let tail: String = log
-                    .chars()
-                    .rev()
-                    .take(20000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                logs.push_str(&format!("\n--- {name} (end of log) ---\n{tail}"));
-            }
-            panic!("timed out after {timeout:?} waiting for {what}{logs}");
+            panic!("{}", failure());
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// [`eventually`], and on timeout the end of the hub's and agents' logs too.
+pub async fn eventually_logged<T, F, Fut>(
+    bed: &TestBed,
+    what: &str,
+    timeout: Duration,
+    check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll_until(timeout, check, || {
+        let mut logs = String::new();
+        let names = std::iter::once("tekfed-hub".to_owned())
+            .chain(bed.members().into_iter().map(|m| format!("agent-{m}")));
+        for name in names {
+            let log = bed.log_of(&name);
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(20000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            logs.push_str(&format!("\n--- {name} (end of log) ---\n{tail}"));
+        }
+        format!("timed out after {timeout:?} waiting for {what}{logs}")
+    })
+    .await
+}
+
+/// Run `kubectl-tekfed` with `args`: whether it succeeded, and what it
+/// printed (stdout, then stderr).
+pub fn kubectl_tekfed(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(binary("kubectl-tekfed"))
+        .args(args)
+        .output()
+        .expect("running kubectl-tekfed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }
 
 /// The path of one of tekfed's binaries (`tekfed-hub`, `tekfed-agent`,

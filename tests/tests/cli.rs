@@ -1,30 +1,20 @@
 //! `kubectl tekfed cordon | uncordon | status` against a real federation of
 //! its own (cordoning would disturb tests that count where runs land).
 
-use std::process::Command;
 use std::time::Duration;
 
 use kube::api::Api;
 use tekfed_crds::{FederatedTaskRun, MemberCluster};
 use tekfed_tests::federation::{create_task_runs, federate, wait_all_succeeded};
-use tekfed_tests::{HUB, TestBed, binary, eventually};
+use tekfed_tests::{HUB, TestBed, eventually, kubectl_tekfed};
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn tekfed(bed: &TestBed, args: &[&str]) -> (bool, String) {
-    let output = Command::new(binary("kubectl-tekfed"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(bed.kubeconfig())
-        .args(["--context", HUB])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let kubeconfig = bed.kubeconfig().to_string_lossy();
+    let mut all = args.to_vec();
+    all.extend(["--kubeconfig", &kubeconfig, "--context", HUB]);
+    kubectl_tekfed(&all)
 }
 
 #[tokio::test]

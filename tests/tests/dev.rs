@@ -1,26 +1,11 @@
 //! `kubectl tekfed dev up | down`: a local federation that outlives the
 //! command, joined with `join`, and both commands safe to run twice.
 
-use std::process::Command;
-
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tekfed_crds::MemberCluster;
-use tekfed_tests::binary;
-
-fn tekfed(args: &[&str]) -> (bool, String) {
-    let output = Command::new(binary("kubectl-tekfed"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
+use tekfed_tests::{binary, kubectl_tekfed};
 
 #[tokio::test]
 async fn dev_up_leaves_a_ready_federation_running_and_dev_down_removes_it() {
@@ -32,7 +17,7 @@ async fn dev_up_leaves_a_ready_federation_running_and_dev_down_removes_it() {
     let dir = parent.path().join("fed");
     let d = dir.to_str().unwrap();
 
-    let (ok, out) = tekfed(&["dev", "up", "--members", "2", "--dir", d]);
+    let (ok, out) = kubectl_tekfed(&["dev", "up", "--members", "2", "--dir", d]);
     assert!(ok, "{out}");
     assert!(
         out.contains("local federation up") && out.contains("export KUBECONFIG="),
@@ -68,7 +53,7 @@ async fn dev_up_leaves_a_ready_federation_running_and_dev_down_removes_it() {
         assert!(ready, "{mc:?}");
     }
 
-    let (ok, out) = tekfed(&["dev", "up", "--members", "2", "--dir", d]);
+    let (ok, out) = kubectl_tekfed(&["dev", "up", "--members", "2", "--dir", d]);
     assert!(
         ok && out.contains("already up") && out.contains("nothing changed"),
         "{out}"
@@ -79,7 +64,7 @@ async fn dev_up_leaves_a_ready_federation_running_and_dev_down_removes_it() {
         .lines()
         .filter_map(|l| l.split_once(' ')?.0.parse().ok())
         .collect();
-    let (ok, out) = tekfed(&["dev", "down", "--dir", d]);
+    let (ok, out) = kubectl_tekfed(&["dev", "down", "--dir", d]);
     assert!(ok && out.contains("stopped"), "{out}");
     assert!(!dir.exists());
     for pid in pids {
@@ -93,6 +78,6 @@ async fn dev_up_leaves_a_ready_federation_running_and_dev_down_removes_it() {
             "process {pid} still runs: {stat}"
         );
     }
-    let (ok, out) = tekfed(&["dev", "down", "--dir", d]);
+    let (ok, out) = kubectl_tekfed(&["dev", "down", "--dir", d]);
     assert!(ok && out.contains("nothing to stop"), "{out}");
 }

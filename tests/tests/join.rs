@@ -3,7 +3,6 @@
 //! here uses the test bed's admin credentials for them), they are no more
 //! than that, a second join changes nothing, and unjoin leaves nothing.
 
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{
@@ -17,23 +16,15 @@ use serde_json::json;
 use tekfed_crds::connect::tekton_resource;
 use tekfed_crds::{FederatedTaskRun, MemberCluster, cluster_namespace};
 use tekfed_tests::federation::{create_task_runs, wait_all_succeeded, wait_condition};
-use tekfed_tests::{HUB, TestBed, binary, eventually_logged};
+use tekfed_tests::{HUB, TestBed, binary, eventually_logged, kubectl_tekfed};
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn tekfed(bed: &TestBed, args: &[&str]) -> (bool, String) {
-    let output = Command::new(binary("kubectl-tekfed"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(bed.kubeconfig())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let kubeconfig = bed.kubeconfig().to_string_lossy();
+    let mut all = args.to_vec();
+    all.extend(["--kubeconfig", &kubeconfig]);
+    kubectl_tekfed(&all)
 }
 
 fn join(bed: &TestBed, member: &str) -> (bool, String) {
