@@ -44,7 +44,16 @@ struct Args {
     duration_ms: u64,
 }
 
-type Running = Arc<Mutex<HashSet<String>>>;
+/// Runs this executor started (by uid), and those it finished. A watch
+/// event can be older than the run's end (the loop is behind under load):
+/// a run it finished is never started again, as Tekton would not.
+#[derive(Default)]
+struct Seen {
+    started: HashSet<String>,
+    finished: HashSet<String>,
+}
+
+type Running = Arc<Mutex<Seen>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -160,12 +169,11 @@ async fn step(
         return;
     }
     let uid = run.uid().unwrap_or_default();
-    if !running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(uid.clone())
     {
-        return; // Already on its way.
+        let mut seen = running.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.finished.contains(&uid) || !seen.started.insert(uid.clone()) {
+            return; // Already on its way, or done.
+        }
     }
     let message = match kind {
         RunKind::TaskRun => "Not all Steps in the Task have finished executing",
@@ -227,9 +235,8 @@ async fn step(
             )
             .await;
         }
-        running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid);
+        let mut seen = running.lock().unwrap_or_else(|p| p.into_inner());
+        seen.started.remove(&uid);
+        seen.finished.insert(uid);
     });
 }
