@@ -7,7 +7,8 @@
 //! Watches reconnect with backoff when either API server restarts; an
 //! agent that cannot reach the hub releases nothing.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -42,15 +43,35 @@ struct Stores {
     records: Store<RunAssignment>,
     task_runs: Store<DynamicObject>,
     pipeline_runs: Store<DynamicObject>,
+    /// Records whose steps were all taken (or had none), with the versions
+    /// of record and member run they were planned from. Until either
+    /// changes there is nothing new to do: a pass skips them. That keeps a
+    /// pass cheap with thousands of finished runs stored, and keeps a
+    /// second pass from repeating a write the stores have not shown yet
+    /// (a release that would fail its precondition, a report made twice).
+    settled: Mutex<HashMap<String, Versions>>,
 }
 
+/// The resourceVersions of a record and its member run.
+type Versions = (Option<String>, Option<String>);
+
 impl Stores {
+    fn settled(&self) -> std::sync::MutexGuard<'_, HashMap<String, Versions>> {
+        self.settled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn runs(&self, kind: RunKind) -> &Store<DynamicObject> {
         match kind {
             RunKind::TaskRun => &self.task_runs,
             RunKind::PipelineRun => &self.pipeline_runs,
         }
     }
+}
+
+/// Stored objects never need `managedFields`; a write of one read from a
+/// store leaves the API server's own list as it is.
+fn drop_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 fn now() -> Time {
@@ -70,6 +91,7 @@ impl Agent {
         let records_watch = watch(
             watcher(records_api, watcher::Config::default())
                 .default_backoff()
+                .modify(drop_managed_fields)
                 .reflect(writer),
             wake.clone(),
         );
@@ -82,6 +104,7 @@ impl Agent {
             run_stores.push(writer.as_reader());
             let stream = watcher(api, watcher::Config::default().labels(MANAGED))
                 .default_backoff()
+                .modify(drop_managed_fields)
                 .reflect(writer);
             run_watches.push(watch(stream, wake.clone()));
         }
@@ -89,6 +112,7 @@ impl Agent {
             records,
             pipeline_runs: run_stores.pop().expect("two stores"),
             task_runs: run_stores.pop().expect("two stores"),
+            settled: Mutex::default(),
         };
         let sync = async {
             let _ = stores.records.wait_until_ready().await;
@@ -128,6 +152,14 @@ impl Agent {
                     .runs(kind)
                     .get(&key)
                     .filter(|r| r.labels().get(UID_LABEL) == Some(&record.spec.run.uid));
+                let versions: Versions = (
+                    record.resource_version(),
+                    member_run.as_ref().and_then(|r| r.resource_version()),
+                );
+                let uid = record.name_any();
+                if stores.settled().get(&uid) == Some(&versions) {
+                    return;
+                }
                 let view = Record {
                     released: record
                         .status
@@ -142,19 +174,28 @@ impl Agent {
                     spec_status: r.data["spec"]["status"].as_str().map(str::to_owned),
                     status: r.data["status"].clone(),
                 });
+                let mut all_taken = true;
                 for step in plan(kind, Some(&view), run_view.as_ref()) {
                     if step == Step::DeleteHeld {
                         if let Some(run) = &member_run {
-                            self.delete_held(run, kind).await;
+                            all_taken = self.delete_held(run, kind).await;
                         }
                         break;
                     }
                     if !self.execute(step, record, kind).await {
+                        all_taken = false;
                         break;
                     }
                 }
+                if all_taken {
+                    stores.settled().insert(uid, versions);
+                }
             })
             .await;
+        {
+            let present: HashSet<String> = records.iter().map(|r| r.name_any()).collect();
+            stores.settled().retain(|uid, _| present.contains(uid));
+        }
         // Held runs whose record is gone were revoked: delete them unstarted.
         for kind in [RunKind::PipelineRun] {
             for run in stores.runs(kind).state() {
@@ -260,7 +301,8 @@ impl Agent {
         }
     }
 
-    async fn delete_held(&self, run: &DynamicObject, kind: RunKind) {
+    /// Delete a held run; true when it is gone.
+    async fn delete_held(&self, run: &DynamicObject, kind: RunKind) -> bool {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.member.clone(),
             &run.namespace().unwrap_or_default(),
@@ -275,9 +317,13 @@ impl Agent {
         };
         match api.delete(&run.name_any(), &params).await {
             Ok(_) => {
-                tracing::info!(run = %run.name_any(), "deleted a held run whose assignment was revoked")
+                tracing::info!(run = %run.name_any(), "deleted a held run whose assignment was revoked");
+                true
             }
-            Err(e) => tracing::debug!(run = %run.name_any(), error = %e, "held run not deleted"),
+            Err(e) => {
+                tracing::debug!(run = %run.name_any(), error = %e, "held run not deleted");
+                false
+            }
         }
     }
 

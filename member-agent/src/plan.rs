@@ -227,88 +227,102 @@ mod tests {
         );
     }
 
-    /// The hub's store, reduced to what fencing needs: a record with a
+    /// The hub's store, reduced to what fencing needs: one record with a
     /// resourceVersion, written only by compare-and-set, as the API server
-    /// does with a resourceVersion precondition.
+    /// does with a resourceVersion precondition. Like the hub, a revoke
+    /// marks the record (it stays until the federated run is deleted).
     #[derive(Debug)]
     struct HubStore {
-        record: Option<(u64, bool)>,
+        version: u64,
+        record: Record,
     }
 
     impl HubStore {
-        fn read(&self) -> Option<(u64, bool)> {
-            self.record
+        fn new() -> Self {
+            HubStore {
+                version: 1,
+                record: Record::default(),
+            }
+        }
+        fn read(&self) -> (u64, Record) {
+            (self.version, self.record.clone())
         }
         /// The agent's release: conditional on the version it read.
         fn release(&mut self, seen: u64) -> bool {
-            match self.record {
-                Some((rv, false)) if rv == seen => {
-                    self.record = Some((rv + 1, true));
-                    true
-                }
-                _ => false,
+            if seen != self.version {
+                return false;
             }
+            self.record.released = true;
+            self.version += 1;
+            true
         }
-        /// The hub's revoke: delete, conditional on the version it read, and
-        /// only an unreleased record.
-        fn revoke(&mut self, seen: u64) -> bool {
-            match self.record {
-                Some((rv, false)) if rv == seen => {
-                    self.record = None;
-                    true
-                }
-                _ => false,
+        /// The hub's revoke (`hub::moves::step` revokes only an unreleased
+        /// record off a drained cluster): conditional on the version it read.
+        fn revoke(&mut self, seen: u64, record_seen: &Record) -> bool {
+            if seen != self.version || record_seen.released || record_seen.revoked {
+                return false;
             }
+            self.record.revoked = true;
+            self.version += 1;
+            true
         }
     }
 
     #[test]
     fn release_then_revoke_the_run_stays_and_starts_once() {
-        let mut store = HubStore {
-            record: Some((1, false)),
-        };
-        let (agent_saw, _) = store.read().unwrap();
-        let (hub_saw, _) = store.read().unwrap();
+        let mut store = HubStore::new();
+        let (agent_saw, record) = store.read();
+        let (hub_saw, hub_record) = store.read();
+        assert_eq!(
+            plan(RunKind::PipelineRun, Some(&record), Some(&held())),
+            vec![Step::Release, Step::Unhold]
+        );
         assert!(
             store.release(agent_saw),
             "the agent's release goes first and wins"
         );
         assert!(
-            !store.revoke(hub_saw),
-            "the hub may not move a released run"
+            !store.revoke(hub_saw, &hub_record),
+            "the hub's revoke, on what it read before, fails"
         );
-        assert_eq!(store.read(), Some((2, true)));
+        // Read again, the hub sees it released and leaves it (a drain waits).
+        let (now, again) = store.read();
+        assert!(!store.revoke(now, &again));
+        assert!(store.record.released && !store.record.revoked);
     }
 
     #[test]
     fn revoke_then_release_the_held_copy_never_starts() {
-        let mut store = HubStore {
-            record: Some((1, false)),
-        };
-        let (agent_saw, _) = store.read().unwrap();
-        let (hub_saw, _) = store.read().unwrap();
-        assert!(store.revoke(hub_saw), "the hub revokes first");
+        let mut store = HubStore::new();
+        let (agent_saw, _) = store.read();
+        let (hub_saw, hub_record) = store.read();
+        assert!(store.revoke(hub_saw, &hub_record), "the hub revokes first");
         assert!(
             !store.release(agent_saw),
             "the agent's release, on what it read before, fails"
         );
-        // What the agent then sees: no record, a held run: delete it unstarted.
+        // What the agent then sees: a revoked record, a held run: delete it
+        // unstarted, and never release it.
+        let (_, record) = store.read();
         assert_eq!(
-            plan(RunKind::PipelineRun, None, Some(&held())),
+            plan(RunKind::PipelineRun, Some(&record), Some(&held())),
             vec![Step::DeleteHeld]
         );
+        assert_eq!(plan(RunKind::TaskRun, Some(&record), None), vec![]);
+        assert!(!store.record.released);
     }
 
     #[test]
     fn a_read_alone_is_not_enough_to_release() {
-        // Read, the hub revokes and re-assigns to the same cluster (a new
-        // record, new version), then the stale release must fail.
-        let mut store = HubStore {
-            record: Some((1, false)),
-        };
-        let (agent_saw, _) = store.read().unwrap();
-        assert!(store.revoke(1));
-        store.record = Some((7, false));
+        // The agent reads; the hub revokes meanwhile. A release that only
+        // checked what it read would start the run; the conditional write
+        // fails instead.
+        let mut store = HubStore::new();
+        let (agent_saw, record) = store.read();
+        assert!(!record.revoked, "what the agent read says it may release");
+        let (hub_saw, hub_record) = store.read();
+        assert!(store.revoke(hub_saw, &hub_record));
         assert!(!store.release(agent_saw));
+        assert!(!store.record.released);
     }
 }
