@@ -19,10 +19,13 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tekfed_crds::connect::tekton_resource;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::metrics::OutcomeLabel;
 use crate::ownership::{LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, MANAGED_BY};
 
 /// The Tekton kinds the hub keeps on members, each with the federated kind
@@ -88,11 +91,15 @@ pub struct Members {
     /// Each member's API server and when its MemberCluster was created
     /// (milliseconds, name): who keeps a server joined under two names.
     servers: DashMap<String, (String, (i64, String))>,
+    /// Template copies checked, by outcome (`tekfed_template_syncs_total`).
+    pub syncs: Family<OutcomeLabel, Counter>,
 }
 
 impl Members {
     /// A registry, with one receiver of drift events per federated kind.
-    pub fn new() -> (
+    pub fn new(
+        syncs: Family<OutcomeLabel, Counter>,
+    ) -> (
         Self,
         BTreeMap<&'static str, mpsc::UnboundedReceiver<Requeue>>,
     ) {
@@ -111,6 +118,7 @@ impl Members {
             schedule: Arc::new(tokio::sync::Notify::new()),
             active: DashMap::new(),
             servers: DashMap::new(),
+            syncs,
         };
         (members, receivers)
     }

@@ -7,6 +7,9 @@
 //! - `tekfed_cluster_load{cluster}`: running + pending runs the agent reported.
 //! - `tekfed_cluster_active_runs{cluster}`: unfinished runs the hub assigned.
 //! - `tekfed_cluster_ready{cluster}`: 1 when the member is Ready.
+//! - `tekfed_template_syncs_total{outcome}`: member copies of templates
+//!   checked, by outcome: `unchanged` (no request sent), `applied`,
+//!   `conflict`, `failed`.
 //! - `tekfed_leader`: 1 while this replica leads (always, without
 //!   `--leader-elect`), 0 while it waits for the Lease.
 
@@ -20,6 +23,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -28,6 +32,11 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
     pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +54,7 @@ pub struct Metrics {
     pub cluster_active: Family<ClusterLabel, Gauge>,
     pub cluster_ready: Family<ClusterLabel, Gauge>,
     pub leader: Gauge,
+    pub template_syncs: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,8 +99,15 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease and runs the controllers",
             leader.clone(),
         );
+        let template_syncs = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "template_syncs",
+            "Member copies of FederatedTasks and FederatedPipelines checked, by outcome (unchanged: no request sent)",
+            template_syncs.clone(),
+        );
         Self {
             registry,
+            template_syncs,
             runs,
             queue_depth,
             scheduling_latency,

@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
 
 use crate::members::{Connection, Members, Requeue};
+use crate::metrics::OutcomeLabel;
 use crate::overrides::{Source, render};
 use crate::ownership::{
     FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_RUN_DEPENDENCY, LABEL_UID, MANAGED_BY, Owner,
@@ -361,7 +362,18 @@ pub(crate) async fn sync_cluster<K: Federated>(
     members: &Members,
     run_dependency: bool,
 ) -> (PropagationState, Option<String>) {
-    let failed = |message: String| (PropagationState::Failed, Some(message));
+    let (state, message, outcome) = check_and_apply(obj, cluster, members, run_dependency).await;
+    members.syncs.get_or_create(&OutcomeLabel { outcome }).inc();
+    (state, message)
+}
+
+async fn check_and_apply<K: Federated>(
+    obj: &K,
+    cluster: &str,
+    members: &Members,
+    run_dependency: bool,
+) -> (PropagationState, Option<String>, &'static str) {
+    let failed = |message: String| (PropagationState::Failed, Some(message), "failed");
     let conn = match members.connection(cluster) {
         Ok(conn) => conn,
         Err(why) => {
@@ -387,7 +399,7 @@ pub(crate) async fn sync_cluster<K: Federated>(
     if run_dependency {
         desired["metadata"]["labels"][LABEL_RUN_DEPENDENCY] = json!("true");
     }
-    let synced = (PropagationState::Synced, None);
+    let unchanged = (PropagationState::Synced, None, "unchanged");
     // The member watch's store answers without a request in the common
     // case: an unchanged copy that is ours.
     let cached = conn.stores.get(K::TEKTON_KIND).and_then(|s| {
@@ -400,7 +412,7 @@ pub(crate) async fn sync_cluster<K: Federated>(
             &desired,
         )
     {
-        return synced;
+        return unchanged;
     }
     if let Err(message) = ensure_namespace(&conn, owner.namespace).await {
         return failed(message);
@@ -426,12 +438,13 @@ pub(crate) async fn sync_cluster<K: Federated>(
                     K::TEKTON_KIND,
                     owner.namespace
                 )),
+                "conflict",
             );
         }
         Ok(Some(live))
             if drift::in_sync(&serde_json::to_value(&live).unwrap_or_default(), &desired) =>
         {
-            return synced;
+            return unchanged;
         }
         Ok(_) => {}
     }
@@ -443,7 +456,7 @@ pub(crate) async fn sync_cluster<K: Federated>(
         )
         .await
     {
-        Ok(_) => synced,
+        Ok(_) => (PropagationState::Synced, None, "applied"),
         Err(kube::Error::Api(status)) if status.code == 404 => {
             // The namespace went away under us: look again next time.
             conn.namespaces.remove(owner.namespace);

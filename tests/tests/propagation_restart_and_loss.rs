@@ -1,26 +1,28 @@
 //! Propagation when the hub restarts and when a member is lost, on a test
 //! bed of its own (these tests stop processes others would need).
 //!
-//! - A hub restart reconciles every federated object again and writes
-//!   nothing to members for objects that did not change (counted by the
-//!   members' own `apiserver_request_total`).
+//! - A hub restart, and then its periodic resync, check every one of 1,000
+//!   federated objects again and write nothing to members for objects that
+//!   did not change (counted by the members' own `apiserver_request_total`;
+//!   the hub's `tekfed_template_syncs_total` says when it has checked them).
 //! - Deleting a federated object while a member is down completes after
 //!   the deletion timeout, and the leftover is reported in an event.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use serde_json::json;
 use tekfed_crds::FederatedTask;
 use tekfed_crds::connect::tekton_resource;
-use tekfed_tests::federation::wait_reachable;
+use tekfed_tests::federation::{scrape, wait_reachable};
 use tekfed_tests::{HUB, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(90);
-const OBJECTS: usize = 20;
+const OBJECTS: usize = 1000;
 
 /// Writes (create, update, patch, server-side apply, delete) the API server has served for
 /// `resource`, from its own metrics.
@@ -87,13 +89,20 @@ async fn restart_rewrites_nothing_and_deletion_survives_a_lost_member() {
     wait_reachable(&bed, &bed.members(), WAIT).await.unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let ns = bed.namespace("restart", &[HUB]).await.unwrap();
-    let names: Vec<String> = (0..OBJECTS).map(|i| format!("task-{i}")).collect();
-    for name in &names {
-        create_task(&hub, &ns, name).await;
-    }
+    let names: Vec<String> = (0..OBJECTS).map(|i| format!("task-{i:04}")).collect();
+    let api: Api<FederatedTask> = Api::namespaced(hub.clone(), &ns);
+    futures::stream::iter(names.iter().map(|name| create_task(&hub, &ns, name)))
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
     wait_propagated(&hub, &ns, &names).await;
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        OBJECTS
+    );
 
-    // Restart the hub: it reconciles every object again from scratch.
+    // Restart the hub, resyncing every 10 s: it checks every copy again
+    // from scratch, then again on each resync.
     let members = [
         bed.client("member-1").await.unwrap(),
         bed.client("member-2").await.unwrap(),
@@ -103,20 +112,50 @@ async fn restart_rewrites_nothing_and_deletion_survives_a_lost_member() {
         before.push(writes(m, "tasks").await);
     }
     bed.stop("tekfed-hub");
-    bed.start_hub("tekfed-hub", &["--deletion-timeout", "5"])
+    bed.start_hub("tekfed-hub", &["--deletion-timeout", "5", "--resync", "10"])
         .unwrap();
-    // One new object, to know the restarted hub is at work.
-    create_task(&hub, &ns, "after-restart").await;
-    wait_propagated(&hub, &ns, &["after-restart".to_owned()]).await;
+    let copies = (OBJECTS * members.len()) as u64;
+    let syncs = eventually(
+        "the restarted hub to check every copy twice (start-up and one resync)",
+        Duration::from_secs(180),
+        || {
+            let bed = &bed;
+            async move {
+                let text = scrape(&bed.metrics_addr("tekfed-hub")?).ok()?;
+                let count = |outcome: &str| -> u64 {
+                    text.lines()
+                        .find(|l| {
+                            l.starts_with("tekfed_template_syncs_total{")
+                                && l.contains(&format!("outcome=\"{outcome}\""))
+                        })
+                        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                        .unwrap_or(0)
+                };
+                let all: u64 = ["unchanged", "applied", "conflict", "failed"]
+                    .iter()
+                    .map(|o| count(o))
+                    .sum();
+                (count("unchanged") >= 2 * copies).then_some((count("unchanged"), all))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        syncs.0, syncs.1,
+        "every check of an unchanged copy found it unchanged: {syncs:?}"
+    );
     for (m, before) in members.iter().zip(before) {
         let after = writes(m, "tasks").await;
         assert_eq!(
             after - before,
-            1,
-            "a member saw {} task writes across the restart; only the new object's apply was expected",
+            0,
+            "a member saw {} task writes across the restart and a resync of {OBJECTS} unchanged objects",
             after - before
         );
     }
+    // Still at work: a new object is applied.
+    create_task(&hub, &ns, "after-restart").await;
+    wait_propagated(&hub, &ns, &["after-restart".to_owned()]).await;
 
     // Lose member-2: the hub says so, then delete a federated task placed on it.
     bed.stop_cluster("member-2");
@@ -138,8 +177,7 @@ async fn restart_rewrites_nothing_and_deletion_survives_a_lost_member() {
         "{}",
         condition.message
     );
-    let api: Api<FederatedTask> = Api::namespaced(hub.clone(), &ns);
-    api.delete("task-0", &DeleteParams::default())
+    api.delete("task-0000", &DeleteParams::default())
         .await
         .unwrap();
     let member_1: Api<DynamicObject> =
@@ -151,8 +189,8 @@ async fn restart_rewrites_nothing_and_deletion_survives_a_lost_member() {
             let api = api.clone();
             let member_1 = member_1.clone();
             async move {
-                let gone = api.get_opt("task-0").await.ok()?.is_none();
-                let removed_from_1 = member_1.get_opt("task-0").await.ok()?.is_none();
+                let gone = api.get_opt("task-0000").await.ok()?.is_none();
+                let removed_from_1 = member_1.get_opt("task-0000").await.ok()?.is_none();
                 (gone && removed_from_1).then_some(())
             }
         },
