@@ -150,7 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
-    let (members, mut requeue) = Members::new();
+    let (members, mut requeue) = Members::new(metrics.template_syncs.clone());
     let members = Arc::new(members);
     let member_ctx = Arc::new(MemberContext {
         hub: client.clone(),
@@ -199,7 +199,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = propagation::run::<FederatedTask>(ctx.clone(), tasks) => {}
         _ = propagation::run::<FederatedPipeline>(ctx, pipelines) => {}
         _ = runs::run(task_runs, run_ctx.clone()) => {}
-        _ = runs::run(pipeline_runs, run_ctx) => {}
+        _ = runs::run(pipeline_runs, run_ctx.clone()) => {}
+        _ = runs::watch_records(run_ctx) => {}
         _ = dispatcher => {}
         r = &mut serving => { r?; }
         lost = keeping => {

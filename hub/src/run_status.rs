@@ -8,6 +8,14 @@ use tekfed_crds::runs::{OnClusterLost, RunAttempt, RunClusterStatus, RunPhase, R
 use tekfed_crds::tekton::{is_final, succeeded_condition};
 use tekfed_crds::{PlacementMode, RunAssignmentStatus};
 
+/// Whether writing `next` over `previous` changes what the API server
+/// stores. Times are stored to the second: a status that differs only below
+/// that (Tekton's times carry milliseconds) is the same status, and a write
+/// of it would be a request that changes nothing.
+pub fn changed(previous: &RunStatus, next: &RunStatus) -> bool {
+    previous != next && serde_json::to_value(previous).ok() != serde_json::to_value(next).ok()
+}
+
 /// The condition types on federated runs.
 pub const SCHEDULED: &str = "Scheduled";
 pub const SUCCEEDED: &str = "Succeeded";
@@ -166,6 +174,52 @@ pub fn dependency_missing(message: &str, now: Time) -> Condition {
         message: format!("{message}; the run waits until it exists"),
         observed_generation: None,
         last_transition_time: now,
+    }
+}
+
+/// The condition saying the run's member copy cannot be made yet.
+pub const MEMBER_RUN_READY: &str = "MemberRunReady";
+
+/// `MemberRunReady=False`: what keeps the hub from creating (or cancelling)
+/// the member run, e.g. `Conflict` when a run tekfed did not create holds
+/// its name. The hub retries; the condition turns True once it is done.
+pub fn member_run_blocked(reason: &str, message: &str, now: Time) -> Condition {
+    Condition {
+        type_: MEMBER_RUN_READY.into(),
+        status: "False".into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: None,
+        last_transition_time: now,
+    }
+}
+
+/// Put a False condition into `status` unless the same one is there: true
+/// when the status changed (and must be written).
+pub fn set_blocked(status: &mut RunStatus, condition: Condition) -> bool {
+    if status.conditions.iter().any(|c| {
+        c.type_ == condition.type_ && c.reason == condition.reason && c.message == condition.message
+    }) {
+        return false;
+    }
+    status.conditions.retain(|c| c.type_ != condition.type_);
+    status.conditions.push(condition);
+    true
+}
+
+/// Turn the False conditions of these types True: the wait is over.
+pub fn resolve(status: &mut RunStatus, types: &[(&str, &str, &str)], now: &Time) {
+    for (type_, reason, message) in types {
+        for c in status
+            .conditions
+            .iter_mut()
+            .filter(|c| c.type_ == *type_ && c.status == "False")
+        {
+            c.status = "True".into();
+            c.reason = (*reason).into();
+            c.message = (*message).into();
+            c.last_transition_time = now.clone();
+        }
     }
 }
 
@@ -573,5 +627,67 @@ mod tests {
         assert_eq!(again.phase, Some(RunPhase::Queued));
         assert_eq!(again.attempts[0].reason, "ClusterLost");
         assert!(again.conditions.iter().all(|c| c.type_ != SUCCEEDED));
+    }
+
+    #[test]
+    fn a_blocked_condition_is_written_once_and_cleared_when_resolved() {
+        let mut status = RunStatus::default();
+        let conflict = |t| member_run_blocked("Conflict", "a TaskRun named x is in the way", at(t));
+        assert!(set_blocked(&mut status, conflict(1)), "new: write it");
+        assert!(
+            !set_blocked(&mut status, conflict(2)),
+            "the same again: no write"
+        );
+        assert_eq!(status.conditions.len(), 1);
+        assert!(
+            set_blocked(
+                &mut status,
+                member_run_blocked("ClusterUnreachable", "member-1 is down", at(3))
+            ),
+            "another reason replaces it"
+        );
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(status.conditions[0].reason, "ClusterUnreachable");
+
+        resolve(
+            &mut status,
+            &[(MEMBER_RUN_READY, "Created", "made")],
+            &at(4),
+        );
+        let c = &status.conditions[0];
+        assert_eq!(
+            (
+                c.status.as_str(),
+                c.reason.as_str(),
+                c.last_transition_time.clone()
+            ),
+            ("True", "Created", at(4))
+        );
+        let before = status.clone();
+        resolve(
+            &mut status,
+            &[(MEMBER_RUN_READY, "Created", "made")],
+            &at(5),
+        );
+        assert_eq!(status, before, "a True condition is left as it is");
+    }
+
+    #[test]
+    fn a_status_that_differs_below_the_second_is_not_a_change() {
+        let ms = |s: &str| Time(s.parse::<Timestamp>().unwrap());
+        let stored = RunStatus {
+            start_time: Some(ms("2026-11-26T02:50:38Z")),
+            ..Default::default()
+        };
+        let folded = RunStatus {
+            start_time: Some(ms("2026-11-26T02:50:38.353Z")),
+            ..Default::default()
+        };
+        assert!(!changed(&stored, &folded), "the API server stores seconds");
+        let later = RunStatus {
+            start_time: Some(ms("2026-11-26T02:50:39Z")),
+            ..Default::default()
+        };
+        assert!(changed(&stored, &later));
     }
 }

@@ -31,8 +31,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -121,8 +121,18 @@ pub struct RunContext {
     pub members: Arc<Members>,
     pub clusters: Store<MemberCluster>,
     pub metrics: Arc<Metrics>,
+    /// Every `RunAssignment`, from one watch: the run controllers and the
+    /// dispatcher read records here instead of asking the API server per
+    /// reconcile (a GET per step of every run was most of what the hub
+    /// asked of its API server under a burst).
+    records: Store<RunAssignment>,
+    records_writer: Mutex<Option<reflector::store::Writer<RunAssignment>>>,
     /// Decisions written but not yet seen in the watch stores: uid → clusters.
     decided: Mutex<HashMap<String, Vec<String>>>,
+    /// Status writes not yet seen in the run stores: uid → the
+    /// resourceVersion the write was made on. A reconcile of that version
+    /// would fold onto a status already replaced and fail its precondition.
+    written: Mutex<HashMap<String, String>>,
 }
 
 impl RunContext {
@@ -132,14 +142,76 @@ impl RunContext {
         clusters: Store<MemberCluster>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // Room for a burst of record events while a controller is busy.
+        let (records, writer) = reflector::store_shared(4096);
         Self {
             hub,
             members,
             clusters,
             metrics,
+            records,
+            records_writer: Mutex::new(Some(writer)),
             decided: Mutex::default(),
+            written: Mutex::default(),
         }
     }
+
+    /// The record stream a run controller is woken by.
+    fn subscribe_records(&self) -> ReflectHandle<RunAssignment> {
+        self.records_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|w| w.subscribe())
+            .expect("controllers subscribe before the records are watched")
+    }
+
+    /// True while the store still shows the version of `run` that this
+    /// hub's last status write replaced: the event for the write is on its
+    /// way and will reconcile the run again.
+    fn behind_own_write(&self, uid: &str, resource_version: Option<&str>) -> bool {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match written.get(uid) {
+            Some(v) if Some(v.as_str()) == resource_version => true,
+            Some(_) => {
+                written.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A record as last seen: `None` when the store has not seen it (it
+    /// may still exist: ask the API server before creating one).
+    fn record(&self, cluster: &str, uid: &str) -> Option<Arc<RunAssignment>> {
+        self.records
+            .get(&ObjectRef::new(uid).within(&cluster_namespace(cluster)))
+    }
+}
+
+/// Watch every `RunAssignment` into the shared store, feeding the run
+/// controllers; runs until the hub stops. Call after [`controller`].
+pub async fn watch_records(ctx: Arc<RunContext>) {
+    let Some(writer) = ctx
+        .records_writer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return;
+    };
+    let api: Api<RunAssignment> = Api::all(ctx.hub.clone());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(drop_managed_fields)
+        .reflect_shared(writer)
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watching assignments; retrying");
+            }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 /// A run controller failed a step; it is retried.
@@ -157,6 +229,8 @@ pub enum Error {
     DependencyMissing(String),
     #[error("{kind} {namespace}/{name}: {message}")]
     Waiting {
+        /// The reason of the `MemberRunReady=False` condition it becomes.
+        reason: &'static str,
         kind: &'static str,
         namespace: String,
         name: String,
@@ -182,13 +256,25 @@ fn kube_error<K: FederatedRun>(
     }
 }
 
+/// The hub's stores hold thousands of runs and records: `managedFields`
+/// (who wrote which field) is a good part of each and is never read. A
+/// write of an object read from a store sends an empty list, which the
+/// API server ignores (it keeps its own).
+fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// The controller for one run kind (its store feeds the dispatcher).
 pub fn controller<K: FederatedRun>(ctx: &RunContext) -> Controller<K> {
     let runs: Api<K> = Api::all(ctx.hub.clone());
-    let records: Api<RunAssignment> = Api::all(ctx.hub.clone());
-    Controller::new(runs, watcher::Config::default()).watches(
-        records,
-        watcher::Config::default(),
+    let (reader, writer) = reflector::store();
+    let stream = watcher(runs, watcher::Config::default())
+        .default_backoff()
+        .modify(drop_managed_fields)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(stream, reader).watches_shared_stream(
+        ctx.subscribe_records(),
         |record| {
             (record.spec.run.kind == K::KIND)
                 .then(|| ObjectRef::new(&record.spec.run.name).within(&record.spec.run.namespace))
@@ -246,6 +332,10 @@ fn owner<K: FederatedRun>(run: &K) -> Owner<'_> {
 }
 
 async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Error> {
+    let uid = run.uid().unwrap_or_default();
+    if ctx.behind_own_write(&uid, run.meta().resource_version.as_deref()) {
+        return Ok(Action::await_change());
+    }
     let status = run.run_status();
     if status.and_then(|s| s.phase).is_some_and(is_final) {
         // Finished: remembered here, never re-created or touched again.
@@ -256,14 +346,18 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
         ctx.members.schedule.notify_one();
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
-    let uid = run.uid().unwrap_or_default();
     let mut records = Vec::new();
     for cluster in &clusters {
         let api = record_api(ctx, cluster);
-        let record = match api.get_opt(&uid).await.map_err(kube_error(
-            run,
-            format!("reading the assignment on {cluster}"),
-        ))? {
+        let stored = match ctx.record(cluster, &uid) {
+            Some(record) => Some(record.as_ref().clone()),
+            // Not seen yet: only the API server can say it does not exist.
+            None => api.get_opt(&uid).await.map_err(kube_error(
+                run,
+                format!("reading the assignment on {cluster}"),
+            ))?,
+        };
+        let record = match stored {
             Some(record) => record,
             None => {
                 let record = RunAssignment::new(
@@ -327,7 +421,7 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
                 run.on_cluster_lost(),
                 now(),
             );
-            if next != previous {
+            if run_status::changed(&previous, &next) {
                 write_status(run, ctx, next).await?;
                 ctx.members.schedule.notify_one();
             }
@@ -337,14 +431,25 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
             Ok(()) => {}
             Err(Error::DependencyMissing(message)) => {
                 let mut status = status.cloned().unwrap_or_default();
-                let condition = run_status::dependency_missing(&message, now());
-                if !status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == condition.type_ && c.message == condition.message)
-                {
-                    status.conditions.retain(|c| c.type_ != condition.type_);
-                    status.conditions.push(condition);
+                if run_status::set_blocked(
+                    &mut status,
+                    run_status::dependency_missing(&message, now()),
+                ) {
+                    write_status(run, ctx, status).await?;
+                }
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+            Err(Error::Waiting {
+                reason, message, ..
+            }) => {
+                // Something only the hub sees keeps the member run from
+                // being made: say so on the run, and try again.
+                tracing::info!(kind = K::FEDERATED_KIND, ns = run.namespace().unwrap_or_default(), name = %run.name_any(), %cluster, reason, %message, "member run waits");
+                let mut status = status.cloned().unwrap_or_default();
+                if run_status::set_blocked(
+                    &mut status,
+                    run_status::member_run_blocked(reason, &message, now()),
+                ) {
                     write_status(run, ctx, status).await?;
                 }
                 return Ok(Action::requeue(Duration::from_secs(5)));
@@ -355,19 +460,25 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
     }
     let previous = status.cloned().unwrap_or_default();
     let mut base = previous.clone();
-    // Everything it refers to is there now: the wait is over.
-    for c in base
-        .conditions
-        .iter_mut()
-        .filter(|c| c.type_ == run_status::DEPENDENCIES_READY && c.status == "False")
-    {
-        c.status = "True".into();
-        c.reason = "Resolved".into();
-        c.message = "what the run refers to is on its cluster".into();
-        c.last_transition_time = now();
-    }
+    // Everything it refers to is there now, and its member copy: the wait is over.
+    run_status::resolve(
+        &mut base,
+        &[
+            (
+                run_status::DEPENDENCIES_READY,
+                "Resolved",
+                "what the run refers to is on its cluster",
+            ),
+            (
+                run_status::MEMBER_RUN_READY,
+                "Created",
+                "the member run is on its cluster",
+            ),
+        ],
+        &now(),
+    );
     let folded = run_status::fold(run.placement().mode, &base, &records, now());
-    if folded != previous {
+    if run_status::changed(&previous, &folded) {
         write_status(run, ctx, folded.clone()).await?;
         if folded.phase.is_some_and(is_final) {
             ctx.members.schedule.notify_one();
@@ -389,16 +500,35 @@ async fn ensure_member_run<K: FederatedRun>(
         .as_ref()
         .and_then(|s| s.released)
         .unwrap_or(false);
-    let waiting = |message: String| Error::Waiting {
+    let waiting = |reason: &'static str, message: String| Error::Waiting {
+        reason,
         kind: K::FEDERATED_KIND,
         namespace: run.namespace().unwrap_or_default(),
         name: run.name_any(),
         message,
     };
-    let conn = ctx
-        .members
-        .connection(cluster)
-        .map_err(|u| waiting(format!("cluster {cluster} is not reachable: {}", u.message)))?;
+    let cancel = run
+        .template()
+        .spec
+        .get("status")
+        .and_then(|s| s.as_str())
+        .filter(|s| cancel_values(K::KIND).contains(s));
+    let reported = record.status.as_ref().and_then(|s| s.phase).is_some();
+    if reported && cancel.is_none() {
+        // The agent has seen the member run, with this run's uid on it:
+        // nothing to create or change there.
+        return Ok(());
+    }
+    if K::KIND == RunKind::TaskRun && !released && cancel.is_none() {
+        // Tekton cannot hold a TaskRun: it is created once released.
+        return Ok(());
+    }
+    let conn = ctx.members.connection(cluster).map_err(|u| {
+        waiting(
+            "ClusterUnreachable",
+            format!("cluster {cluster} is not reachable: {}", u.message),
+        )
+    })?;
     let name = run.name_any();
     let namespace = run.namespace().unwrap_or_default();
     let api: Api<DynamicObject> = Api::namespaced_with(
@@ -411,17 +541,14 @@ async fn ensure_member_run<K: FederatedRun>(
         format!("reading the member run on {cluster}"),
     ))?;
     let owner = owner(run);
-    let cancel = run
-        .template()
-        .spec
-        .get("status")
-        .and_then(|s| s.as_str())
-        .filter(|s| cancel_values(K::KIND).contains(s));
     match existing {
-        Some(member) if !owner.owns(member.labels()) => Err(waiting(format!(
-            "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
-            K::KIND.tekton_kind()
-        ))),
+        Some(member) if !owner.owns(member.labels()) => Err(waiting(
+            "Conflict",
+            format!(
+                "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
+                K::KIND.tekton_kind()
+            ),
+        )),
         Some(member) => {
             if let Some(cancel) = cancel
                 && member.data["spec"]["status"].as_str() != Some(cancel)
@@ -456,23 +583,27 @@ async fn ensure_member_run<K: FederatedRun>(
                 overrides: run.overrides(),
             };
             let mut desired = render(&source, cluster)
-                .map_err(|e| waiting(format!("{e}; fix spec.overrides")))?;
+                .map_err(|e| waiting("OverrideFailed", format!("{e}; fix spec.overrides")))?;
             if K::KIND == RunKind::PipelineRun && !released && cancel.is_none() {
                 desired["spec"]["status"] = json!(PIPELINE_RUN_PENDING);
             }
             ensure_dependencies(run, cluster, ctx).await?;
             ensure_namespace(&conn.client, &namespace).await;
-            let object: DynamicObject = serde_json::from_value(desired)
-                .map_err(|e| waiting(format!("rendering the member run: {e}")))?;
+            let object: DynamicObject = serde_json::from_value(desired).map_err(|e| {
+                waiting("InvalidTemplate", format!("rendering the member run: {e}"))
+            })?;
             match api.create(&PostParams::default(), &object).await {
                 Ok(_) => Ok(()),
                 // Created meanwhile: "already created" only if it is ours.
                 Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await {
                     Ok(Some(member)) if owner.owns(member.labels()) => Ok(()),
-                    _ => Err(waiting(format!(
-                        "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
-                        K::KIND.tekton_kind()
-                    ))),
+                    _ => Err(waiting(
+                        "Conflict",
+                        format!(
+                            "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
+                            K::KIND.tekton_kind()
+                        ),
+                    )),
                 },
                 Err(e) => Err(kube_error(
                     run,
@@ -500,6 +631,10 @@ async fn ensure_namespace(client: &Client, namespace: &str) {
 /// Deleting a federated run deletes its member runs and records.
 async fn cleanup<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Error> {
     let uid = run.uid().unwrap_or_default();
+    ctx.written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&uid);
     let mut clusters = run_status::decided_clusters(run.run_status());
     // Clusters it was moved off keep a revoked record (and maybe a copy).
     clusters.extend(
@@ -550,9 +685,20 @@ async fn write_status<K: FederatedRun>(
     let api: Api<K> = Api::namespaced(ctx.hub.clone(), &run.namespace().unwrap_or_default());
     let mut updated = run.clone();
     updated.set_run_status(status);
-    api.replace_status(&run.name_any(), &PostParams::default(), &updated)
+    let written = api
+        .replace_status(&run.name_any(), &PostParams::default(), &updated)
         .await
         .map_err(kube_error(run, "writing the status"))?;
+    // A write the API server found changed nothing keeps the version: no
+    // event follows it, so there is nothing to wait for.
+    if let (Some(uid), Some(version)) = (run.uid(), run.resource_version())
+        && written.resource_version().as_ref() != Some(&version)
+    {
+        ctx.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid, version);
+    }
     Ok(())
 }
 
@@ -594,39 +740,71 @@ struct Entry {
     >,
 }
 
-fn entries<K: FederatedRun>(store: &Store<K>, ctx: &Arc<RunContext>) -> Vec<Entry> {
-    store
-        .state()
-        .into_iter()
-        .map(|run| {
-            let ctx = ctx.clone();
-            let for_write = run.clone();
-            Entry {
-                key: format!(
-                    "{}/{}/{}",
-                    K::FEDERATED_KIND,
-                    run.namespace().unwrap_or_default(),
-                    run.name_any()
-                ),
-                uid: run.uid().unwrap_or_default(),
-                created: run
-                    .meta()
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.as_millisecond())
-                    .unwrap_or_default(),
-                placement: run.placement().clone(),
-                status: dispatch_view(run.run_status()),
-                deleting: run.meta().deletion_timestamp.is_some(),
-                ready: run.finalizers().iter().any(|f| f == FINALIZER),
-                write: Box::new(move |status| {
-                    let ctx = ctx.clone();
-                    let run = for_write.clone();
-                    Box::pin(async move { write_status(run.as_ref(), &ctx, status).await })
-                }),
-            }
-        })
-        .collect()
+/// Runs by phase, counted for `tekfed_runs{phase}`.
+#[derive(Default)]
+struct PhaseCounts([i64; 6]);
+
+impl PhaseCounts {
+    const PHASES: [RunPhase; 6] = [
+        RunPhase::Queued,
+        RunPhase::Scheduled,
+        RunPhase::Running,
+        RunPhase::Succeeded,
+        RunPhase::Failed,
+        RunPhase::Cancelled,
+    ];
+
+    fn add(&mut self, phase: RunPhase) {
+        if let Some(i) = Self::PHASES.iter().position(|p| *p == phase) {
+            self.0[i] += 1;
+        }
+    }
+}
+
+/// The dispatcher's view of one kind's unfinished runs; finished runs are
+/// only counted. With thousands of finished runs stored, building an entry
+/// for each (key, placement, status) every round was nearly all the hub's
+/// CPU at rest (perf).
+fn entries<K: FederatedRun>(
+    store: &Store<K>,
+    ctx: &Arc<RunContext>,
+    phases: &mut PhaseCounts,
+) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for run in store.state() {
+        let phase = run.run_status().and_then(|s| s.phase);
+        phases.add(phase.unwrap_or(RunPhase::Queued));
+        if phase.is_some_and(is_final) {
+            continue;
+        }
+        let ctx = ctx.clone();
+        let for_write = run.clone();
+        entries.push(Entry {
+            key: format!(
+                "{}/{}/{}",
+                K::FEDERATED_KIND,
+                run.namespace().unwrap_or_default(),
+                run.name_any()
+            ),
+            uid: run.uid().unwrap_or_default(),
+            created: run
+                .meta()
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_millisecond())
+                .unwrap_or_default(),
+            placement: run.placement().clone(),
+            status: dispatch_view(run.run_status()),
+            deleting: run.meta().deletion_timestamp.is_some(),
+            ready: run.finalizers().iter().any(|f| f == FINALIZER),
+            write: Box::new(move |status| {
+                let ctx = ctx.clone();
+                let run = for_write.clone();
+                Box::pin(async move { write_status(run.as_ref(), &ctx, status).await })
+            }),
+        });
+    }
+    entries
 }
 
 /// The scheduling loop: woken by a new run, a finished run, or any change
@@ -640,14 +818,15 @@ pub async fn dispatch(
     let _ = pipeline_runs.wait_until_ready().await;
     let _ = ctx.clusters.wait_until_ready().await;
     loop {
-        let mut all = entries(&task_runs, &ctx);
-        all.extend(entries(&pipeline_runs, &ctx));
-        round(&ctx, all).await;
+        let mut phases = PhaseCounts::default();
+        let mut all = entries(&task_runs, &ctx, &mut phases);
+        all.extend(entries(&pipeline_runs, &ctx, &mut phases));
+        round(&ctx, all, &phases).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), ctx.members.schedule.notified()).await;
     }
 }
 
-async fn round(ctx: &RunContext, all: Vec<Entry>) {
+async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
     // Unfinished runs per cluster: decided ones in the stores, plus decisions
     // written but not yet seen there.
     let mut active: BTreeMap<String, i64> = BTreeMap::new();
@@ -685,7 +864,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>) {
     }
     evacuate(ctx, &all).await;
     ctx.members.set_active_runs(&active);
-    record_metrics(ctx, &all, &active);
+    record_metrics(ctx, phases, &active);
     ctx.metrics.queue_depth.set(queue.len() as i64);
     if queue.is_empty() {
         return;
@@ -807,13 +986,9 @@ async fn evacuate(ctx: &RunContext, all: &[Entry]) {
     futures::stream::iter(targets)
         .for_each_concurrent(16, |(entry, cluster, why)| async move {
             let api = record_api(ctx, &cluster);
-            let record = match api.get_opt(&entry.uid).await {
-                Ok(record) => record,
-                Err(e) => {
-                    tracing::debug!(run = %entry.key, %cluster, error = %e, "assignment not read");
-                    return;
-                }
-            };
+            // From the store: if it lags, the revoke's precondition fails
+            // and the next round looks again.
+            let record = ctx.record(&cluster, &entry.uid).map(|r| r.as_ref().clone());
             let step = moves::step(why, record.as_ref().map(|r| r.status.as_ref()));
             let Some(mut record) = record.filter(|_| step == moves::Step::Revoke) else {
                 return;
@@ -835,28 +1010,14 @@ async fn evacuate(ctx: &RunContext, all: &[Entry]) {
         .await;
 }
 
-fn record_metrics(ctx: &RunContext, all: &[Entry], active: &BTreeMap<String, i64>) {
-    let mut by_phase: BTreeMap<String, i64> = [
-        "Queued",
-        "Scheduled",
-        "Running",
-        "Succeeded",
-        "Failed",
-        "Cancelled",
-    ]
-    .into_iter()
-    .map(|p| (p.to_owned(), 0))
-    .collect();
-    for entry in all {
-        let phase = entry
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .unwrap_or(RunPhase::Queued);
-        *by_phase.entry(format!("{phase:?}")).or_default() += 1;
-    }
-    for (phase, n) in by_phase {
-        ctx.metrics.runs.get_or_create(&PhaseLabel { phase }).set(n);
+fn record_metrics(ctx: &RunContext, phases: &PhaseCounts, active: &BTreeMap<String, i64>) {
+    for (phase, n) in PhaseCounts::PHASES.iter().zip(phases.0) {
+        ctx.metrics
+            .runs
+            .get_or_create(&PhaseLabel {
+                phase: format!("{phase:?}"),
+            })
+            .set(n);
     }
     for mc in ctx.clusters.state() {
         let cluster = ClusterLabel {
@@ -1008,6 +1169,7 @@ async fn ensure_dependencies<K: FederatedRun>(
     }
     if !failed.is_empty() {
         return Err(Error::Waiting {
+            reason: "DependencyNotReady",
             kind: K::FEDERATED_KIND,
             namespace: ns,
             name: run.name_any(),

@@ -196,13 +196,37 @@ pub fn binary(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// One kind of write an API server counts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Write {
+    pub resource: String,
+    pub subresource: String,
+    /// `POST`, `PUT`, `PATCH`, `APPLY` or `DELETE`.
+    pub verb: String,
+    /// The HTTP status code answered, e.g. `409` for a write whose
+    /// precondition (resourceVersion) failed.
+    pub code: String,
+}
+
+impl std::fmt::Display for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.resource)?;
+        if !self.subresource.is_empty() {
+            write!(f, "/{}", self.subresource)?;
+        }
+        write!(f, " {}", self.verb)?;
+        if !self.code.starts_with('2') {
+            write!(f, " ({})", self.code)?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes (create, update, patch, server-side apply, delete) an API server
-/// has served, by `(resource, subresource)`, from its own
-/// `apiserver_request_total`: how tests and benchmarks count what tekfed
-/// costs without trusting tekfed's own counters.
-pub async fn writes_by_resource(
-    client: &kube::Client,
-) -> std::collections::BTreeMap<(String, String), u64> {
+/// has served, by [`Write`], from its own `apiserver_request_total`: how
+/// tests and benchmarks count what tekfed costs without trusting tekfed's
+/// own counters.
+pub async fn writes_by_resource(client: &kube::Client) -> std::collections::BTreeMap<Write, u64> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("a valid request");
@@ -229,7 +253,12 @@ pub async fn writes_by_resource(
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0) as u64;
         *counts
-            .entry((label("resource"), label("subresource")))
+            .entry(Write {
+                resource: label("resource"),
+                subresource: label("subresource"),
+                verb: label("verb"),
+                code: label("code"),
+            })
             .or_default() += value;
     }
     counts

@@ -18,7 +18,7 @@ use tekfed_crds::{
     FederatedPipelineRun, FederatedTaskRun, MemberReport, RunAssignment, cluster_namespace,
 };
 use tekfed_tests::federation::{run_federation, scrape};
-use tekfed_tests::{HUB, TestBed, eventually, writes_by_resource};
+use tekfed_tests::{HUB, TestBed, Write, eventually, writes_by_resource};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -84,7 +84,7 @@ async fn phases(api: &Api<FederatedTaskRun>) -> BTreeMap<String, Option<RunPhase
 /// Total writes over the hub and members, by resource, that tekfed made
 /// for runs: Tekton's own status writes (the executor's `taskruns/status`)
 /// and per-cluster heartbeats are left out.
-async fn run_writes(bed: &TestBed) -> BTreeMap<(String, String), u64> {
+async fn run_writes(bed: &TestBed) -> BTreeMap<Write, u64> {
     let mut total = BTreeMap::new();
     for cluster in bed.clusters() {
         let client = bed.client(&cluster.name).await.unwrap();
@@ -92,11 +92,14 @@ async fn run_writes(bed: &TestBed) -> BTreeMap<(String, String), u64> {
             *total.entry(key).or_default() += n;
         }
     }
-    total.retain(|(resource, subresource), _| {
+    total.retain(|w, _| {
+        let user_create =
+            w.resource == "federatedtaskruns" && w.subresource.is_empty() && w.verb == "POST";
         matches!(
-            resource.as_str(),
+            w.resource.as_str(),
             "federatedtaskruns" | "runassignments" | "taskruns" | "namespaces"
-        ) && !(resource == "taskruns" && subresource == "status")
+        ) && !(w.resource == "taskruns" && w.subresource == "status")
+            && !user_create
     });
     total
 }
@@ -214,15 +217,7 @@ async fn a_burst_of_runs_spreads_evenly_runs_once_and_succeeds() {
         .sum();
     let by_resource: Vec<String> = writes_after
         .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}{}{}={}",
-                k.0,
-                if k.1.is_empty() { "" } else { "/" },
-                k.1,
-                v - writes_before.get(k).copied().unwrap_or(0)
-            )
-        })
+        .map(|(k, v)| format!("{k}={}", v - writes_before.get(k).copied().unwrap_or(0)))
         .collect();
     eprintln!(
         "FIGURES burst of {RUNS}: per member {counts:?}; status latency p50 {:.0} ms, p99 {:.0} ms over {} runs; tekfed writes per run {:.2} ({})",
@@ -440,6 +435,93 @@ async fn cancelling_on_the_hub_cancels_the_member_run() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_foreign_run_of_the_same_name_is_a_reported_conflict_left_untouched() {
+    let bed = run_federation();
+    let hub = bed.client(HUB).await.unwrap();
+    let ns = bed
+        .namespace("foreign-run", &[HUB, "member-1"])
+        .await
+        .unwrap();
+    let member: Api<DynamicObject> = Api::namespaced_with(
+        bed.client("member-1").await.unwrap(),
+        &ns,
+        &tekton_resource("TaskRun"),
+    );
+    let mut foreign: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+        "metadata": {"name": "nightly", "namespace": ns, "labels": {"team": "theirs"}},
+        "spec": {"taskSpec": {"steps": [{"name": "theirs", "image": "busybox", "script": "true"}]}},
+    }))
+    .unwrap();
+    foreign.types = Some(kube::api::TypeMeta {
+        api_version: "tekton.dev/v1".into(),
+        kind: "TaskRun".into(),
+    });
+    let foreign = member
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    create_task_run(
+        &hub,
+        &ns,
+        "nightly",
+        json!({"clusters": [{"name": "member-1"}]}),
+        json!({}),
+    )
+    .await;
+    let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    let condition = eventually("the conflict to show on the run", WAIT, || {
+        let api = api.clone();
+        async move {
+            let status = api.get("nightly").await.ok()?.status?;
+            status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "MemberRunReady" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(condition.reason, "Conflict");
+    assert!(
+        condition.message.contains("TaskRun named nightly")
+            && condition.message.contains("member-1")
+            && condition.message.contains("did not create"),
+        "the message says what is in the way and where: {}",
+        condition.message
+    );
+    // Theirs is left as it was: no label, spec or owner of tekfed's.
+    let now = member.get("nightly").await.unwrap();
+    assert_eq!(now.uid(), foreign.uid());
+    assert_eq!(now.labels(), foreign.labels());
+    assert_eq!(now.data["spec"], foreign.data["spec"]);
+
+    // Once theirs is gone, tekfed's run is made and runs; the condition clears.
+    member.delete("nightly", &Default::default()).await.unwrap();
+    let status = eventually("the run to succeed once the name is free", WAIT, || {
+        let api = api.clone();
+        async move {
+            let s = api.get("nightly").await.ok()?.status?;
+            (s.phase == Some(RunPhase::Succeeded)).then_some(s)
+        }
+    })
+    .await;
+    let cleared = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "MemberRunReady")
+        .unwrap();
+    assert_eq!(
+        (cleared.status.as_str(), cleared.reason.as_str()),
+        ("True", "Created")
+    );
+    let ours = member.get("nightly").await.unwrap();
+    assert_eq!(
+        ours.labels().get("tekfed.io/federated-uid"),
+        api.get("nightly").await.unwrap().uid().as_ref()
+    );
 }
 
 #[tokio::test]
