@@ -3,7 +3,7 @@
 //! `target/bench/results.json`. Benchmarks print figures; nothing here
 //! fails on time.
 //!
-//! `cargo run --release -p tekfed-tests --example bench -- [--full] [--json PATH]`
+//! `cargo run --release -p tekfed-tests --example bench -- [--full] [--burst N] [--profile] [--json PATH]`
 //!
 //! Measures, on a test bed (hub + 3 members, real API servers, the hub,
 //! agents and the test executor as processes):
@@ -33,7 +33,7 @@ use tekfed_crds::connect::tekton_resource;
 use tekfed_crds::runs::RunPhase;
 use tekfed_crds::{FederatedTaskRun, MemberCluster, RunAssignment};
 use tekfed_tests::federation::federate;
-use tekfed_tests::{HUB, TestBed, writes_by_resource};
+use tekfed_tests::{HUB, TestBed, Write, writes_by_resource};
 
 /// Concurrent creates, for tekfed's burst and the raw baseline alike.
 const CONCURRENCY: usize = 32;
@@ -252,18 +252,90 @@ async fn raw_creates(clients: &[Client], ns: &str, prefix: &str, n: usize) -> an
     Ok(rate)
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() > deadline {
-            panic!("bench: {what} did not happen within {timeout:?}");
+/// Wait until `count` (how many of `total` are there) reaches `total`,
+/// saying how far it got every ten seconds.
+/// `perf record` with call graphs on `pid` into `path`, if perf runs here.
+fn start_perf(pid: u32, path: &str) -> Option<std::process::Child> {
+    std::process::Command::new("perf")
+        .args([
+            "record",
+            "-F",
+            "199",
+            "--call-graph",
+            "dwarf,16384",
+            "-o",
+            path,
+            "-p",
+        ])
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("bench: perf did not start: {e}"))
+        .ok()
+}
+
+/// Stop a `perf record` and print what took the time (a function with
+/// what it calls; above 4%).
+fn stop_perf(child: std::process::Child, path: &str, title: &str) {
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait_with_output();
+    let report = std::process::Command::new("perf")
+        .args([
+            "report",
+            "-i",
+            path,
+            "--stdio",
+            "--children",
+            "--sort",
+            "symbol",
+            "--percent-limit",
+            "4",
+            "-g",
+            "none",
+        ])
+        .output();
+    if let Ok(out) = report {
+        println!("\n{title} (perf, time in a function and what it calls):");
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains('%'))
+        {
+            let words: Vec<&str> = line
+                .split_whitespace()
+                .filter(|w| *w != "-" && *w != "[.]" && *w != "[k]")
+                .collect();
+            println!("  {}", words.join(" "));
+        }
+    }
+}
+
+async fn wait_for(what: &str, timeout: Duration, total: usize, mut count: impl FnMut() -> usize) {
+    let began = Instant::now();
+    let mut said = began;
+    loop {
+        let n = count();
+        if n >= total {
+            return;
+        }
+        if began.elapsed() > timeout {
+            panic!("bench: {what}: {n} of {total} after {timeout:?}");
+        }
+        if said.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "bench: {what}: {n} of {total} after {:.0} s",
+                began.elapsed().as_secs_f64()
+            );
+            said = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Writes by all API servers (hub and members), by resource/subresource.
-async fn all_writes(bed: &TestBed) -> BTreeMap<(String, String), u64> {
+/// Writes by all API servers (hub and members), by resource, subresource and verb.
+async fn all_writes(bed: &TestBed) -> BTreeMap<Write, u64> {
     let mut total = BTreeMap::new();
     for cluster in bed.clusters() {
         let client = bed.client(&cluster.name).await.unwrap();
@@ -274,10 +346,7 @@ async fn all_writes(bed: &TestBed) -> BTreeMap<(String, String), u64> {
     total
 }
 
-fn delta(
-    after: &BTreeMap<(String, String), u64>,
-    before: &BTreeMap<(String, String), u64>,
-) -> BTreeMap<(String, String), u64> {
+fn delta(after: &BTreeMap<Write, u64>, before: &BTreeMap<Write, u64>) -> BTreeMap<Write, u64> {
     after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
@@ -326,11 +395,20 @@ fn print_table(title: &str, rows: &[(String, String)]) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let mode = if args.iter().any(|a| a == "--full") {
+    let mut mode = if args.iter().any(|a| a == "--full") {
         FULL
     } else {
         QUICK
     };
+    // --burst N: another burst size (to profile how the hub scales).
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--burst")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+    {
+        mode.burst = n;
+        mode.stored = mode.stored.max(n + mode.half_rate + mode.balance);
+    }
     let json_path = args
         .iter()
         .position(|a| a == "--json")
@@ -395,31 +473,21 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let names: Vec<String> = (0..mode.burst).map(|i| format!("burst-{i:05}")).collect();
-    // --profile: sample the hub with perf for the burst.
-    let profile = args.iter().any(|a| a == "--profile").then(|| {
-        std::process::Command::new("perf")
-            .args([
-                "record",
-                "-F",
-                "199",
-                "--call-graph",
-                "dwarf,16384",
-                "-o",
-                "target/bench/hub.perf.data",
-                "-p",
-            ])
-            .arg(hub_pid.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-    });
+    // --profile: sample the hub with perf for the burst (and at rest).
+    let profiling = args.iter().any(|a| a == "--profile");
+    let profile = profiling.then(|| start_perf(hub_pid, "target/bench/hub.perf.data"));
     let burst_began = Instant::now();
     let create_time = create_runs(&hub, &ns, &names, None, &seen).await;
     let timeout = Duration::from_secs(60 + mode.burst as u64 / 5);
-    wait_for("every burst run released on a member", timeout, || {
-        let s = seen.lock().unwrap();
-        names.iter().all(|n| s.released.contains_key(n))
-    })
+    wait_for(
+        "every burst run released on a member",
+        timeout,
+        names.len(),
+        || {
+            let s = seen.lock().unwrap();
+            names.iter().filter(|n| s.released.contains_key(*n)).count()
+        },
+    )
     .await;
     let last_released = {
         let s = seen.lock().unwrap();
@@ -435,44 +503,20 @@ async fn main() -> anyhow::Result<()> {
     wait_for(
         "every burst run shown Succeeded on the hub",
         timeout,
+        names.len(),
         || {
             let s = seen.lock().unwrap();
-            names.iter().all(|n| s.hub_done.contains_key(n))
+            names.iter().filter(|n| s.hub_done.contains_key(*n)).count()
         },
     )
     .await;
     let burst_total = burst_began.elapsed().as_secs_f64();
-    if let Some(Ok(child)) = profile {
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let _ = child.wait_with_output();
-        let report = std::process::Command::new("perf")
-            .args([
-                "report",
-                "-i",
-                "target/bench/hub.perf.data",
-                "--stdio",
-                "--children",
-                "--sort",
-                "symbol",
-                "--percent-limit",
-                "4",
-                "-g",
-                "none",
-            ])
-            .output();
-        if let Ok(out) = report {
-            println!(
-                "\nhub profile during the burst (perf, time in a function and what it calls):"
-            );
-            for line in String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.contains('%'))
-            {
-                println!("  {}", line.trim());
-            }
-        }
+    if let Some(Some(child)) = profile {
+        stop_perf(
+            child,
+            "target/bench/hub.perf.data",
+            "hub profile during the burst",
+        );
     }
     // Writes settle (the last status writes) before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -485,27 +529,23 @@ async fn main() -> anyhow::Result<()> {
     // federated runs, Tekton's own status writes (the executor's
     // taskruns/status) and the heartbeats (per cluster and time, not run).
     let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
-    for ((resource, sub), n) in &writes {
-        let user = resource == "federatedtaskruns" && sub.is_empty();
-        let tekton = resource == "taskruns" && sub == "status";
-        let heartbeat = resource == "memberreports"
-            || resource == "memberclusters"
-            || resource == "leases"
-            || resource == "events";
+    let mut user_creates = 0;
+    for (w, n) in &writes {
+        let user =
+            w.resource == "federatedtaskruns" && w.subresource.is_empty() && w.verb == "POST";
+        let tekton = w.resource == "taskruns" && w.subresource == "status";
+        let heartbeat = w.resource == "memberreports"
+            || w.resource == "memberclusters"
+            || w.resource == "leases"
+            || w.resource == "events";
+        if user {
+            user_creates += n;
+        }
         if user || tekton || heartbeat {
             continue;
         }
-        let key = if sub.is_empty() {
-            resource.clone()
-        } else {
-            format!("{resource}/{sub}")
-        };
-        *by_kind.entry(key).or_default() += n;
+        *by_kind.entry(w.to_string()).or_default() += n;
     }
-    let user_creates = writes
-        .get(&("federatedtaskruns".into(), String::new()))
-        .copied()
-        .unwrap_or(0);
     let tekfed_writes: u64 = by_kind.values().sum();
     let writes_per_run = tekfed_writes as f64 / mode.burst as f64;
     // The same measure again, with the federation running beside it (its
@@ -560,9 +600,9 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let pace = Duration::from_secs_f64(2.0 / tekfed_rate);
     create_runs(&hub, &ns, &half, Some(pace), &seen).await;
-    wait_for("every half-rate run released", timeout, || {
+    wait_for("every half-rate run released", timeout, half.len(), || {
         let s = seen.lock().unwrap();
-        half.iter().all(|n| s.released.contains_key(n))
+        half.iter().filter(|n| s.released.contains_key(*n)).count()
     })
     .await;
     let lat_half = {
@@ -593,9 +633,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let bal: Vec<String> = (0..mode.balance).map(|i| format!("cap-{i:05}")).collect();
     create_runs(&hub, &ns, &bal, None, &seen).await;
-    wait_for("every capacity run done", timeout, || {
+    wait_for("every capacity run done", timeout, bal.len(), || {
         let s = seen.lock().unwrap();
-        bal.iter().all(|n| s.hub_done.contains_key(n))
+        bal.iter().filter(|n| s.hub_done.contains_key(*n)).count()
     })
     .await;
     let unequal_balance = {
@@ -625,9 +665,13 @@ async fn main() -> anyhow::Result<()> {
         wait_for(
             "every filler run done",
             Duration::from_secs(60 + filler.len() as u64 / 5),
+            filler.len(),
             || {
                 let s = seen.lock().unwrap();
-                filler.iter().all(|n| s.hub_done.contains_key(n))
+                filler
+                    .iter()
+                    .filter(|n| s.hub_done.contains_key(*n))
+                    .count()
             },
         )
         .await;
@@ -636,9 +680,17 @@ async fn main() -> anyhow::Result<()> {
         w.abort();
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let rest_profile = profiling.then(|| start_perf(hub_pid, "target/bench/hub-rest.perf.data"));
     let (rest_rss_0, rest_cpu_0) = proc_usage(hub_pid);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (rest_rss, rest_cpu_1) = proc_usage(hub_pid);
+    if let Some(Some(child)) = rest_profile {
+        stop_perf(
+            child,
+            "target/bench/hub-rest.perf.data",
+            "hub profile at rest",
+        );
+    }
     let stored = Api::<FederatedTaskRun>::namespaced(hub.clone(), &ns)
         .list_metadata(&ListParams::default())
         .await?
