@@ -9,7 +9,7 @@ help:
 	@echo "make test     build the Kubernetes test binaries and helm (cached), then run every test"
 	@echo "make demo     start a local federation (hub + 3 members), show a burst spreading and a drain; it stays up"
 	@echo "make demo-down  stop the demo's federation"
-	@echo "make bench    quick benchmarks (a few minutes); make bench-full for the README's figures (under 20 min)"
+	@echo "make bench    quick benchmarks (about a minute); make bench-full for the README's figures (about 8 min)"
 	@echo "make bins     build kube-apiserver, kubectl, etcd and fetch Tekton's CRDs (cached outside the repo)"
 	@echo "make crds     regenerate crds/manifests/ (and the hub chart's copies) from the Rust types"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
@@ -59,12 +59,14 @@ demo-down:
 # fail on time. The daemons run as release builds.
 bench:
 	@bin_dir=$$(bash hack/k8s-bins.sh | tail -n1) && \
-	  $(CARGO) build --release --locked --bins -p tekfed-hub -p tekfed-member-agent -p tekfed-tests && \
-	  $(CARGO) run --release --locked -q -p tekfed-hub --example bench_scheduler -- --quick && \
-	  TEKFED_BIN_PROFILE=release TEKFED_K8S_BIN_DIR="$$bin_dir" $(CARGO) run --release --locked -q -p tekfed-tests --example bench
+	  $(CARGO) build --release --locked --workspace --bins --examples && \
+	  target=$$($(CARGO) metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/') && \
+	  "$$target/release/examples/bench_scheduler" --quick && \
+	  TEKFED_BIN_PROFILE=release TEKFED_K8S_BIN_DIR="$$bin_dir" "$$target/release/examples/bench"
 
 bench-full:
 	@bin_dir=$$(bash hack/k8s-bins.sh | tail -n1) && \
-	  $(CARGO) build --release --locked --bins -p tekfed-hub -p tekfed-member-agent -p tekfed-tests && \
-	  $(CARGO) run --release --locked -q -p tekfed-hub --example bench_scheduler && \
-	  TEKFED_BIN_PROFILE=release TEKFED_K8S_BIN_DIR="$$bin_dir" $(CARGO) run --release --locked -q -p tekfed-tests --example bench -- --full
+	  $(CARGO) build --release --locked --workspace --bins --examples && \
+	  target=$$($(CARGO) metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/') && \
+	  "$$target/release/examples/bench_scheduler" && \
+	  TEKFED_BIN_PROFILE=release TEKFED_K8S_BIN_DIR="$$bin_dir" "$$target/release/examples/bench" --full

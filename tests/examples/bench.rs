@@ -457,6 +457,7 @@ async fn main() -> anyhow::Result<()> {
     let seen: Shared = Arc::default();
     let watches = watch_all(&bed, &ns, seen.clone()).await;
     let writes_before = all_writes(&bed).await;
+    let hub_writes_before: u64 = writes_by_resource(&hub).await.values().sum();
     let (_, cpu_before) = proc_usage(hub_pid);
     let peak_rss = Arc::new(Mutex::new(0u64));
     let sampler = {
@@ -521,6 +522,10 @@ async fn main() -> anyhow::Result<()> {
     // Writes settle (the last status writes) before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let writes = delta(&all_writes(&bed).await, &writes_before);
+    // The hub's API server takes every create and most of tekfed's writes:
+    // how close it ran to one API server's raw rate (one member's share).
+    let hub_writes: u64 = writes_by_resource(&hub).await.values().sum::<u64>() - hub_writes_before;
+    let hub_window = burst_began.elapsed().as_secs_f64();
     let (_, cpu_after) = proc_usage(hub_pid);
     sampler.abort();
     let burst_peak_rss = *peak_rss.lock().unwrap();
@@ -554,6 +559,8 @@ async fn main() -> anyhow::Result<()> {
     let raw_after = raw_creates(&member_clients, &raw_ns, "after", mode.burst).await?;
     let raw_rate = raw_before.max(raw_after);
     let efficiency = tekfed_rate * writes_per_run / raw_rate;
+    // Averaged from the first create until the writes settled.
+    let hub_write_rate = hub_writes as f64 / hub_window;
 
     let (lat_exists, lat_released, lat_status) = {
         let s = seen.lock().unwrap();
@@ -605,20 +612,18 @@ async fn main() -> anyhow::Result<()> {
         half.iter().filter(|n| s.released.contains_key(*n)).count()
     })
     .await;
-    let lat_half = {
+    let (lat_half, lat_half_exists) = {
         let s = seen.lock().unwrap();
-        stats(
+        let since_create = |m: &HashMap<String, Instant>| -> Vec<f64> {
             half.iter()
                 .filter_map(|n| {
-                    Some(
-                        s.released
-                            .get(n)?
-                            .duration_since(*s.created.get(n)?)
-                            .as_secs_f64()
-                            * 1000.0,
-                    )
+                    Some(m.get(n)?.duration_since(*s.created.get(n)?).as_secs_f64() * 1000.0)
                 })
-                .collect(),
+                .collect()
+        };
+        (
+            stats(since_create(&s.released)),
+            stats(since_create(&s.on_member)),
         )
     };
 
@@ -770,6 +775,23 @@ async fn main() -> anyhow::Result<()> {
             lat_half.0, lat_half.1, lat_half.2
         ),
     );
+    row(
+        &mut t,
+        "  the same, create -> member run exists (TaskRuns are created once released)",
+        format!(
+            "{:.0} / {:.0} / {:.0} ms",
+            lat_half_exists.0, lat_half_exists.1, lat_half_exists.2
+        ),
+    );
+    row(
+        &mut t,
+        "hub API server during the burst (creates + tekfed)",
+        format!(
+            "{hub_write_rate:.0} writes/s ({:.2} of one member server's raw rate, {:.0}/s)",
+            hub_write_rate / (raw_rate / members.len() as f64),
+            raw_rate / members.len() as f64
+        ),
+    );
     print_table(
         "1. Dispatch throughput and latency (hub + 3 members, test executor)",
         &t,
@@ -872,6 +894,12 @@ async fn main() -> anyhow::Result<()> {
         "latency_half_rate_released_ms",
         json!({"p50": lat_half.0, "p95": lat_half.1, "p99": lat_half.2, "rate_runs_per_s": tekfed_rate / 2.0}),
     );
+    put(
+        &mut results,
+        "latency_half_rate_member_run_exists_ms",
+        json!({"p50": lat_half_exists.0, "p95": lat_half_exists.1, "p99": lat_half_exists.2}),
+    );
+    put(&mut results, "hub_api_writes_per_s", json!(hub_write_rate));
     put(&mut results, "writes_per_run", json!(writes_per_run));
     put(
         &mut results,
