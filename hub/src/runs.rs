@@ -25,13 +25,13 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -44,6 +44,9 @@ use tekfed_crds::{
     ClusterOverrides, FederatedPipelineRun, FederatedTaskRun, MemberCluster, PlacementMode,
     RunAssignment, RunAssignmentSpec, RunKind, RunPlacement, RunRef, Template, cluster_namespace,
 };
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::members::Members;
 use crate::metrics::{ClusterLabel, Metrics, PhaseLabel};
@@ -115,6 +118,9 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// Wakes one federated run: `(name, namespace)`.
+type RunTrigger = mpsc::UnboundedSender<(String, String)>;
+
 /// What the run controllers and the dispatcher share.
 pub struct RunContext {
     pub hub: Client,
@@ -127,6 +133,9 @@ pub struct RunContext {
     /// asked of its API server under a burst).
     records: Store<RunAssignment>,
     records_writer: Mutex<Option<reflector::store::Writer<RunAssignment>>>,
+    /// Each run controller's trigger: a changed record wakes its run
+    /// (`(name, namespace)` of the federated run), by run kind.
+    record_triggers: Mutex<Vec<(RunKind, RunTrigger)>>,
     /// Decisions written but not yet seen in the watch stores: uid → clusters.
     decided: Mutex<HashMap<String, Vec<String>>>,
     /// Status writes not yet seen in the run stores: uid → the
@@ -142,8 +151,7 @@ impl RunContext {
         clusters: Store<MemberCluster>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        // Room for a burst of record events while a controller is busy.
-        let (records, writer) = reflector::store_shared(4096);
+        let (records, writer) = reflector::store();
         Self {
             hub,
             members,
@@ -151,19 +159,21 @@ impl RunContext {
             metrics,
             records,
             records_writer: Mutex::new(Some(writer)),
+            record_triggers: Mutex::default(),
             decided: Mutex::default(),
             written: Mutex::default(),
         }
     }
 
-    /// The record stream a run controller is woken by.
-    fn subscribe_records(&self) -> ReflectHandle<RunAssignment> {
-        self.records_writer
+    /// The runs of kind `K` whose records changed, for its controller.
+    fn record_changes<K: FederatedRun>(&self) -> impl Stream<Item = ObjectRef<K>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.record_triggers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|w| w.subscribe())
-            .expect("controllers subscribe before the records are watched")
+            .push((K::KIND, tx));
+        UnboundedReceiverStream::new(rx)
+            .map(|(name, namespace)| ObjectRef::new(&name).within(&namespace))
     }
 
     /// True while the store still shows the version of `run` that this
@@ -189,8 +199,9 @@ impl RunContext {
     }
 }
 
-/// Watch every `RunAssignment` into the shared store, feeding the run
-/// controllers; runs until the hub stops. Call after [`controller`].
+/// Watch every `RunAssignment` into the store the run controllers and the
+/// dispatcher read, and wake the run of each changed record; runs until
+/// the hub stops. Call after [`controller`].
 pub async fn watch_records(ctx: Arc<RunContext>) {
     let Some(writer) = ctx
         .records_writer
@@ -200,14 +211,29 @@ pub async fn watch_records(ctx: Arc<RunContext>) {
     else {
         return;
     };
+    let triggers = std::mem::take(
+        &mut *ctx
+            .record_triggers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
     let api: Api<RunAssignment> = Api::all(ctx.hub.clone());
+    // The store is updated before an object comes out of `reflect`: the
+    // woken reconcile reads at least this version.
     watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(drop_managed_fields)
-        .reflect_shared(writer)
-        .for_each(|event| {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watching assignments; retrying");
+        .reflect(writer)
+        .applied_objects()
+        .for_each(|record| {
+            match record {
+                Ok(record) => {
+                    let run = &record.spec.run;
+                    for (_, tx) in triggers.iter().filter(|(kind, _)| *kind == run.kind) {
+                        let _ = tx.send((run.name.clone(), run.namespace.clone()));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watching assignments; retrying"),
             }
             futures::future::ready(())
         })
@@ -273,13 +299,7 @@ pub fn controller<K: FederatedRun>(ctx: &RunContext) -> Controller<K> {
         .modify(drop_managed_fields)
         .reflect(writer)
         .applied_objects();
-    Controller::for_stream(stream, reader).watches_shared_stream(
-        ctx.subscribe_records(),
-        |record| {
-            (record.spec.run.kind == K::KIND)
-                .then(|| ObjectRef::new(&record.spec.run.name).within(&record.spec.run.namespace))
-        },
-    )
+    Controller::for_stream(stream, reader).reconcile_on(ctx.record_changes::<K>())
 }
 
 /// Run one kind's controller until the hub stops.
