@@ -11,6 +11,14 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+/// For a watch stream's `.modify()`: stores of the hub and the agent hold
+/// thousands of runs and records, and `managedFields` (who wrote which
+/// field) is a good part of each and never read. A write of an object read
+/// from such a store omits the field, and the API server keeps its own.
+pub fn drop_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// Failing to build a client or to find a required API.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

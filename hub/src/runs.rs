@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -37,7 +37,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::connect::{drop_managed_fields, tekton_resource};
 use tekfed_crds::runs::{OnClusterLost, RunPhase, RunStatus};
 use tekfed_crds::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final};
 use tekfed_crds::{
@@ -264,6 +264,20 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The False condition a wait becomes on the run (`DependenciesReady`
+    /// or `MemberRunReady`); `None` for a failed request, which is retried.
+    fn blocked(&self, now: Time) -> Option<Condition> {
+        match self {
+            Error::DependencyMissing(message) => Some(run_status::dependency_missing(message, now)),
+            Error::Waiting {
+                reason, message, ..
+            } => Some(run_status::member_run_blocked(reason, message, now)),
+            Error::Kube { .. } => None,
+        }
+    }
+}
+
 fn kube_error<K: FederatedRun>(
     run: &K,
     what: impl Into<String>,
@@ -280,14 +294,6 @@ fn kube_error<K: FederatedRun>(
         name,
         source,
     }
-}
-
-/// The hub's stores hold thousands of runs and records: `managedFields`
-/// (who wrote which field) is a good part of each and is never read. A
-/// write of an object read from a store sends an empty list, which the
-/// API server ignores (it keeps its own).
-fn drop_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
 }
 
 /// The controller for one run kind (its store feeds the dispatcher).
@@ -449,32 +455,19 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
         }
         match ensure_member_run(run, cluster, &record, ctx).await {
             Ok(()) => {}
-            Err(Error::DependencyMissing(message)) => {
-                let mut status = status.cloned().unwrap_or_default();
-                if run_status::set_blocked(
-                    &mut status,
-                    run_status::dependency_missing(&message, now()),
-                ) {
-                    write_status(run, ctx, status).await?;
-                }
-                return Ok(Action::requeue(Duration::from_secs(5)));
-            }
-            Err(Error::Waiting {
-                reason, message, ..
-            }) => {
+            Err(e) => {
+                let Some(condition) = e.blocked(now()) else {
+                    return Err(e);
+                };
                 // Something only the hub sees keeps the member run from
                 // being made: say so on the run, and try again.
-                tracing::info!(kind = K::FEDERATED_KIND, ns = run.namespace().unwrap_or_default(), name = %run.name_any(), %cluster, reason, %message, "member run waits");
+                tracing::info!(kind = K::FEDERATED_KIND, ns = run.namespace().unwrap_or_default(), name = %run.name_any(), %cluster, reason = %condition.reason, message = %condition.message, "member run waits");
                 let mut status = status.cloned().unwrap_or_default();
-                if run_status::set_blocked(
-                    &mut status,
-                    run_status::member_run_blocked(reason, &message, now()),
-                ) {
+                if run_status::set_blocked(&mut status, condition) {
                     write_status(run, ctx, status).await?;
                 }
                 return Ok(Action::requeue(Duration::from_secs(5)));
             }
-            Err(e) => return Err(e),
         }
         records.push((cluster.clone(), record.status));
     }
@@ -561,14 +554,17 @@ async fn ensure_member_run<K: FederatedRun>(
         format!("reading the member run on {cluster}"),
     ))?;
     let owner = owner(run);
-    match existing {
-        Some(member) if !owner.owns(member.labels()) => Err(waiting(
+    let conflict = || {
+        waiting(
             "Conflict",
             format!(
                 "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
                 K::KIND.tekton_kind()
             ),
-        )),
+        )
+    };
+    match existing {
+        Some(member) if !owner.owns(member.labels()) => Err(conflict()),
         Some(member) => {
             if let Some(cancel) = cancel
                 && member.data["spec"]["status"].as_str() != Some(cancel)
@@ -617,13 +613,7 @@ async fn ensure_member_run<K: FederatedRun>(
                 // Created meanwhile: "already created" only if it is ours.
                 Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await {
                     Ok(Some(member)) if owner.owns(member.labels()) => Ok(()),
-                    _ => Err(waiting(
-                        "Conflict",
-                        format!(
-                            "a {} named {name} that tekfed did not create exists in {namespace} on {cluster}",
-                            K::KIND.tekton_kind()
-                        ),
-                    )),
+                    _ => Err(conflict()),
                 },
                 Err(e) => Err(kube_error(
                     run,

@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tekfed_crds::connect::tekton_resource;
+use tekfed_crds::connect::{drop_managed_fields, tekton_resource};
 use tekfed_crds::tekton::cancel_values;
 use tekfed_crds::{MemberReport, RunAssignment, RunKind, cluster_namespace};
 use tokio::sync::Notify;
@@ -66,12 +66,6 @@ impl Stores {
             RunKind::PipelineRun => &self.pipeline_runs,
         }
     }
-}
-
-/// Stored objects never need `managedFields`; a write of one read from a
-/// store leaves the API server's own list as it is.
-fn drop_managed_fields<K: kube::Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
 }
 
 fn now() -> Time {
