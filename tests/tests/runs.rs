@@ -13,7 +13,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::RunPhase;
+use tekfed_crds::runs::{RunPhase, RunStatus};
 use tekfed_crds::{
     FederatedPipelineRun, FederatedTaskRun, MemberReport, RunAssignment, cluster_namespace,
 };
@@ -102,6 +102,23 @@ async fn run_writes(bed: &TestBed) -> BTreeMap<Write, u64> {
             && !user_create
     });
     total
+}
+
+/// Wait until the federated TaskRun `name` reaches `phase`; its status then.
+async fn reaches(
+    api: &Api<FederatedTaskRun>,
+    name: &str,
+    phase: RunPhase,
+    what: &str,
+) -> RunStatus {
+    eventually(what, WAIT, || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await.ok()?.status?;
+            (s.phase == Some(phase)).then_some(s)
+        }
+    })
+    .await
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -257,13 +274,12 @@ async fn a_burst_of_runs_spreads_evenly_runs_once_and_succeeds() {
         json!({}),
     )
     .await;
-    eventually("the run created after the prune to succeed", WAIT, || {
-        let api = api.clone();
-        async move {
-            (api.get("after-prune").await.ok()?.status?.phase == Some(RunPhase::Succeeded))
-                .then_some(())
-        }
-    })
+    reaches(
+        &api,
+        "after-prune",
+        RunPhase::Succeeded,
+        "the run created after the prune to succeed",
+    )
     .await;
     assert!(
         member_api.get_opt("build-000").await.unwrap().is_none(),
@@ -284,13 +300,12 @@ async fn mode_all_runs_once_on_every_selected_member() {
     placement["mode"] = json!("All");
     create_task_run(&hub, &ns, "conformance", placement, json!({})).await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
-    let status = eventually("the All run to succeed everywhere", WAIT, || {
-        let api = api.clone();
-        async move {
-            let s = api.get("conformance").await.ok()?.status?;
-            (s.phase == Some(RunPhase::Succeeded)).then_some(s)
-        }
-    })
+    let status = reaches(
+        &api,
+        "conformance",
+        RunPhase::Succeeded,
+        "the All run to succeed everywhere",
+    )
     .await;
     let clusters: Vec<(&str, RunPhase)> = status
         .clusters
@@ -375,13 +390,7 @@ async fn cancelling_on_the_hub_cancels_the_member_run() {
     )
     .await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
-    eventually("the run to be Running", WAIT, || {
-        let api = api.clone();
-        async move {
-            (api.get("long").await.ok()?.status?.phase == Some(RunPhase::Running)).then_some(())
-        }
-    })
-    .await;
+    reaches(&api, "long", RunPhase::Running, "the run to be Running").await;
     api.patch(
         "long",
         &PatchParams::default(),
@@ -389,14 +398,7 @@ async fn cancelling_on_the_hub_cancels_the_member_run() {
     )
     .await
     .unwrap();
-    let status = eventually("the run to be Cancelled", WAIT, || {
-        let api = api.clone();
-        async move {
-            let s = api.get("long").await.ok()?.status?;
-            (s.phase == Some(RunPhase::Cancelled)).then_some(s)
-        }
-    })
-    .await;
+    let status = reaches(&api, "long", RunPhase::Cancelled, "the run to be Cancelled").await;
     let c = status
         .conditions
         .iter()
@@ -500,13 +502,12 @@ async fn a_foreign_run_of_the_same_name_is_a_reported_conflict_left_untouched() 
 
     // Once theirs is gone, tekfed's run is made and runs; the condition clears.
     member.delete("nightly", &Default::default()).await.unwrap();
-    let status = eventually("the run to succeed once the name is free", WAIT, || {
-        let api = api.clone();
-        async move {
-            let s = api.get("nightly").await.ok()?.status?;
-            (s.phase == Some(RunPhase::Succeeded)).then_some(s)
-        }
-    })
+    let status = reaches(
+        &api,
+        "nightly",
+        RunPhase::Succeeded,
+        "the run to succeed once the name is free",
+    )
     .await;
     let cleared = status
         .conditions
@@ -640,14 +641,7 @@ async fn the_hub_serves_prometheus_metrics() {
     )
     .await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
-    eventually("the run to succeed", WAIT, || {
-        let api = api.clone();
-        async move {
-            (api.get("measured").await.ok()?.status?.phase == Some(RunPhase::Succeeded))
-                .then_some(())
-        }
-    })
-    .await;
+    reaches(&api, "measured", RunPhase::Succeeded, "the run to succeed").await;
     let addr = eventually("the hub to log its metrics address", WAIT, || async {
         bed.metrics_addr("tekfed-hub")
     })
@@ -705,13 +699,12 @@ async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
     runs.create(&PostParams::default(), &run("lint-run", "lint"))
         .await
         .unwrap();
-    eventually("the run to succeed on member-3", WAIT, || {
-        let runs = runs.clone();
-        async move {
-            (runs.get("lint-run").await.ok()?.status?.phase == Some(RunPhase::Succeeded))
-                .then_some(())
-        }
-    })
+    reaches(
+        &runs,
+        "lint-run",
+        RunPhase::Succeeded,
+        "the run to succeed on member-3",
+    )
     .await;
     let member_tasks: Api<DynamicObject> = Api::namespaced_with(
         bed.client("member-3").await.unwrap(),
@@ -762,13 +755,12 @@ async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
     late.metadata.resource_version = None;
     late.metadata.uid = None;
     tasks.create(&PostParams::default(), &late).await.unwrap();
-    eventually("the waiting run to succeed", WAIT, || {
-        let runs = runs.clone();
-        async move {
-            (runs.get("orphan-run").await.ok()?.status?.phase == Some(RunPhase::Succeeded))
-                .then_some(())
-        }
-    })
+    reaches(
+        &runs,
+        "orphan-run",
+        RunPhase::Succeeded,
+        "the waiting run to succeed",
+    )
     .await;
 }
 
