@@ -39,8 +39,8 @@ testbed:
 	@bin_dir=$$(bash hack/k8s-bins.sh | tail -n1) && \
 	  TEKFED_K8S_BIN_DIR="$$bin_dir" $(CARGO) run -q -p tekfed-tests --example testbed_up
 
-# A local federation (hub + 3 members, hub controller, agents, a test
-# executor standing in for Tekton) that stays up after the demo.
+# A local federation (hub + 3 members, hub controller, agents, the real
+# Tekton on each member with pods played by kwok) that stays up after the demo.
 demo:
 	@bin_dir=$$(bash hack/k8s-bins.sh | tail -n1) && \
 	  $(CARGO) build --workspace --bins --examples --locked && \

@@ -1,9 +1,9 @@
 //! `kubectl tekfed dev up | down`: a local federation on this machine, from
-//! the same real binaries the tests use (etcd, kube-apiserver per cluster,
-//! Tekton's CRDs on members), with the hub, one agent per member and the
-//! test executor (which moves runs through Tekton's status shapes, since no
-//! kubelet or Tekton controller runs here) as background processes.
-//! Members are joined with `join` itself.
+//! the same real binaries the tests use (etcd, kube-apiserver per cluster;
+//! on each member Tekton's own controller and webhook, kube-scheduler,
+//! kube-controller-manager and kwok playing the pods, since no kubelet
+//! runs here), with the hub and one agent per member as background
+//! processes. Members are joined with `join` itself.
 //!
 //! State lives in one folder: `kubeconfig` (contexts `hub`, `member-1`, …),
 //! every process's log, and `pids`. `down` stops what `pids` lists and
@@ -22,8 +22,8 @@ use crate::join::{self, SYSTEM_NAMESPACE};
 
 const PIDS: &str = "pids";
 
-/// A sibling binary of this one (`tekfed-hub`, `tekfed-agent`,
-/// `tekfed-test-executor`), as `cargo build --workspace --bins` leaves them.
+/// A sibling binary of this one (`tekfed-hub`, `tekfed-agent`), as
+/// `cargo build --workspace --bins` leaves them.
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("finding this program's folder")?;
     let path = me.with_file_name(name);
@@ -77,7 +77,7 @@ fn usage(dir: &Path) -> String {
     )
 }
 
-pub async fn up(members: usize, dir: PathBuf, run_ms: u64) -> anyhow::Result<()> {
+pub async fn up(members: usize, dir: PathBuf) -> anyhow::Result<()> {
     if !(1..=10).contains(&members) {
         bail!("--members must be between 1 and 10");
     }
@@ -105,14 +105,10 @@ pub async fn up(members: usize, dir: PathBuf, run_ms: u64) -> anyhow::Result<()>
         );
     }
     let dir = std::path::absolute(&dir).context("resolving --dir")?;
-    let (hub_bin, agent_bin, executor_bin) = (
-        sibling("tekfed-hub")?,
-        sibling("tekfed-agent")?,
-        sibling("tekfed-test-executor")?,
-    );
+    let (hub_bin, agent_bin) = (sibling("tekfed-hub")?, sibling("tekfed-agent")?);
     let began = Instant::now();
     println!(
-        "starting etcd and {} API servers (hub + {members} members) in {}",
+        "starting etcd and {} API servers (hub + {members} members), and on each member Tekton, kube-scheduler, kube-controller-manager and kwok, in {}",
         members + 1,
         dir.display()
     );
@@ -120,7 +116,7 @@ pub async fn up(members: usize, dir: PathBuf, run_ms: u64) -> anyhow::Result<()>
         .await
         .map_err(|e| anyhow!("starting the API servers: {e}"))?;
     println!(
-        "  API servers ready in {:.1}s",
+        "  API servers and members' Tekton ready in {:.1}s",
         began.elapsed().as_secs_f64()
     );
     let kubeconfig = bed.kubeconfig().to_owned();
@@ -193,18 +189,6 @@ pub async fn up(members: usize, dir: PathBuf, run_ms: u64) -> anyhow::Result<()>
                 &path.to_string_lossy(),
                 "--heartbeat-interval",
                 "1",
-            ]),
-        )?;
-        spawn(
-            &format!("executor-{member}"),
-            &executor_bin,
-            s(&[
-                "--kubeconfig",
-                &kc,
-                "--context",
-                &member,
-                "--duration-ms",
-                &run_ms.to_string(),
             ]),
         )?;
     }

@@ -284,6 +284,9 @@ pub fn hub_rules() -> Value {
         {"apiGroups": ["tekton.dev"], "resources": ["taskruns", "pipelineruns"],
          "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "create"]},
+        // A run goes into a new namespace only once its default
+        // ServiceAccount exists (Tekton reads it for every run).
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
     ])
 }
 

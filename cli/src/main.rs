@@ -137,10 +137,12 @@ Examples:\n  kubectl tekfed drain member-2\n  kubectl tekfed drain member-2 --ti
 
 #[derive(Subcommand, Debug)]
 enum DevCommand {
-    /// Start a hub and N members (etcd + kube-apiserver each, Tekton's CRDs), join them, run the hub, agents and a test executor in the background.
+    /// Start a hub and N members (etcd + kube-apiserver each; on each member Tekton's controller and webhook, a scheduler and kwok), join them, run the hub and agents in the background.
     #[command(
         after_help = "Needs the binaries `make bins` builds (or TEKFED_K8S_BIN_DIR) and `cargo build --workspace --bins`. \
-No kubelet or Tekton controller runs: a test executor moves runs through Tekton's status shapes.\n\n\
+No kubelet runs: kwok plays the pods Tekton creates on a fake Node. A run's annotations say how its pods go: \
+tekfed.io/test-duration: 5s (how long the steps run; default 100ms), tekfed.io/test-fail-step: NAME \
+(that step exits 1, or tekfed.io/test-exit-code).\n\n\
 Examples:\n  kubectl tekfed dev up --members 3\n  export KUBECONFIG=$PWD/.tekfed-dev/kubeconfig; kubectl --context hub get mc\n  kubectl tekfed dev down"
     )]
     Up {
@@ -150,9 +152,6 @@ Examples:\n  kubectl tekfed dev up --members 3\n  export KUBECONFIG=$PWD/.tekfed
         /// Where the kubeconfig, logs and pids go.
         #[arg(long, default_value = ".tekfed-dev")]
         dir: PathBuf,
-        /// How long the test executor lets each run take (ms), unless a run says otherwise.
-        #[arg(long, default_value = "2000")]
-        run_ms: u64,
     },
     /// Stop everything `dev up` started and remove its folder.
     #[command(after_help = "Example:\n  kubectl tekfed dev down --dir .tekfed-dev")]
@@ -234,11 +233,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Dev(DevCommand::Up {
-            members,
-            dir,
-            run_ms,
-        }) => dev::up(members, dir, run_ms).await,
+        Command::Dev(DevCommand::Up { members, dir }) => dev::up(members, dir).await,
         Command::Dev(DevCommand::Down { dir }) => dev::down(&dir).await,
         Command::Drain {
             name,

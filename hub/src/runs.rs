@@ -604,7 +604,14 @@ async fn ensure_member_run<K: FederatedRun>(
                 desired["spec"]["status"] = json!(PIPELINE_RUN_PENDING);
             }
             ensure_dependencies(run, cluster, ctx).await?;
-            ensure_namespace(&conn.client, &namespace).await;
+            ensure_namespace(&conn.client, &namespace)
+                .await
+                .map_err(|message| {
+                    waiting(
+                        "WaitingForServiceAccount",
+                        format!("{message} on {cluster}"),
+                    )
+                })?;
             let object: DynamicObject = serde_json::from_value(desired).map_err(|e| {
                 waiting("InvalidTemplate", format!("rendering the member run: {e}"))
             })?;
@@ -624,18 +631,45 @@ async fn ensure_member_run<K: FederatedRun>(
     }
 }
 
-async fn ensure_namespace(client: &Client, namespace: &str) {
-    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    if let Ok(Some(_)) = api.get_metadata_opt(namespace).await {
-        return;
+/// How long after its creation a member namespace is checked for its
+/// `default` ServiceAccount before a run is created in it.
+const NEW_NAMESPACE: Duration = Duration::from_secs(120);
+
+/// The member namespace exists and can run pods. Tekton reads the
+/// namespace's `default` ServiceAccount for every run, and a run created
+/// before the member's controller-manager made it fails at once
+/// (`PodCreationFailed`); so in a namespace created moments ago (by tekfed
+/// or anyone) a run is created only once that account exists. `Err` says
+/// what is awaited.
+async fn ensure_namespace(client: &Client, namespace: &str) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let api: Api<Namespace> = Api::all(client.clone());
+    let created = match api.get_metadata_opt(namespace).await {
+        Ok(Some(ns)) => ns.metadata.creation_timestamp.map(|t| t.0),
+        _ => {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {crate::ownership::LABEL_MANAGED_BY: crate::ownership::MANAGED_BY}}});
+            let _ = api
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(ns).expect("a valid Namespace"),
+                )
+                .await;
+            None
+        }
+    };
+    let age = created.map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t));
+    if age.is_some_and(|age| age.as_secs() >= NEW_NAMESPACE.as_secs() as i64) {
+        return Ok(());
     }
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {crate::ownership::LABEL_MANAGED_BY: crate::ownership::MANAGED_BY}}});
-    let _ = api
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(ns).expect("a valid Namespace"),
-        )
-        .await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    match accounts.get_metadata_opt("default").await {
+        Ok(None) => Err(format!(
+            "namespace {namespace} has no default ServiceAccount yet (the member's controller-manager makes it; Tekton needs it for every run)"
+        )),
+        // Found, or not ours to read (a hub identity joined before it
+        // could): go on as before.
+        _ => Ok(()),
+    }
 }
 
 /// Deleting a federated run deletes its member runs and records.

@@ -29,6 +29,10 @@ use crate::load;
 use crate::plan::{MemberRun, Record, Step, plan};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=tekfed";
+/// The label Tekton puts on a PipelineRun's child TaskRuns. Tekton copies
+/// a PipelineRun's labels (tekfed's among them) to its TaskRuns: those are
+/// Tekton's, part of a run already counted, not runs of tekfed's.
+const CHILD_OF_PIPELINE_RUN: &str = "!tekton.dev/pipelineRun";
 const UID_LABEL: &str = "tekfed.io/federated-uid";
 
 /// One agent: a member cluster and its narrow hub identity.
@@ -96,7 +100,11 @@ impl Agent {
             let api: Api<DynamicObject> = Api::all_with(self.member.clone(), &resource);
             let writer = reflector::store::Writer::<DynamicObject>::new(resource);
             run_stores.push(writer.as_reader());
-            let stream = watcher(api, watcher::Config::default().labels(MANAGED))
+            let selector = match kind {
+                RunKind::TaskRun => format!("{MANAGED},{CHILD_OF_PIPELINE_RUN}"),
+                RunKind::PipelineRun => MANAGED.to_owned(),
+            };
+            let stream = watcher(api, watcher::Config::default().labels(&selector))
                 .default_backoff()
                 .modify(drop_managed_fields)
                 .reflect(writer);
@@ -336,7 +344,11 @@ impl Agent {
         for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
             let api: Api<DynamicObject> =
                 Api::all_with(self.member.clone(), &tekton_resource(kind.tekton_kind()));
-            match api.list(&ListParams::default()).await {
+            let params = match kind {
+                RunKind::TaskRun => ListParams::default().labels(CHILD_OF_PIPELINE_RUN),
+                RunKind::PipelineRun => ListParams::default(),
+            };
+            match api.list(&params).await {
                 Ok(list) => {
                     all_statuses.extend(list.items.into_iter().map(|r| r.data["status"].clone()))
                 }

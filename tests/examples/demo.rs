@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
             "metadata": {"name": format!("{batch}-{i:03}"), "namespace": NS, "labels": {"demo-batch": batch}},
             "spec": {
                 "template": {
-                    "metadata": {"annotations": {"tekfed.io/test-duration-ms": (1000 + (i * 797) % 3000).to_string()}},
+                    "metadata": {"annotations": {"tekfed.io/test-duration": format!("{}ms", 1000 + (i * 797) % 3000)}},
                     "spec": {"taskSpec": {"steps": [{"name": "build", "image": "alpine", "script": "make"}]}},
                 },
                 "placement": {"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/dev-member", "operator": "Exists"}]}},

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 
 use crate::TestBedError;
 
-/// The folder holding `etcd`, `kube-apiserver`, `kubectl` and `tekton-crds/`.
+/// The folder holding `etcd`, `kube-apiserver`, `kubectl`, the member
+/// binaries (Tekton, kwok, scheduler, controller-manager) and Tekton's
+/// CRDs and config.
 pub fn bin_dir() -> Result<PathBuf, TestBedError> {
     if let Some(dir) = std::env::var_os("TEKFED_K8S_BIN_DIR") {
         return check(PathBuf::from(dir));
@@ -37,7 +39,19 @@ pub fn bin_dir() -> Result<PathBuf, TestBedError> {
 }
 
 fn check(dir: PathBuf) -> Result<PathBuf, TestBedError> {
-    for needed in ["etcd", "kube-apiserver", "kubectl", "tekton-crds/task.yaml"] {
+    for needed in [
+        "etcd",
+        "kube-apiserver",
+        "kubectl",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "tekton-controller",
+        "tekton-webhook",
+        "kwok",
+        "tekton-crds/stepaction.yaml",
+        "tekton-config/config-defaults.yaml",
+        "kwok-stages/pod-ready.yaml",
+    ] {
         if !dir.join(needed).exists() {
             return Err(TestBedError::Bins(format!(
                 "{} has no {needed}; run hack/k8s-bins.sh",

@@ -296,41 +296,21 @@ impl TestBed {
             &[("RUST_LOG", "info")],
         )
     }
-
-    /// Start the test executor on `cluster`: runs there move through
-    /// Tekton's states, each lasting `duration_ms`.
-    pub fn start_executor(&self, cluster: &str, duration_ms: u64) -> Result<u32, TestBedError> {
-        let args = vec![
-            "--kubeconfig".to_owned(),
-            self.kubeconfig().to_string_lossy().into_owned(),
-            "--context".into(),
-            cluster.to_owned(),
-            "--duration-ms".into(),
-            duration_ms.to_string(),
-        ];
-        self.spawn(
-            &format!("executor-{cluster}"),
-            &binary("tekfed-test-executor"),
-            &args,
-            &[],
-        )
-    }
 }
 
 /// The shared test bed as a whole federation for run tests: all three
-/// members registered (label `tekfed.io/test-member=<name>`), the hub, an
-/// agent and a test executor (runs last 300 ms) per member, every member
-/// Ready.
+/// members registered (label `tekfed.io/test-member=<name>`), the hub and
+/// an agent per member, every member Ready. Each member's own Tekton runs
+/// the runs.
 pub fn run_federation() -> &'static TestBed {
     static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    once_on_shared(&STARTED, |bed| federate(bed, &[], 300))
+    once_on_shared(&STARTED, |bed| federate(bed, &[]))
 }
 
 /// Make `bed` a whole federation: every member registered (label
-/// `tekfed.io/test-member=<name>`), the hub (with `hub_args`), an agent and
-/// a test executor (runs last `run_ms`) per member; returns once every
-/// member is Ready.
-pub async fn federate(bed: &TestBed, hub_args: &[&str], run_ms: u64) -> Result<(), String> {
+/// `tekfed.io/test-member=<name>`), the hub (with `hub_args`) and an agent
+/// per member; returns once every member is Ready.
+pub async fn federate(bed: &TestBed, hub_args: &[&str]) -> Result<(), String> {
     let members = bed.members();
     for member in &members {
         let labels = BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
@@ -349,8 +329,6 @@ pub async fn federate(bed: &TestBed, hub_args: &[&str], run_ms: u64) -> Result<(
     for member in &members {
         bed.start_agent(member, 1.0)
             .await
-            .map_err(|e| e.to_string())?;
-        bed.start_executor(member, run_ms)
             .map_err(|e| e.to_string())?;
     }
     wait_condition(bed, &members, "Ready", Duration::from_secs(90)).await
@@ -419,9 +397,35 @@ pub fn scrape(addr: &str) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// A TaskRun template (for `spec.template`) with one step that Tekton runs
+/// for `duration` (a Go duration, e.g. `2s`; kwok's default when `None`),
+/// and `annotations` added (see [`crate::member`] for what kwok reads).
+pub fn task_run_template(
+    duration: Option<&str>,
+    annotations: serde_json::Value,
+) -> serde_json::Value {
+    let mut template = json!({
+        "metadata": {"annotations": annotations},
+        "spec": {"taskSpec": {"steps": [{"name": "build", "image": "busybox", "script": "make"}]}},
+    });
+    if !template["metadata"]["annotations"].is_object() {
+        template["metadata"]["annotations"] = json!({});
+    }
+    if let Some(duration) = duration {
+        template["metadata"]["annotations"][crate::member::ANNOTATION_DURATION] = json!(duration);
+    }
+    template
+}
+
 /// Create `count` FederatedTaskRuns `job-000`… in `ns`, placed on every
-/// member of the test federation; returns their names.
-pub async fn create_task_runs(hub: &kube::Client, ns: &str, count: usize) -> Vec<String> {
+/// member of the test federation, each running for `duration` (a Go
+/// duration; kwok's short default when `None`); returns their names.
+pub async fn create_task_runs(
+    hub: &kube::Client,
+    ns: &str,
+    count: usize,
+    duration: Option<&str>,
+) -> Vec<String> {
     use tekfed_crds::FederatedTaskRun;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
     let names: Vec<String> = (0..count).map(|i| format!("job-{i:03}")).collect();
@@ -431,7 +435,7 @@ pub async fn create_task_runs(hub: &kube::Client, ns: &str, count: usize) -> Vec
             "kind": "FederatedTaskRun",
             "metadata": {"name": name, "namespace": ns},
             "spec": {
-                "template": {"spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}},
+                "template": task_run_template(duration, json!({})),
                 "placement": {"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}},
             },
         }))

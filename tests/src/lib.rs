@@ -13,6 +13,7 @@
 
 pub mod bins;
 pub mod federation;
+pub mod member;
 pub mod pki;
 mod process;
 pub mod testbed;

@@ -4,7 +4,9 @@
 //! an admin client certificate and RBAC authorization on.
 //!
 //! The hub gets the tekfed CRDs, generated from the types in `crds/`; the
-//! members get Tekton's own CRDs (Task, TaskRun, Pipeline, PipelineRun).
+//! members get Tekton's own eight CRDs, and each runs the real Tekton
+//! controller and webhook, a scheduler, a controller-manager and kwok
+//! playing the pods (see [`crate::member`]).
 //! One kubeconfig holds a context per cluster: `hub`, `member-1`, ….
 
 use std::net::TcpListener;
@@ -139,7 +141,14 @@ impl TestBed {
                 "--advertise-address=127.0.0.1".to_owned(),
                 "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
                 "--authorization-mode=RBAC".to_owned(),
-                "--disable-admission-plugins=ServiceAccount".to_owned(),
+                // Members admit pods as a real cluster does (ServiceAccount
+                // on), but no node lifecycle controller runs to lift the
+                // not-ready taint TaintNodesByCondition puts on a new Node.
+                if name == HUB {
+                    "--disable-admission-plugins=ServiceAccount".to_owned()
+                } else {
+                    "--disable-admission-plugins=TaintNodesByCondition".to_owned()
+                },
                 format!("--service-account-issuer=https://{name}.tekfed.test"),
                 format!("--service-account-key-file={}", sa_pub.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
@@ -175,6 +184,13 @@ impl TestBed {
         };
         bed.wait_ready().await?;
         bed.install_crds().await?;
+        let members: Vec<ClusterInfo> = bed
+            .clusters
+            .iter()
+            .filter(|c| c.name != HUB)
+            .cloned()
+            .collect();
+        futures::future::try_join_all(members.iter().map(|m| bed.start_member_stack(m))).await?;
         bed.started_in = began.elapsed();
         Ok(bed)
     }
@@ -363,7 +379,7 @@ impl TestBed {
         Ok(())
     }
 
-    fn check_alive(&self) -> Result<(), TestBedError> {
+    pub(crate) fn check_alive(&self) -> Result<(), TestBedError> {
         let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
         processes.iter_mut().try_for_each(Process::check_alive)
     }
@@ -525,30 +541,39 @@ async fn wait_established(
     }
 }
 
-/// Tekton's CRDs as `hack/k8s-bins.sh` left them (conversion webhook
+/// Tekton's eight CRDs as `hack/k8s-bins.sh` left them (conversion webhook
 /// removed).
 pub fn tekton_crds(bin_dir: &Path) -> Result<Vec<CustomResourceDefinition>, TestBedError> {
-    ["task", "taskrun", "pipeline", "pipelinerun"]
-        .into_iter()
-        .map(|kind| {
-            let path = bin_dir.join("tekton-crds").join(format!("{kind}.yaml"));
-            let text = std::fs::read_to_string(&path).map_err(|source| TestBedError::Io {
-                what: format!("reading {}", path.display()),
-                source,
-            })?;
-            serde_saphyr::from_str(&text).map_err(|e| TestBedError::Yaml {
-                path: path.clone(),
-                message: e.to_string(),
-            })
+    [
+        "task",
+        "taskrun",
+        "pipeline",
+        "pipelinerun",
+        "customrun",
+        "stepaction",
+        "resolutionrequest",
+        "verificationpolicy",
+    ]
+    .into_iter()
+    .map(|kind| {
+        let path = bin_dir.join("tekton-crds").join(format!("{kind}.yaml"));
+        let text = std::fs::read_to_string(&path).map_err(|source| TestBedError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+        serde_saphyr::from_str(&text).map_err(|e| TestBedError::Yaml {
+            path: path.clone(),
+            message: e.to_string(),
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// A port for a server of the test bed. Not one the kernel hands out for
 /// outgoing connections (those come from 32768 up, and one of them could
 /// take a port between picking it here and the server binding it; seen
 /// once on CI), and never the same twice in one process.
-fn free_port() -> Result<u16, TestBedError> {
+pub(crate) fn free_port() -> Result<u16, TestBedError> {
     use std::sync::atomic::AtomicU16;
     const FIRST: u16 = 20000;
     const SPAN: u16 = 12000;

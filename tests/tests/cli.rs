@@ -20,7 +20,7 @@ fn tekfed(bed: &TestBed, args: &[&str]) -> (bool, String) {
 #[tokio::test]
 async fn cordon_keeps_new_runs_off_and_uncordon_lets_them_back() {
     let bed = TestBed::start(2).await.unwrap();
-    federate(&bed, &[], 200).await.unwrap();
+    federate(&bed, &[]).await.unwrap();
     let hub = bed.client(HUB).await.unwrap();
 
     let (ok, out) = tekfed(&bed, &["cordon", "member-1"]);
@@ -49,7 +49,7 @@ async fn cordon_keeps_new_runs_off_and_uncordon_lets_them_back() {
     })
     .await;
     let ns = bed.namespace("cordon", &[HUB]).await.unwrap();
-    create_task_runs(&hub, &ns, 10).await;
+    create_task_runs(&hub, &ns, 10, None).await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     wait_all_succeeded(&api, "the runs to succeed on member-2 only", WAIT).await;
     for run in api.list(&Default::default()).await.unwrap() {
@@ -86,7 +86,7 @@ async fn cordon_keeps_new_runs_off_and_uncordon_lets_them_back() {
     })
     .await;
     let ns = bed.namespace("uncordon", &[HUB]).await.unwrap();
-    create_task_runs(&hub, &ns, 10).await;
+    create_task_runs(&hub, &ns, 10, None).await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     wait_all_succeeded(&api, "the new runs to succeed", WAIT).await;
     let on_member_1 = api

@@ -10,7 +10,7 @@ use tekfed_tests::{binary, kubectl_tekfed};
 #[tokio::test]
 async fn dev_up_leaves_a_ready_federation_running_and_dev_down_removes_it() {
     // The sibling binaries dev up runs.
-    for name in ["tekfed-hub", "tekfed-agent", "tekfed-test-executor"] {
+    for name in ["tekfed-hub", "tekfed-agent"] {
         binary(name);
     }
     let parent = tempfile::tempdir().unwrap();

@@ -828,7 +828,6 @@ async fn both_charts_install_and_their_service_accounts_can_run_a_federation() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     bed.spawn("agent-member-1", &binary("tekfed-agent"), &args, &env)
         .unwrap();
-    bed.start_executor(MEMBER, 200).unwrap();
 
     wait_condition(&bed, &[MEMBER.to_owned()], "Ready", WAIT)
         .await
@@ -841,7 +840,7 @@ async fn both_charts_install_and_their_service_accounts_can_run_a_federation() {
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": "greet", "namespace": runs_ns},
         "spec": {
-            "template": {"spec": {"steps": [{"name": "s", "image": "ubuntu"}]}},
+            "template": {"spec": {"steps": [{"name": "s", "image": "ubuntu", "script": "true"}]}},
             "placement": {"clusters": [{"name": MEMBER}]},
         },
     }))

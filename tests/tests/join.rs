@@ -263,11 +263,10 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
             &[("RUST_LOG", "info")],
         )
         .unwrap();
-        bed.start_executor(member, 300).unwrap();
     }
     wait_condition(&bed, &members, "Ready", WAIT).await.unwrap();
     let ns = bed.namespace("joined", &[HUB]).await.unwrap();
-    create_task_runs(&hub, &ns, 10).await;
+    create_task_runs(&hub, &ns, 10, None).await;
     let runs: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     wait_all_succeeded(&runs, "10 runs through joined members", WAIT).await;
 
@@ -276,7 +275,7 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
         "metadata": {"name": "long", "namespace": ns},
         "spec": {
-            "template": {"metadata": {"annotations": {"tekfed.io/test-duration-ms": "600000"}}, "spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}},
+            "template": {"metadata": {"annotations": {"tekfed.io/test-duration": "10m"}}, "spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu", "script": "true"}]}}},
             "placement": {"clusters": [{"name": "member-2"}]},
         },
     }))

@@ -153,7 +153,6 @@ async fn killing_the_leading_hub_mid_burst_hands_over_without_loss_or_duplicates
     let second = bed.start_hub("tekfed-hub-2", &args).unwrap();
     for member in &members {
         bed.start_agent(member, 1.0).await.unwrap();
-        bed.start_executor(member, 300).unwrap();
     }
     wait_condition(&bed, &members, "Ready", WAIT).await.unwrap();
 
@@ -185,7 +184,7 @@ async fn killing_the_leading_hub_mid_burst_hands_over_without_loss_or_duplicates
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     let creating = {
         let (hub, ns) = (hub.clone(), ns.clone());
-        tokio::spawn(async move { create_task_runs(&hub, &ns, RUNS).await })
+        tokio::spawn(async move { create_task_runs(&hub, &ns, RUNS, None).await })
     };
     let decided = eventually("a third of the runs to be scheduled", WAIT, || async {
         let phases = run_phases(&api).await;
@@ -272,7 +271,6 @@ async fn killing_the_leading_agent_hands_over_and_runs_keep_flowing() {
     // declare the cluster lost while the standby takes over.
     bed.start_hub("tekfed-hub", &["--heartbeat-grace", "30"])
         .unwrap();
-    bed.start_executor(MEMBER, 300).unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let member = bed.client(MEMBER).await.unwrap();
     let hub_kubeconfig = bed.agent_identity(MEMBER).await.unwrap();
@@ -334,7 +332,7 @@ async fn killing_the_leading_agent_hands_over_and_runs_keep_flowing() {
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     let creating = {
         let (hub, ns) = (hub.clone(), ns.clone());
-        tokio::spawn(async move { create_task_runs(&hub, &ns, RUNS).await })
+        tokio::spawn(async move { create_task_runs(&hub, &ns, RUNS, None).await })
     };
     let at_kill = eventually("a third of the runs to succeed", WAIT, || async {
         let phases = run_phases(&api).await;
@@ -391,7 +389,7 @@ async fn killing_the_leading_agent_hands_over_and_runs_keep_flowing() {
     );
     let ns2 = bed.namespace("leader-agent-after", &[HUB]).await.unwrap();
     let api2: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns2);
-    create_task_runs(&hub, &ns2, 20).await;
+    create_task_runs(&hub, &ns2, 20, None).await;
     wait_all_succeeded(&api2, "runs after the handover to succeed", WAIT).await;
     assert_each_ran_once(&bed, &api2, &ns2, 20).await;
 

@@ -1,6 +1,6 @@
 //! Taking members out: `kubectl tekfed drain` during a burst, and a member
 //! lost mid-burst (agent and API server stopped). Each test has a
-//! federation of its own (hub, three members, agents, executors: real
+//! federation of its own (hub, three members with Tekton, agents: real
 //! processes on real API servers), since both take a member away.
 
 use std::collections::BTreeMap;
@@ -26,12 +26,12 @@ fn everywhere() -> Value {
 }
 
 /// A federated run of `kind` (`FederatedTaskRun` or `FederatedPipelineRun`)
-/// that the test executor runs for `duration_ms`.
+/// whose steps Tekton runs for `duration_ms` (played by kwok).
 fn run_object(kind: &str, ns: &str, name: &str, duration_ms: u64, extra: Value) -> Value {
     let spec = if kind == "FederatedTaskRun" {
-        json!({"taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}})
+        json!({"taskSpec": {"steps": [{"name": "s", "image": "ubuntu", "script": "make"}]}})
     } else {
-        json!({"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}]}})
+        json!({"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"name": "s", "image": "ubuntu", "script": "make"}]}}]}})
     };
     let mut run = json!({
         "apiVersion": "tekfed.io/v1alpha1",
@@ -39,7 +39,7 @@ fn run_object(kind: &str, ns: &str, name: &str, duration_ms: u64, extra: Value) 
         "metadata": {"name": name, "namespace": ns},
         "spec": {
             "template": {
-                "metadata": {"annotations": {"tekfed.io/test-duration-ms": duration_ms.to_string()}},
+                "metadata": {"annotations": {"tekfed.io/test-duration": format!("{duration_ms}ms")}},
                 "spec": spec,
             },
             "placement": everywhere(),
@@ -121,9 +121,7 @@ async fn member_copies(
 async fn drain_moves_unstarted_runs_and_waits_for_started_ones() {
     let bed = TestBed::start(3).await.unwrap();
     // A long grace: this is a drain, not a loss.
-    federate(&bed, &["--heartbeat-grace", "120"], 1000)
-        .await
-        .unwrap();
+    federate(&bed, &["--heartbeat-grace", "120"]).await.unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let ns = bed.namespace("drain", &[HUB]).await.unwrap();
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
@@ -284,7 +282,7 @@ async fn drain_moves_unstarted_runs_and_waits_for_started_ones() {
 async fn a_lost_member_s_held_runs_move_and_started_ones_fail_or_rerun_as_asked() {
     let bed = TestBed::start(3).await.unwrap();
     let grace = 10;
-    federate(&bed, &["--heartbeat-grace", &grace.to_string()], 500)
+    federate(&bed, &["--heartbeat-grace", &grace.to_string()])
         .await
         .unwrap();
     let hub = bed.client(HUB).await.unwrap();

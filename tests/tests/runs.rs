@@ -1,5 +1,6 @@
-//! Runs end to end: a hub, three members with their agents and the test
-//! executor, all real processes on real API servers.
+//! Runs end to end: a hub, three members with their agents and their own
+//! Tekton (controller and webhook, pods played by kwok), all real processes
+//! on real API servers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -341,7 +342,7 @@ async fn a_pipeline_run_is_held_released_and_succeeds() {
         "kind": "FederatedPipelineRun",
         "metadata": {"name": "release-train", "namespace": ns},
         "spec": {
-            "template": {"spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}]}}},
+            "template": {"spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"name": "s", "image": "ubuntu", "script": "make"}]}}]}}},
             "placement": {"clusters": [{"name": "member-2"}]},
         },
     }))
@@ -386,7 +387,7 @@ async fn cancelling_on_the_hub_cancels_the_member_run() {
         &ns,
         "long",
         json!({"clusters": [{"name": "member-1"}]}),
-        json!({"tekfed.io/test-duration-ms": "600000"}),
+        json!({"tekfed.io/test-duration": "10m"}),
     )
     .await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
@@ -417,6 +418,20 @@ async fn cancelling_on_the_hub_cancels_the_member_run() {
         member.get("long").await.unwrap().data["spec"]["status"],
         "TaskRunCancelled"
     );
+    // Tekton stopped it for real: its pod is gone from the member.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(bed.client("member-1").await.unwrap(), &ns);
+    eventually("the cancelled run's pod to be gone", WAIT, || {
+        let pods = pods.clone();
+        async move {
+            let left = pods
+                .list(&ListParams::default().labels("tekton.dev/taskRun=long"))
+                .await
+                .ok()?;
+            left.items.is_empty().then_some(())
+        }
+    })
+    .await;
 
     // Deleting the federated run deletes the member run and its record.
     let uid = api.get("long").await.unwrap().uid().unwrap();
@@ -569,22 +584,8 @@ async fn an_agent_cannot_touch_another_clusters_records() {
 #[tokio::test]
 async fn members_report_heartbeat_load_and_versions() {
     let bed = run_federation();
-    // Tekton publishes its version in tekton-pipelines/pipelines-info.
-    let member = bed.client("member-1").await.unwrap();
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(member.clone());
-    let apply = PatchParams::apply("tekfed-tests").force();
-    namespaces
-        .patch("tekton-pipelines", &apply, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tekton-pipelines"}})))
-        .await
-        .unwrap();
-    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(member, "tekton-pipelines");
-    let info = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pipelines-info"}, "data": {"version": "v1.9.0"}});
-    configmaps
-        .patch("pipelines-info", &apply, &Patch::Apply(info))
-        .await
-        .unwrap();
-
+    // Tekton publishes its version in tekton-pipelines/pipelines-info, as
+    // installed on every member of the test bed.
     let clusters: Api<tekfed_crds::MemberCluster> = Api::all(bed.client(HUB).await.unwrap());
     eventually("member-1 to report its Tekton version", WAIT, || {
         let clusters = clusters.clone();
@@ -680,7 +681,7 @@ async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": "lint", "namespace": ns},
         "spec": {
-            "template": {"spec": {"steps": [{"name": "lint", "image": "golangci/golangci-lint"}]}},
+            "template": {"spec": {"steps": [{"name": "lint", "image": "golangci/golangci-lint", "script": "golangci-lint run"}]}},
             "placement": {"clusters": [{"name": "member-1"}]},
             "overrides": [{"clusterName": "member-3", "clusterOverrides": [{"path": "/spec/steps/0/image", "value": "mirror.member-3/golangci-lint"}]}],
         },
@@ -805,7 +806,7 @@ async fn what_the_hold_adds_to_time_to_start() {
             "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedPipelineRun",
             "metadata": {"name": format!("held-{i:02}"), "namespace": ns},
             "spec": {
-                "template": {"spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"name": "s", "image": "ubuntu"}]}}]}}},
+                "template": {"spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"name": "s", "image": "ubuntu", "script": "make"}]}}]}}},
                 "placement": {"clusters": [{"name": "member-1"}]},
             },
         }))

@@ -28,7 +28,7 @@ async fn max_concurrent_runs_is_never_exceeded_and_the_rest_waits() {
     const MAX: usize = 5;
     const RUNS: usize = 30;
     let bed = TestBed::start(2).await.unwrap();
-    federate(&bed, &[], 2000).await.unwrap();
+    federate(&bed, &[]).await.unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let clusters: Api<MemberCluster> = Api::all(hub.clone());
     for member in bed.members() {
@@ -66,7 +66,7 @@ async fn max_concurrent_runs_is_never_exceeded_and_the_rest_waits() {
         }));
     }
 
-    create_task_runs(&hub, &ns, RUNS).await;
+    create_task_runs(&hub, &ns, RUNS, Some("2s")).await;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     // While both clusters are full, the rest waits, saying why.
     let queued = eventually("runs to queue behind full clusters", WAIT, || {

@@ -18,13 +18,13 @@ const WAIT: Duration = Duration::from_secs(240);
 async fn killing_the_hub_mid_burst_loses_and_duplicates_nothing() {
     const RUNS: usize = 300;
     let bed = TestBed::start(3).await.unwrap();
-    federate(&bed, &[], 300).await.unwrap();
+    federate(&bed, &[]).await.unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let ns = bed.namespace("restart", &[HUB]).await.unwrap();
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     let creating = {
         let (hub, ns) = (hub.clone(), ns.clone());
-        tokio::spawn(async move { create_task_runs(&hub, &ns, RUNS).await })
+        tokio::spawn(async move { create_task_runs(&hub, &ns, RUNS, None).await })
     };
     // Kill the hub (SIGTERM then SIGKILL) once some runs are decided and
     // many are not, then start a new one.
