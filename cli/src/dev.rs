@@ -157,7 +157,7 @@ pub async fn up(members: usize, dir: PathBuf) -> anyhow::Result<()> {
             "--namespace",
             SYSTEM_NAMESPACE,
             "--heartbeat-grace",
-            "15",
+            "60",
             "--metrics-addr",
             "127.0.0.1:0",
         ]),

@@ -1,7 +1,13 @@
 //! The second half of `make demo`, against the federation `dev up` started:
-//! a burst of runs spreading by load (a live table per cluster), a drain of
-//! one member half-way, and a summary: runs per cluster, time to start,
-//! every run Succeeded, no duplicates.
+//! a burst of runs spreading by load (a live table per cluster) and run by
+//! each member's real Tekton, a drain of one member a third of the way in,
+//! and a summary: runs per cluster, time to start, every run Succeeded, no
+//! duplicates, how many runs the drain moved.
+//!
+//! So that the drain has runs to move, `member-2`'s agent is paused
+//! (SIGSTOP, as during an agent upgrade) when the burst starts: the runs the
+//! hub sends there are created held and cannot start, which is what a drain
+//! moves. It is resumed once the drain has moved them.
 //!
 //! `cargo run -p tekfed-tests --example demo -- .tekfed-dev/kubeconfig [runs]`
 
@@ -35,6 +41,33 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// The pid of `agent-<member>` from `dev up`'s `pids` file beside the kubeconfig.
+fn agent_pid(kubeconfig: &str, member: &str) -> Option<u32> {
+    let pids = std::path::Path::new(kubeconfig).with_file_name("pids");
+    std::fs::read_to_string(pids).ok()?.lines().find_map(|l| {
+        let (pid, name) = l.split_once(' ')?;
+        (name == format!("agent-{member}")).then(|| pid.parse().ok())?
+    })
+}
+
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// Runs the drain moved: attempts on the drained member with reason `Drained`.
+fn moved_off(list: &[FederatedTaskRun]) -> usize {
+    list.iter()
+        .filter_map(|r| r.status.as_ref())
+        .flat_map(|s| s.attempts.iter())
+        .filter(|a| a.cluster == DRAINED && a.reason == "Drained")
+        .count()
 }
 
 #[tokio::main]
@@ -72,6 +105,13 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     let runs: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), NS);
+    let agent = agent_pid(&path, DRAINED);
+    if let Some(pid) = agent {
+        signal(pid, "STOP")?;
+        println!(
+            "\n== {DRAINED}'s agent is paused (as during an agent upgrade): runs the hub sends there are created held and cannot start"
+        );
+    }
     let batch = format!(
         "b{}",
         k8s_openapi::jiff::Timestamp::now().as_second() % 100_000
@@ -100,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let tty = std::io::stdout().is_terminal();
     let selector = ListParams::default().labels(&format!("demo-batch={batch}"));
     let mut drain: Option<(std::process::Child, Instant)> = None;
+    let mut resumed = agent.is_none();
     let mut last = String::new();
     loop {
         let list = runs.list(&selector).await?.items;
@@ -140,6 +181,28 @@ async fn main() -> anyhow::Result<()> {
             }
             last = text;
         }
+        if let (Some((_, drained_at)), Some(pid)) = (&drain, agent)
+            && !resumed
+        {
+            // Resume the agent once nothing unstarted is left on member-2
+            // (the drain moved it), well within the hub's heartbeat grace.
+            let unstarted = list.iter().any(|r| {
+                r.status.as_ref().is_some_and(|s| {
+                    s.cluster.as_deref() == Some(DRAINED) && s.phase == Some(RunPhase::Scheduled)
+                })
+            });
+            if !unstarted || drained_at.elapsed() > Duration::from_secs(20) {
+                signal(pid, "CONT")?;
+                resumed = true;
+                let moved = moved_off(&list);
+                if tty {
+                    println!();
+                }
+                println!(
+                    "\n== {moved} run(s) moved off {DRAINED}; its agent resumes (it releases none of them: the hub revoked their records)"
+                );
+            }
+        }
         if drain.is_none() && done * 3 >= count && members.iter().any(|m| m == DRAINED) {
             // Half-way: drain member-2 with the real CLI.
             let cli = std::env::current_exe()?
@@ -177,6 +240,9 @@ async fn main() -> anyhow::Result<()> {
     if tty {
         println!();
     }
+    if let (Some(pid), false) = (agent, resumed) {
+        signal(pid, "CONT")?;
+    }
     let drain_began = drain.as_ref().map(|(_, t)| *t);
     if let Some((child, _)) = drain {
         let out = child.wait_with_output()?;
@@ -200,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
         *phases
             .entry(format!("{:?}", s.phase.unwrap_or_default()))
             .or_default() += 1;
-        moved += s.attempts.len();
+        moved += s.attempts.iter().filter(|a| a.reason == "Drained").count();
         if let (Some(created), Some(started)) = (
             run.metadata.creation_timestamp.as_ref(),
             s.start_time.as_ref(),
@@ -261,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
         uids.len()
     );
     println!(
-        "  moved off a cluster: {moved}; runs started on {DRAINED} after its drain began: {started_on_drained_after}"
+        "  moved off {DRAINED} by the drain: {moved}; runs started on {DRAINED} after its drain began: {started_on_drained_after}"
     );
     println!(
         "\nThe federation is still running. Explore it:\n  export KUBECONFIG={path}\n  kubectl --context hub get ftr -n {NS}\n  \

@@ -24,7 +24,7 @@
 //! Nothing here knows about tekfed: it is the member cluster a tekfed user
 //! would have.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ServiceAccount};
@@ -33,11 +33,40 @@ use kube::discovery::ApiResource;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::testbed::free_port;
+use crate::testbed::{free_port, read_yaml};
 use crate::{ClusterInfo, POLL_INTERVAL, TestBed, TestBedError};
 
 /// Tekton's namespace on a member (`SYSTEM_NAMESPACE` of its controller).
 pub const TEKTON_NAMESPACE: &str = "tekton-pipelines";
+impl TestBed {
+    /// `spec` as `member`'s Tekton admits a `kind` (`Task`, `Pipeline`, …)
+    /// in `namespace`: a dry-run create, defaulted by Tekton's webhook. What
+    /// a member holds of a template that tekfed sent is exactly this.
+    pub async fn admitted(&self, member: &str, namespace: &str, kind: &str, spec: &Value) -> Value {
+        let plural = format!("{}s", kind.to_lowercase());
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client(member).await.expect("a client for the member"),
+            namespace,
+            &tekton(kind, &plural),
+        );
+        let probe: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "tekton.dev/v1", "kind": kind,
+            "metadata": {"name": "admission-probe", "namespace": namespace},
+            "spec": spec,
+        }))
+        .expect("a valid object");
+        let dry_run = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let admitted = api
+            .create(&dry_run, &probe)
+            .await
+            .unwrap_or_else(|e| panic!("{member}'s Tekton refuses the {kind}: {e}"));
+        admitted.data["spec"].clone()
+    }
+}
+
 /// The fake Node kwok plays.
 pub const NODE: &str = "kwok-node";
 const MANAGER: &str = "tekfed-testbed";
@@ -429,17 +458,6 @@ async fn apply_value(client: &Client, object: &Value, member: &str) -> Result<()
         source,
     })?;
     Ok(())
-}
-
-fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TestBedError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TestBedError::Io {
-        what: format!("reading {}", path.display()),
-        source,
-    })?;
-    serde_saphyr::from_str(&text).map_err(|e| TestBedError::Yaml {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
 }
 
 fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {

@@ -555,18 +555,20 @@ pub fn tekton_crds(bin_dir: &Path) -> Result<Vec<CustomResourceDefinition>, Test
         "verificationpolicy",
     ]
     .into_iter()
-    .map(|kind| {
-        let path = bin_dir.join("tekton-crds").join(format!("{kind}.yaml"));
-        let text = std::fs::read_to_string(&path).map_err(|source| TestBedError::Io {
-            what: format!("reading {}", path.display()),
-            source,
-        })?;
-        serde_saphyr::from_str(&text).map_err(|e| TestBedError::Yaml {
-            path: path.clone(),
-            message: e.to_string(),
-        })
-    })
+    .map(|kind| read_yaml(&bin_dir.join("tekton-crds").join(format!("{kind}.yaml"))))
     .collect()
+}
+
+/// One YAML document from a file.
+pub(crate) fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TestBedError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TestBedError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })?;
+    serde_saphyr::from_str(&text).map_err(|e| TestBedError::Yaml {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// A port for a server of the test bed. Not one the kernel hands out for

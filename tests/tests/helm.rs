@@ -33,7 +33,7 @@ use tekfed_tests::{HUB, TestBed, binary, eventually};
 const HUB_CHART: &str = "tekfed-hub";
 const AGENT_CHART: &str = "tekfed-member-agent";
 const MEMBER: &str = "member-1";
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(180);
 
 /// The `helm` binary `make test` built and named in `TEKFED_HELM`.
 fn helm_path() -> PathBuf {

@@ -127,8 +127,11 @@ async fn drain_moves_unstarted_runs_and_waits_for_started_ones() {
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     let status = |r: &FederatedTaskRun| r.status.clone();
 
-    // 30 long runs start everywhere, some on member-2.
-    create_task_runs(&hub, &ns, "long", 30, 8000).await;
+    // 30 long runs start everywhere, some on member-2. They outlast the
+    // placing of the short runs below, so member-2's last report (frozen
+    // while its agent is paused) and the others' live ones stay alike, and
+    // short runs land on member-2 however slowly this machine creates them.
+    create_task_runs(&hub, &ns, "long", 30, 45_000).await;
     eventually_logged(&bed, "long runs running on member-2", WAIT, || {
         let api = api.clone();
         async move {

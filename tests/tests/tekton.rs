@@ -151,6 +151,14 @@ async fn a_three_task_pipeline_passes_results_runs_finally_and_shows_them_on_the
         notify.items[0].data["spec"]["params"],
         json!([{"name": "version", "value": "v1+passed-sha256:abc"}])
     );
+    // What a member of the test bed costs (printed, not asserted).
+    let figures: Vec<String> = bed
+        .memory()
+        .into_iter()
+        .filter(|(name, _)| name.contains("member-2"))
+        .map(|(name, bytes)| format!("{name} {} MiB", bytes >> 20))
+        .collect();
+    eprintln!("FIGURES member-2 resident memory: {}", figures.join(", "));
 }
 
 #[tokio::test]
