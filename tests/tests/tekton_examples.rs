@@ -122,6 +122,9 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("pipelineruns/using_context_variables.yaml", "Succeeded"),
 ];
 
+/// The runs an example file made: `(kind, name)`.
+type Runs = Vec<(String, String)>;
+
 fn federated(kind: &str) -> ApiResource {
     let (plural, kind) = match kind {
         "Task" => ("federatedtasks", "FederatedTask"),
@@ -178,7 +181,7 @@ async fn create_example(
     bed: &TestBed,
     hub: &Client,
     file: &str,
-) -> (String, Vec<(String, String)>) {
+) -> (String, Runs) {
     let path = bed.bin_dir().join("tekton-examples").join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -229,7 +232,7 @@ async fn create_example(
 async fn tektons_own_examples_run_to_their_outcome_through_the_hub() {
     let bed = run_federation();
     let hub = bed.client(HUB).await.unwrap();
-    let created: Vec<(&str, &str, String, Vec<(String, String)>)> =
+    let created: Vec<(&str, &str, String, Runs)> =
         futures::stream::iter(EXAMPLES.iter().map(|(file, reason)| {
             let hub = hub.clone();
             async move {
