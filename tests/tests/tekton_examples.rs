@@ -177,11 +177,7 @@ fn wrap(doc: &Value, ns: &str, index: usize) -> (String, String, Value) {
 
 /// Create one example file's objects on the hub, templates first; the runs
 /// it made: `(kind, name)`.
-async fn create_example(
-    bed: &TestBed,
-    hub: &Client,
-    file: &str,
-) -> (String, Runs) {
+async fn create_example(bed: &TestBed, hub: &Client, file: &str) -> (String, Runs) {
     let path = bed.bin_dir().join("tekton-examples").join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
