@@ -13,7 +13,10 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tekfed_crds::connect::tekton_resource;
 use tekfed_crds::runs::{RunPhase, RunStatus};
-use tekfed_crds::{FederatedPipelineRun, FederatedTask, FederatedTaskRun, PropagationState};
+use tekfed_crds::{
+    FederatedPipelineRun, FederatedTask, FederatedTaskRun, MemberReport, PropagationState,
+    cluster_namespace,
+};
 use tekfed_tests::federation::run_federation;
 use tekfed_tests::member::{ANNOTATION_DURATION, ANNOTATION_EXIT_CODE, ANNOTATION_FAIL_STEP};
 use tekfed_tests::{HUB, eventually_logged};
@@ -229,6 +232,23 @@ async fn cancelling_a_running_pipeline_run_stops_its_pods_and_shows_cancelled() 
             (running == 2).then_some(())
         }
     })
+    .await;
+    // Tekton copies the PipelineRun's labels, tekfed's among them, to its
+    // two TaskRuns: the agent counts one run on member-3, not three.
+    let reports: Api<MemberReport> = Api::namespaced(hub.clone(), &cluster_namespace("member-3"));
+    eventually_logged(
+        bed,
+        "member-3 to report one running run, its TaskRuns not counted",
+        WAIT,
+        || {
+            let reports = reports.clone();
+            async move {
+                let status = reports.get("member-3").await.ok()?.status?;
+                let (load, total) = (status.load?, status.total?);
+                (load.running == 1 && load.pending == 0 && total.running == 1).then_some(())
+            }
+        },
+    )
     .await;
     api.patch(
         "nightly",
