@@ -318,10 +318,12 @@ pub async fn federate(bed: &TestBed, hub_args: &[&str]) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
-    // A 10 s grace unless the caller sets one.
+    // The hub's default grace (30 s) unless the caller sets one: a shorter
+    // one declares live members lost when a loaded machine delays their
+    // heartbeats, which fails their started runs.
     let mut args = vec![];
     if !hub_args.contains(&"--heartbeat-grace") {
-        args.extend(["--heartbeat-grace", "10"]);
+        args.extend(["--heartbeat-grace", "30"]);
     }
     args.extend_from_slice(hub_args);
     bed.start_hub("tekfed-hub", &args)

@@ -71,7 +71,7 @@ async fn can(client: &Client, user: &str, verb: &str, group: &str, resource: &st
 async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
     let bed = TestBed::start(2).await.unwrap();
     let members = bed.members();
-    bed.start_hub("tekfed-hub", &["--heartbeat-grace", "10"])
+    bed.start_hub("tekfed-hub", &["--heartbeat-grace", "30"])
         .unwrap();
     let hub = bed.client(HUB).await.unwrap();
 

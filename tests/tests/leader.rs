@@ -141,7 +141,7 @@ async fn killing_the_leading_hub_mid_burst_hands_over_without_loss_or_duplicates
     }
     let hub = bed.client(HUB).await.unwrap();
     let leases: Api<Lease> = Api::namespaced(hub.clone(), HUB_NAMESPACE);
-    let args = ["--leader-elect", "--heartbeat-grace", "10"];
+    let args = ["--leader-elect", "--heartbeat-grace", "30"];
     let first = bed.start_hub("tekfed-hub", &args).unwrap();
     wait_holder(
         &leases,

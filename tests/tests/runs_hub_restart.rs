@@ -41,7 +41,7 @@ async fn killing_the_hub_mid_burst_loses_and_duplicates_nothing() {
     })
     .await;
     bed.stop("tekfed-hub");
-    bed.start_hub("tekfed-hub", &["--heartbeat-grace", "10"])
+    bed.start_hub("tekfed-hub", &["--heartbeat-grace", "30"])
         .unwrap();
     creating.await.unwrap();
     wait_all_succeeded(&api, "every run to succeed after the restart", WAIT).await;
