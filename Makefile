@@ -11,7 +11,7 @@ help:
 	@echo "make demo-down  stop the demo's federation"
 	@echo "make bench    quick benchmarks (about a minute); make bench-full for the README's figures (about 8 min)"
 	@echo "make bins     build kube-apiserver, kubectl, etcd and fetch Tekton's CRDs (cached outside the repo)"
-	@echo "make crds     regenerate crds/manifests/ (and the hub chart's copies) from the Rust types"
+	@echo "make crds     regenerate api/manifests/ (and the hub chart's copies) from the Rust types"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make testbed  start a hub + 2 members on real API servers until Ctrl-C"
 
@@ -26,7 +26,7 @@ test:
 	  TEKFED_K8S_BIN_DIR="$$bin_dir" TEKFED_HELM="$$helm_dir/helm" $(CARGO) test --workspace --locked
 
 crds:
-	$(CARGO) run -q -p tekfed-crds --example crdgen
+	$(CARGO) run -q -p tekfed-api --example crdgen
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
-use tekfed_crds::MemberCluster;
-use tekfed_tests::TestBed;
+use tekfed_api::MemberCluster;
+use tekfed_testbed::TestBed;
 
 use crate::join::{self, SYSTEM_NAMESPACE};
 

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tekfed_crds::runs::RunStatus;
-use tekfed_crds::tekton::{cancel_values, is_final};
-use tekfed_crds::{
+use tekfed_api::runs::RunStatus;
+use tekfed_api::tekton::{cancel_values, is_final};
+use tekfed_api::{
     DRAIN_ANNOTATION, FederatedPipelineRun, FederatedTaskRun, MemberCluster, RunAssignment,
     RunKind, cluster_namespace,
 };
@@ -262,7 +262,7 @@ async fn timed_out(
 
 #[cfg(test)]
 mod tests {
-    use tekfed_crds::runs::{RunAttempt, RunPhase};
+    use tekfed_api::runs::{RunAttempt, RunPhase};
 
     use super::*;
 

@@ -32,9 +32,9 @@ use kube::{Client, Config, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tekfed_crds::connect::{require_apis, tekfed_apis, tekton_apis, tekton_resource};
-use tekfed_crds::tekton::is_final;
-use tekfed_crds::{MemberCluster, RunAssignment, cluster_namespace};
+use tekfed_api::tekton::is_final;
+use tekfed_api::{MemberCluster, RunAssignment, cluster_namespace};
+use tekfed_runtime::connect::{require_apis, tekfed_apis, tekton_apis, tekton_resource};
 
 /// The namespace tekfed uses on the hub (member Secrets, agent identities)
 /// and on members (the hub's ServiceAccount, the agent).

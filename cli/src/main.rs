@@ -2,6 +2,7 @@
 //! when on PATH): `join`, `unjoin`, `cordon`, `uncordon`, `drain`,
 //! `status`, `crds`, and `dev up|down` for a local federation.
 
+#[cfg(feature = "dev")]
 mod dev;
 mod drain;
 mod join;
@@ -13,10 +14,10 @@ use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tekfed_crds::connect::Target;
-use tekfed_crds::{
+use tekfed_api::{
     DRAIN_ANNOTATION, FederatedPipelineRun, FederatedTaskRun, MemberCluster, RunPhase,
 };
+use tekfed_runtime::connect::Target;
 
 /// Operate a tekfed federation of Tekton clusters.
 #[derive(Parser, Debug)]
@@ -94,6 +95,7 @@ Examples:\n  kubectl tekfed drain member-1 && kubectl tekfed unjoin member-1 --c
         force: bool,
     },
     /// A local federation on this machine for trying tekfed: real API servers, hub, agents.
+    #[cfg(feature = "dev")]
     #[command(subcommand)]
     Dev(DevCommand),
     /// Print the tekfed CRDs and admission policies as YAML, to install them on a hub.
@@ -135,6 +137,7 @@ Examples:\n  kubectl tekfed drain member-2\n  kubectl tekfed drain member-2 --ti
     Status,
 }
 
+#[cfg(feature = "dev")]
 #[derive(Subcommand, Debug)]
 enum DevCommand {
     /// Start a hub and N members (etcd + kube-apiserver each; on each member Tekton's controller and webhook, a scheduler and kwok), join them, run the hub and agents in the background.
@@ -180,7 +183,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     match args.command {
         Command::Crds => {
-            let docs: Vec<String> = tekfed_crds::manifests::manifests()
+            let docs: Vec<String> = tekfed_api::manifests::manifests()
                 .into_iter()
                 .map(|(_, yaml)| yaml)
                 .collect();
@@ -233,7 +236,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })
             .await
         }
+        #[cfg(feature = "dev")]
         Command::Dev(DevCommand::Up { members, dir }) => dev::up(members, dir).await,
+        #[cfg(feature = "dev")]
         Command::Dev(DevCommand::Down { dir }) => dev::down(&dir).await,
         Command::Drain {
             name,
@@ -386,7 +391,7 @@ async fn status(client: &Client) -> anyhow::Result<()> {
 }
 
 /// The reason a run waits, if it is queued.
-fn queued_reason(status: Option<&tekfed_crds::RunStatus>) -> Option<String> {
+fn queued_reason(status: Option<&tekfed_api::RunStatus>) -> Option<String> {
     let status = status?;
     // A run with no phase yet has not been looked at: it waits too.
     if status.phase.is_some_and(|p| p != RunPhase::Queued) {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use tekfed_crds::{
+use tekfed_api::{
     ClusterRef, PlacementMode, RunPlacement, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 use tekfed_hub::placement::Member;

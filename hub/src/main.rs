@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tekfed_crds::connect::{Target, require_apis, tekfed_apis};
-use tekfed_crds::leader::{self, LeaderElector, LeaseSettings};
-use tekfed_crds::{FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun};
+use tekfed_api::{FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun};
 use tekfed_hub::member_controller::{self, MemberContext};
 use tekfed_hub::members::Members;
 use tekfed_hub::propagation::{self, Context};
 use tekfed_hub::runs::{self, RunContext};
+use tekfed_runtime::connect::{Target, require_apis, tekfed_apis};
+use tekfed_runtime::leader::{self, LeaderElector, LeaseSettings};
 
 /// The tekfed hub controller: keeps federated Tekton templates in sync on
 /// member clusters and schedules federated runs onto them.
@@ -90,13 +90,7 @@ fn humantime_secs(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    tekfed_runtime::init_tracing();
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,8 +103,8 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let target = Target {
-        kubeconfig: args.kubeconfig,
-        context: args.context,
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
     };
     let config = target.config().await?;
     let server = config.cluster_url.to_string();
@@ -118,15 +112,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     require_apis(&client, &server, &tekfed_apis()).await?;
     tracing::info!(%server, "connected to the hub; tekfed CRDs are installed");
 
-    // Metrics are served from the start, leader or not; SIGTERM and Ctrl-C
-    // are listened for from the start too, so none is missed in between.
+    // Metrics are served from the start, leader or not.
     let metrics = Arc::new(tekfed_hub::metrics::Metrics::default());
-    let mut serving = std::pin::pin!(tekfed_hub::metrics::serve(
-        args.metrics_addr,
-        metrics.clone()
-    ));
-    let mut stopping = std::pin::pin!(stop_signal());
-    let mut elector = args.leader_elect.then(|| {
+    let serving = tekfed_hub::metrics::serve(args.metrics_addr, metrics.clone());
+    let serving = async { Ok(serving.await?) };
+    let elector = args.leader_elect.then(|| {
         let settings = LeaseSettings {
             namespace: args
                 .leader_elect_namespace
@@ -136,20 +126,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             duration_seconds: args.leader_elect_lease_duration,
             identity: leader::identity(),
         };
-        LeaderElector::new(client.clone(), &server, settings, Arc::new(sleep))
+        LeaderElector::new(client.clone(), &server, settings)
     });
-    if let Some(elector) = elector.as_mut() {
-        let (identity, lease) = (elector.identity().to_owned(), elector.lease());
-        tracing::info!(%identity, %lease, "leader election: trying to take the Lease");
-        tokio::select! {
-            r = elector.acquire(|e| log_election(&lease, e)) => r?,
-            r = &mut serving => { r?; return Ok(()); }
-            r = &mut stopping => { r?; tracing::info!("stopping"); return Ok(()); }
-        }
-        tracing::info!(%identity, %lease, "leading");
-    }
-    metrics.leader.set(1);
+    tekfed_runtime::run_while_leading(elector, serving, || controllers(client, args, metrics)).await
+}
 
+/// Every controller of the hub, run while leading. Whichever ends first
+/// ends them all: they are dropped together, and nothing is written after.
+async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::metrics::Metrics>) {
+    metrics.leader.set(1);
     let (members, mut requeue) = Members::new(metrics.template_syncs.clone());
     let members = Arc::new(members);
     let member_ctx = Arc::new(MemberContext {
@@ -183,17 +168,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pipelines = requeue
         .remove("FederatedPipeline")
         .expect("a channel per federated kind");
-    let keeping = async {
-        match elector.as_mut() {
-            Some(elector) => {
-                let lease = elector.lease();
-                elector.keep(|e| log_election(&lease, e)).await
-            }
-            None => std::future::pending().await,
-        }
-    };
-    // Whichever branch ends, the others (every controller) are dropped
-    // with this select: nothing is written after it.
     tokio::select! {
         _ = member_controller::run(member_controller, member_ctx) => {}
         _ = propagation::run::<FederatedTask>(ctx.clone(), tasks) => {}
@@ -202,45 +176,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = runs::run(pipeline_runs, run_ctx.clone()) => {}
         _ = runs::watch_records(run_ctx) => {}
         _ = dispatcher => {}
-        r = &mut serving => { r?; }
-        lost = keeping => {
-            tracing::error!(error = %lost, "lost the lease; exiting");
-            return Err(lost.into());
-        }
-        r = &mut stopping => { r?; tracing::info!("stopping"); }
-    }
-    if let Some(elector) = elector.as_mut() {
-        match elector.release().await {
-            Ok(true) => tracing::info!(lease = %elector.lease(), "released the Lease"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "could not release the Lease; it expires on its own")
-            }
-        }
-    }
-    Ok(())
-}
-
-fn sleep(duration: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    Box::pin(tokio::time::sleep(duration))
-}
-
-fn log_election(lease: &str, event: leader::Event<'_>) {
-    match event {
-        leader::Event::Waiting { holder, expires_in } => {
-            tracing::info!(%lease, %holder, ?expires_in, "waiting to lead (held by {holder})")
-        }
-        leader::Event::Retrying { error } => {
-            tracing::warn!(%lease, %error, "leader election: retrying")
-        }
-    }
-}
-
-/// SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
-async fn stop_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
     }
 }

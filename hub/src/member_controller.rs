@@ -18,11 +18,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tekfed_crds::connect::{require_apis, tekton_apis};
-use tekfed_crds::{
+use tekfed_api::{
     MemberCluster, MemberClusterStatus, MemberReport, MemberReportSpec, MemberReportStatus,
     cluster_namespace,
 };
+use tekfed_runtime::connect::{require_apis, tekton_apis};
 
 use crate::members::{Members, Unreachable, client_from_kubeconfig};
 use crate::ownership::{FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY};
@@ -261,7 +261,7 @@ async fn connect(
         message: format!("the member's API server did not answer within {probe_timeout:?}"),
     })?
     .map_err(|e| match e {
-        tekfed_crds::connect::ConnectError::MissingApis { missing, .. } => Unreachable {
+        tekfed_runtime::connect::ConnectError::MissingApis { missing, .. } => Unreachable {
             reason: "TektonMissing",
             message: format!("the member does not serve {missing}: install Tekton Pipelines there"),
         },
@@ -421,7 +421,7 @@ mod tests {
     fn report(heartbeat: i64) -> MemberReportStatus {
         MemberReportStatus {
             heartbeat_time: Some(Time(at(heartbeat))),
-            load: Some(tekfed_crds::ClusterLoad {
+            load: Some(tekfed_api::ClusterLoad {
                 running: 3,
                 pending: 1,
                 ..Default::default()

@@ -21,7 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tekfed_crds::connect::tekton_resource;
+use tekfed_runtime::connect::tekton_resource;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
@@ -252,7 +252,7 @@ impl Members {
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
-        taints: &[tekfed_crds::Taint],
+        taints: &[tekfed_api::Taint],
     ) {
         let seen = serde_json::to_string(&(labels, taints)).unwrap_or_default();
         let previous = self.placement_inputs.insert(name.to_owned(), seen.clone());

@@ -18,8 +18,8 @@
 
 use std::collections::BTreeMap;
 
-use tekfed_crds::tekton::is_final;
-use tekfed_crds::{DRAIN_ANNOTATION, MemberCluster, RunAssignmentStatus};
+use tekfed_api::tekton::is_final;
+use tekfed_api::{DRAIN_ANNOTATION, MemberCluster, RunAssignmentStatus};
 
 use crate::member_controller::AGENT_READY;
 
@@ -108,8 +108,8 @@ mod tests {
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use k8s_openapi::jiff::Timestamp;
-    use tekfed_crds::runs::RunPhase;
-    use tekfed_crds::{MemberClusterSpec, MemberClusterStatus};
+    use tekfed_api::runs::RunPhase;
+    use tekfed_api::{MemberClusterSpec, MemberClusterStatus};
 
     use super::*;
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use tekfed_crds::{ClusterOverrides, OverrideOp, OverrideOperation, Template};
+use tekfed_api::{ClusterOverrides, OverrideOp, OverrideOperation, Template};
 
 use crate::ownership::Owner;
 

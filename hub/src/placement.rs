@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
-use tekfed_crds::{ClusterRef, Taint, TaintEffect, Toleration, TolerationOperator};
+use tekfed_api::{ClusterRef, Taint, TaintEffect, Toleration, TolerationOperator};
 
 /// What placement needs to know of a member cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -28,8 +28,8 @@ pub struct Selection<'a> {
     pub tolerations: &'a [Toleration],
 }
 
-impl<'a> From<&'a tekfed_crds::Placement> for Selection<'a> {
-    fn from(p: &'a tekfed_crds::Placement) -> Self {
+impl<'a> From<&'a tekfed_api::Placement> for Selection<'a> {
+    fn from(p: &'a tekfed_api::Placement) -> Self {
         Self {
             clusters: &p.clusters,
             cluster_selector: p.cluster_selector.as_ref(),
@@ -38,8 +38,8 @@ impl<'a> From<&'a tekfed_crds::Placement> for Selection<'a> {
     }
 }
 
-impl<'a> From<&'a tekfed_crds::RunPlacement> for Selection<'a> {
-    fn from(p: &'a tekfed_crds::RunPlacement) -> Self {
+impl<'a> From<&'a tekfed_api::RunPlacement> for Selection<'a> {
+    fn from(p: &'a tekfed_api::RunPlacement) -> Self {
         Self {
             clusters: &p.clusters,
             cluster_selector: p.cluster_selector.as_ref(),

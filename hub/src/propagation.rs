@@ -33,11 +33,11 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::{
+use tekfed_api::{
     ClusterOverrides, ClusterPropagation, FederatedPipeline, FederatedTask, MemberCluster,
     Placement, PropagationState, PropagationStatus, Template,
 };
+use tekfed_runtime::connect::tekton_resource;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
 

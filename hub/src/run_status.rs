@@ -4,9 +4,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
-use tekfed_crds::runs::{OnClusterLost, RunAttempt, RunClusterStatus, RunPhase, RunStatus};
-use tekfed_crds::tekton::{is_final, succeeded_condition};
-use tekfed_crds::{PlacementMode, RunAssignmentStatus};
+use tekfed_api::runs::{OnClusterLost, RunAttempt, RunClusterStatus, RunPhase, RunStatus};
+use tekfed_api::tekton::{is_final, succeeded_condition};
+use tekfed_api::{PlacementMode, RunAssignmentStatus};
 
 /// Whether writing `next` over `previous` changes what the API server
 /// stores. Times are stored to the second: a status that differs only below

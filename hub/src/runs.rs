@@ -37,13 +37,13 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tekfed_crds::connect::{drop_managed_fields, tekton_resource};
-use tekfed_crds::runs::{OnClusterLost, RunPhase, RunStatus};
-use tekfed_crds::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final};
-use tekfed_crds::{
+use tekfed_api::runs::{OnClusterLost, RunPhase, RunStatus};
+use tekfed_api::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final};
+use tekfed_api::{
     ClusterOverrides, FederatedPipelineRun, FederatedTaskRun, MemberCluster, PlacementMode,
     RunAssignment, RunAssignmentSpec, RunKind, RunPlacement, RunRef, Template, cluster_namespace,
 };
+use tekfed_runtime::connect::{drop_managed_fields, tekton_resource};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -1156,7 +1156,7 @@ async fn ensure_dependencies<K: FederatedRun>(
     ctx: &RunContext,
 ) -> Result<(), Error> {
     use crate::propagation::sync_cluster;
-    use tekfed_crds::{FederatedPipeline, FederatedTask, PropagationState};
+    use tekfed_api::{FederatedPipeline, FederatedTask, PropagationState};
     let ns = run.namespace().unwrap_or_default();
     let mut tasks = BTreeSet::new();
     let mut missing = Vec::new();

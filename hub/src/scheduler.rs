@@ -18,7 +18,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use tekfed_crds::{PlacementMode, RunPlacement};
+use tekfed_api::{PlacementMode, RunPlacement};
 
 use crate::placement::{Matcher, Member, Selection};
 
@@ -226,7 +226,7 @@ impl Scheduler {
 mod tests {
     use std::collections::BTreeMap;
 
-    use tekfed_crds::{ClusterRef, Taint, TaintEffect};
+    use tekfed_api::{ClusterRef, Taint, TaintEffect};
 
     use super::*;
 

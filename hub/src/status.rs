@@ -3,7 +3,7 @@
 //! condition (True only when every selected cluster is `Synced`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use tekfed_crds::{ClusterPropagation, PropagationState, PropagationStatus};
+use tekfed_api::{ClusterPropagation, PropagationState, PropagationStatus};
 
 /// The condition type on federated templates.
 pub const PROPAGATED: &str = "Propagated";

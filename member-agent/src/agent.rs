@@ -20,9 +20,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tekfed_crds::connect::{drop_managed_fields, tekton_resource};
-use tekfed_crds::tekton::cancel_values;
-use tekfed_crds::{MemberReport, RunAssignment, RunKind, cluster_namespace};
+use tekfed_api::tekton::cancel_values;
+use tekfed_api::{MemberReport, RunAssignment, RunKind, cluster_namespace};
+use tekfed_runtime::connect::{drop_managed_fields, tekton_resource};
 use tokio::sync::Notify;
 
 use crate::load;

@@ -2,9 +2,9 @@
 //! running; created and not started (held included) is pending.
 
 use serde_json::Value;
-use tekfed_crds::ClusterLoad;
-use tekfed_crds::runs::RunPhase;
-use tekfed_crds::tekton::phase;
+use tekfed_api::ClusterLoad;
+use tekfed_api::runs::RunPhase;
+use tekfed_api::tekton::phase;
 
 /// Load from the `status` of each run (TaskRuns and PipelineRuns alike).
 pub fn count<'a>(statuses: impl IntoIterator<Item = &'a Value>) -> ClusterLoad {

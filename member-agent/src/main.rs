@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tekfed_crds::connect::{Target, require_apis, tekton_apis};
-use tekfed_crds::leader::{self, LeaderElector, LeaseSettings};
+use tekfed_runtime::connect::{Target, require_apis, tekton_apis};
+use tekfed_runtime::leader::{self, LeaderElector, LeaseSettings};
 
 /// The tekfed member agent: reports heartbeats, load and run status of one
 /// member cluster to the hub.
@@ -65,13 +65,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    tekfed_runtime::init_tracing();
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,8 +96,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hub_server = hub.cluster_url.to_string();
     let hub = kube::Client::try_from(hub)?;
     // The agent's hub identity may read only its own cluster's namespace.
-    let namespace = tekfed_crds::cluster_namespace(&args.cluster_name);
-    let records: kube::Api<tekfed_crds::RunAssignment> =
+    let namespace = tekfed_api::cluster_namespace(&args.cluster_name);
+    let records: kube::Api<tekfed_api::RunAssignment> =
         kube::Api::namespaced(hub.clone(), &namespace);
     match records
         .list_metadata(&kube::api::ListParams::default().limit(1))
@@ -111,7 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => anyhow::bail!(
-            "the hub at {hub_server} does not serve runassignments.tekfed.io.\nInstall the tekfed CRDs on the hub: kubectl apply --server-side -f crds/manifests/"
+            "the hub at {hub_server} does not serve runassignments.tekfed.io.\nInstall the tekfed CRDs on the hub: kubectl apply --server-side -f api/manifests/"
         ),
         Err(e) => anyhow::bail!(
             "cannot read RunAssignments in {namespace} on the hub at {hub_server}: {e}\nCheck the agent's hub credentials (kubectl tekfed join creates them)"
@@ -119,9 +113,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(cluster = %args.cluster_name, %member_server, %hub_server, "connected to member and hub");
 
-    // Listened for from the start, so none is missed between the phases.
-    let mut stopping = std::pin::pin!(stop_signal());
-    let mut elector = args.leader_elect.then(|| {
+    let elector = args.leader_elect.then(|| {
         let settings = LeaseSettings {
             namespace: args.leader_elect_namespace.clone(),
             name: args
@@ -131,75 +123,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             duration_seconds: args.leader_elect_lease_duration,
             identity: leader::identity(),
         };
-        LeaderElector::new(member.clone(), &member_server, settings, Arc::new(sleep))
+        LeaderElector::new(member.clone(), &member_server, settings)
     });
-    if let Some(elector) = elector.as_mut() {
-        let (identity, lease) = (elector.identity().to_owned(), elector.lease());
-        tracing::info!(%identity, %lease, "leader election: trying to take the Lease on the member");
-        tokio::select! {
-            r = elector.acquire(|e| log_election(&lease, e)) => r?,
-            r = &mut stopping => { r?; tracing::info!("stopping"); return Ok(()); }
-        }
-        tracing::info!(%identity, %lease, "leading");
-    }
-
     let agent = Arc::new(tekfed_member_agent::agent::Agent {
         cluster: args.cluster_name,
         hub,
         member,
         heartbeat: Duration::from_secs_f64(args.heartbeat_interval.max(0.1)),
     });
-    let keeping = async {
-        match elector.as_mut() {
-            Some(elector) => {
-                let lease = elector.lease();
-                elector.keep(|e| log_election(&lease, e)).await
-            }
-            None => std::future::pending().await,
-        }
-    };
-    // Whichever branch ends, the agent's loops are dropped with this
-    // select: nothing is written after it.
-    tokio::select! {
-        _ = agent.run() => {}
-        lost = keeping => {
-            tracing::error!(error = %lost, "lost the lease; exiting");
-            return Err(lost.into());
-        }
-        r = &mut stopping => { r?; tracing::info!("stopping"); }
-    }
-    if let Some(elector) = elector.as_mut() {
-        match elector.release().await {
-            Ok(true) => tracing::info!(lease = %elector.lease(), "released the Lease"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "could not release the Lease; it expires on its own")
-            }
-        }
-    }
-    Ok(())
-}
-
-fn sleep(duration: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    Box::pin(tokio::time::sleep(duration))
-}
-
-fn log_election(lease: &str, event: leader::Event<'_>) {
-    match event {
-        leader::Event::Waiting { holder, expires_in } => {
-            tracing::info!(%lease, %holder, ?expires_in, "waiting to lead (held by {holder})")
-        }
-        leader::Event::Retrying { error } => {
-            tracing::warn!(%lease, %error, "leader election: retrying")
-        }
-    }
-}
-
-/// SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
-async fn stop_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
+    let nothing_beside = std::future::pending();
+    tekfed_runtime::run_while_leading(elector, nothing_beside, move || agent.run()).await
 }

@@ -9,9 +9,9 @@
 //! failed or rescheduled it) is cancelled.
 
 use serde_json::Value;
-use tekfed_crds::RunKind;
-use tekfed_crds::runs::RunPhase;
-use tekfed_crds::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final, phase};
+use tekfed_api::RunKind;
+use tekfed_api::runs::RunPhase;
+use tekfed_api::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final, phase};
 
 /// The assignment record, as the agent last saw it.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -31,11 +31,11 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::RunPhase;
-use tekfed_crds::{FederatedTaskRun, MemberCluster, RunAssignment};
-use tekfed_tests::federation::federate;
-use tekfed_tests::{HUB, TestBed, Write, writes_by_resource};
+use tekfed_api::runs::RunPhase;
+use tekfed_api::{FederatedTaskRun, MemberCluster, RunAssignment};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::federate;
+use tekfed_testbed::{HUB, TestBed, Write, writes_by_resource};
 
 /// Concurrent creates, for tekfed's burst and the raw baseline alike.
 const CONCURRENCY: usize = 32;

@@ -19,9 +19,9 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 use serde_json::json;
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::RunPhase;
-use tekfed_crds::{FederatedTaskRun, MemberCluster};
+use tekfed_api::runs::RunPhase;
+use tekfed_api::{FederatedTaskRun, MemberCluster};
+use tekfed_runtime::connect::tekton_resource;
 
 const NS: &str = "demo";
 const DRAINED: &str = "member-2";

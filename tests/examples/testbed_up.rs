@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(2);
-    let bed = tekfed_tests::TestBed::start(members).await?;
+    let bed = tekfed_testbed::TestBed::start(members).await?;
     println!("test bed up in {:.1?}", bed.started_in);
     for (process, rss) in bed.memory() {
         println!(

@@ -8,11 +8,11 @@ use std::path::Path;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use tekfed_crds::admission::FROZEN_MESSAGE;
-use tekfed_crds::{
+use tekfed_api::admission::FROZEN_MESSAGE;
+use tekfed_api::{
     FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun, MemberCluster,
 };
-use tekfed_tests::{HUB, shared};
+use tekfed_testbed::{HUB, shared};
 
 fn resources() -> BTreeMap<&'static str, ApiResource> {
     BTreeMap::from([

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
-use tekfed_crds::connect::tekton_resource;
-use tekfed_tests::{HUB, binary, eventually, shared};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::{HUB, binary, eventually, shared};
 
 /// Whether every field of `sent` is in `read` with the same value (what
 /// Tekton's defaulting webhook adds is allowed; nothing sent may change).
@@ -112,7 +112,7 @@ fn every_binary_teaches_with_help() {
 }
 
 #[test]
-fn the_hub_refuses_a_cluster_without_tekfed_crds() {
+fn the_hub_refuses_a_cluster_without_tekfed_api() {
     let bed = shared();
     let output = Command::new(binary("tekfed-hub"))
         .arg("--kubeconfig")
@@ -127,7 +127,7 @@ fn the_hub_refuses_a_cluster_without_tekfed_crds() {
     );
     assert!(stderr.contains("memberclusters.tekfed.io"), "{stderr}");
     assert!(
-        stderr.contains("kubectl apply --server-side -f crds/manifests/"),
+        stderr.contains("kubectl apply --server-side -f api/manifests/"),
         "{stderr}"
     );
 }

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use kube::api::Api;
-use tekfed_crds::{FederatedTaskRun, MemberCluster};
-use tekfed_tests::federation::{create_task_runs, federate, wait_all_succeeded};
-use tekfed_tests::{HUB, TestBed, eventually, kubectl_tekfed};
+use tekfed_api::{FederatedTaskRun, MemberCluster};
+use tekfed_testbed::federation::{create_task_runs, federate, wait_all_succeeded};
+use tekfed_testbed::{HUB, TestBed, eventually, kubectl_tekfed};
 
 const WAIT: Duration = Duration::from_secs(120);
 

@@ -4,8 +4,8 @@
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use tekfed_crds::MemberCluster;
-use tekfed_tests::{binary, kubectl_tekfed};
+use tekfed_api::MemberCluster;
+use tekfed_testbed::{binary, kubectl_tekfed};
 
 #[tokio::test]
 async fn dev_up_leaves_a_ready_federation_running_and_dev_down_removes_it() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tekfed_tests::{TestBed, eventually};
+use tekfed_testbed::{TestBed, eventually};
 
 fn alive(pid: u32) -> bool {
     // A zombie is not alive: it has exited and waits only for its parent.

@@ -25,10 +25,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, PostParams};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::{FederatedPipelineRun, FederatedTask, MemberCluster, RunPhase};
-use tekfed_tests::federation::wait_condition;
-use tekfed_tests::{HUB, TestBed, binary, eventually};
+use tekfed_api::{FederatedPipelineRun, FederatedTask, MemberCluster, RunPhase};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::wait_condition;
+use tekfed_testbed::{HUB, TestBed, binary, eventually};
 
 const HUB_CHART: &str = "tekfed-hub";
 const AGENT_CHART: &str = "tekfed-member-agent";
@@ -301,15 +301,15 @@ fn the_hub_chart_renders_what_users_rely_on() {
     let without = helm.render(HUB_CHART, &["--set", "admissionPolicies.enabled=false"]);
     assert!(objects(&without, "ValidatingAdmissionPolicy").is_empty());
 
-    // The CRDs come from the chart's crds/ folder (crds/tests/chart_fresh.rs
-    // keeps them equal to crds/manifests/).
+    // The CRDs come from the chart's crds/ folder (api/tests/chart_fresh.rs
+    // keeps them equal to api/manifests/).
     let with_crds = helm.render(HUB_CHART, &["--include-crds"]);
     let mut crds: Vec<&str> = objects(&with_crds, "CustomResourceDefinition")
         .iter()
         .filter_map(|c| c["metadata"]["name"].as_str())
         .collect();
     crds.sort();
-    let mut expected: Vec<String> = tekfed_crds::manifests::crds()
+    let mut expected: Vec<String> = tekfed_api::manifests::crds()
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect();
@@ -594,7 +594,7 @@ where
 /// the chart.
 async fn remove_tekfed_api(hub: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(hub.clone());
-    let names: Vec<String> = tekfed_crds::manifests::crds()
+    let names: Vec<String> = tekfed_api::manifests::crds()
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect();
@@ -603,14 +603,14 @@ async fn remove_tekfed_api(hub: &Client) {
     }
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(hub.clone());
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(hub.clone());
-    for policy in tekfed_crds::admission::policies() {
+    for policy in tekfed_api::admission::policies() {
         let name = policy.metadata.name.unwrap_or_default();
         policies
             .delete(&name, &DeleteParams::default())
             .await
             .unwrap();
     }
-    for binding in tekfed_crds::admission::bindings() {
+    for binding in tekfed_api::admission::bindings() {
         let name = binding.metadata.name.unwrap_or_default();
         bindings
             .delete(&name, &DeleteParams::default())
@@ -678,7 +678,7 @@ async fn both_charts_install_and_their_service_accounts_can_run_a_federation() {
         .await;
     assert!(notes.contains("kubectl tekfed join"), "NOTES: {notes}");
     let crds: Api<CustomResourceDefinition> = Api::all(hub.clone());
-    for crd in tekfed_crds::manifests::crds() {
+    for crd in tekfed_api::manifests::crds() {
         let name = crd.metadata.name.unwrap();
         let installed = crds
             .get(&name)

@@ -13,10 +13,10 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::{FederatedTaskRun, MemberCluster, cluster_namespace};
-use tekfed_tests::federation::{create_task_runs, wait_all_succeeded, wait_condition};
-use tekfed_tests::{HUB, TestBed, binary, eventually_logged, kubectl_tekfed};
+use tekfed_api::{FederatedTaskRun, MemberCluster, cluster_namespace};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::{create_task_runs, wait_all_succeeded, wait_condition};
+use tekfed_testbed::{HUB, TestBed, binary, eventually_logged, kubectl_tekfed};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -285,7 +285,7 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
         let runs = runs.clone();
         async move {
             let s = runs.get("long").await.ok()?.status?;
-            (s.phase == Some(tekfed_crds::RunPhase::Running)).then_some(())
+            (s.phase == Some(tekfed_api::RunPhase::Running)).then_some(())
         }
     })
     .await;

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams};
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::{FederatedTaskRun, RunPhase};
-use tekfed_tests::federation::{
+use tekfed_api::{FederatedTaskRun, RunPhase};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::{
     HUB_NAMESPACE, create_task_runs, run_phases, scrape, wait_all_succeeded, wait_condition,
 };
-use tekfed_tests::{HUB, TestBed, binary, eventually};
+use tekfed_testbed::{HUB, TestBed, binary, eventually};
 
 const WAIT: Duration = Duration::from_secs(240);
 /// `--leader-elect-lease-duration`'s default, which both tests use.

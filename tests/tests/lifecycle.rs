@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::{RunPhase, RunStatus};
-use tekfed_crds::tekton::PIPELINE_RUN_PENDING;
-use tekfed_crds::{
+use tekfed_api::runs::{RunPhase, RunStatus};
+use tekfed_api::tekton::PIPELINE_RUN_PENDING;
+use tekfed_api::{
     DRAIN_ANNOTATION, FederatedPipelineRun, FederatedTaskRun, MemberCluster, RunAssignment,
     cluster_namespace,
 };
-use tekfed_tests::federation::federate;
-use tekfed_tests::{HUB, TestBed, binary, eventually_logged};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::federate;
+use tekfed_testbed::{HUB, TestBed, binary, eventually_logged};
 
 const WAIT: Duration = Duration::from_secs(180);
 

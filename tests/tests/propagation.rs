@@ -10,12 +10,12 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::{
+use tekfed_api::{
     FederatedPipeline, FederatedTask, MemberCluster, PropagationState, PropagationStatus,
 };
-use tekfed_tests::federation::{shared_federation, wait_reachable};
-use tekfed_tests::{HUB, TestBed, eventually};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::{shared_federation, wait_reachable};
+use tekfed_testbed::{HUB, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -16,10 +16,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use serde_json::json;
-use tekfed_crds::FederatedTask;
-use tekfed_crds::connect::tekton_resource;
-use tekfed_tests::federation::{scrape, wait_reachable};
-use tekfed_tests::{HUB, TestBed, eventually};
+use tekfed_api::FederatedTask;
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::{scrape, wait_reachable};
+use tekfed_testbed::{HUB, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(90);
 const OBJECTS: usize = 1000;
@@ -159,7 +159,7 @@ async fn restart_rewrites_nothing_and_deletion_survives_a_lost_member() {
 
     // Lose member-2: the hub says so, then delete a federated task placed on it.
     bed.stop_cluster("member-2");
-    let clusters: Api<tekfed_crds::MemberCluster> = Api::all(hub.clone());
+    let clusters: Api<tekfed_api::MemberCluster> = Api::all(hub.clone());
     let condition = eventually("member-2 to be Reachable=False", WAIT, || {
         let clusters = clusters.clone();
         async move {

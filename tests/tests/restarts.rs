@@ -7,10 +7,10 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use tekfed_crds::runs::RunPhase;
-use tekfed_crds::{FederatedTaskRun, MemberCluster};
-use tekfed_tests::federation::federate;
-use tekfed_tests::{HUB, TestBed, eventually};
+use tekfed_api::runs::RunPhase;
+use tekfed_api::{FederatedTaskRun, MemberCluster};
+use tekfed_testbed::federation::federate;
+use tekfed_testbed::{HUB, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(120);
 

@@ -13,13 +13,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::{RunPhase, RunStatus};
-use tekfed_crds::{
+use tekfed_api::runs::{RunPhase, RunStatus};
+use tekfed_api::{
     FederatedPipelineRun, FederatedTaskRun, MemberReport, RunAssignment, cluster_namespace,
 };
-use tekfed_tests::federation::{run_federation, scrape};
-use tekfed_tests::{HUB, TestBed, Write, eventually, writes_by_resource};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::{run_federation, scrape};
+use tekfed_testbed::{HUB, TestBed, Write, eventually, writes_by_resource};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -586,7 +586,7 @@ async fn members_report_heartbeat_load_and_versions() {
     let bed = run_federation();
     // Tekton publishes its version in tekton-pipelines/pipelines-info, as
     // installed on every member of the test bed.
-    let clusters: Api<tekfed_crds::MemberCluster> = Api::all(bed.client(HUB).await.unwrap());
+    let clusters: Api<tekfed_api::MemberCluster> = Api::all(bed.client(HUB).await.unwrap());
     eventually("member-1 to report its Tekton version", WAIT, || {
         let clusters = clusters.clone();
         async move {
@@ -676,8 +676,8 @@ async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
     let hub = bed.client(HUB).await.unwrap();
     let ns = bed.namespace("deps", &[HUB]).await.unwrap();
     // The Task is placed on member-1 only; the run goes to member-3.
-    let tasks: Api<tekfed_crds::FederatedTask> = Api::namespaced(hub.clone(), &ns);
-    let task: tekfed_crds::FederatedTask = serde_json::from_value(json!({
+    let tasks: Api<tekfed_api::FederatedTask> = Api::namespaced(hub.clone(), &ns);
+    let task: tekfed_api::FederatedTask = serde_json::from_value(json!({
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": "lint", "namespace": ns},
         "spec": {

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::RunPhase;
-use tekfed_crds::{FederatedTaskRun, MemberCluster};
-use tekfed_tests::federation::{create_task_runs, federate, run_phases, wait_all_succeeded};
-use tekfed_tests::{HUB, POLL_INTERVAL, TestBed, eventually};
+use tekfed_api::runs::RunPhase;
+use tekfed_api::{FederatedTaskRun, MemberCluster};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::{create_task_runs, federate, run_phases, wait_all_succeeded};
+use tekfed_testbed::{HUB, POLL_INTERVAL, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(240);
 

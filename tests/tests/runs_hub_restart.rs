@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams};
-use tekfed_crds::FederatedTaskRun;
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::RunPhase;
-use tekfed_tests::federation::{create_task_runs, federate, run_phases, wait_all_succeeded};
-use tekfed_tests::{HUB, TestBed, eventually};
+use tekfed_api::FederatedTaskRun;
+use tekfed_api::runs::RunPhase;
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::{create_task_runs, federate, run_phases, wait_all_succeeded};
+use tekfed_testbed::{HUB, TestBed, eventually};
 
 const WAIT: Duration = Duration::from_secs(240);
 

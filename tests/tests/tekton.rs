@@ -2,7 +2,7 @@
 //! three-task PipelineRun passing results to `finally`, a failing step,
 //! cancel, timeouts and retries, each created on the hub and run by Tekton's
 //! own controller on a member (pods played by kwok, see
-//! `tests/kwok/tekton-pods.yaml`), and a Task Tekton's webhook must default
+//! `testbed/kwok/tekton-pods.yaml`), and a Task Tekton's webhook must default
 //! before the member's API server accepts it.
 
 use std::time::Duration;
@@ -11,15 +11,15 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tekfed_crds::connect::tekton_resource;
-use tekfed_crds::runs::{RunPhase, RunStatus};
-use tekfed_crds::{
+use tekfed_api::runs::{RunPhase, RunStatus};
+use tekfed_api::{
     FederatedPipelineRun, FederatedTask, FederatedTaskRun, MemberReport, PropagationState,
     cluster_namespace,
 };
-use tekfed_tests::federation::run_federation;
-use tekfed_tests::member::{ANNOTATION_DURATION, ANNOTATION_EXIT_CODE, ANNOTATION_FAIL_STEP};
-use tekfed_tests::{HUB, eventually_logged};
+use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::federation::run_federation;
+use tekfed_testbed::member::{ANNOTATION_DURATION, ANNOTATION_EXIT_CODE, ANNOTATION_FAIL_STEP};
+use tekfed_testbed::{HUB, eventually_logged};
 
 const WAIT: Duration = Duration::from_secs(180);
 

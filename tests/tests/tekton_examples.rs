@@ -27,9 +27,9 @@ use kube::Client;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
-use tekfed_crds::runs::RunPhase;
-use tekfed_tests::federation::run_federation;
-use tekfed_tests::{HUB, TestBed, eventually_logged};
+use tekfed_api::runs::RunPhase;
+use tekfed_testbed::federation::run_federation;
+use tekfed_testbed::{HUB, TestBed, eventually_logged};
 
 const WAIT: Duration = Duration::from_secs(300);
 
@@ -258,7 +258,7 @@ async fn tektons_own_examples_run_to_their_outcome_through_the_hub() {
                     let api = api.clone();
                     async move {
                         let run = api.get(name).await.ok()?;
-                        let status: tekfed_crds::runs::RunStatus =
+                        let status: tekfed_api::runs::RunStatus =
                             serde_json::from_value(run.data["status"].clone()).ok()?;
                         status
                             .phase

@@ -1,11 +1,11 @@
-//! The `tekfed-hub` Helm chart ships copies of `crds/manifests/`: each CRD
+//! The `tekfed-hub` Helm chart ships copies of `api/manifests/`: each CRD
 //! in its `crds/` folder, and the admission policies as a template (wrapped
 //! in `admissionPolicies.enabled`). A copy that differs from the manifests
 //! would install a schema the hub does not expect.
 
 use std::path::Path;
 
-/// What `crds/examples/crdgen.rs` wraps the admission policies in.
+/// What `api/examples/crdgen.rs` wraps the admission policies in.
 const POLICIES_HEAD: &str = "{{- if .Values.admissionPolicies.enabled }}\n";
 const POLICIES_TAIL: &str = "{{- end }}\n";
 
@@ -41,7 +41,7 @@ fn the_hub_chart_ships_the_committed_crds_and_policies() {
         match std::fs::read_to_string(chart.join(&copy)) {
             Ok(text) if text == wanted => {}
             Ok(_) => stale.push(format!(
-                "charts/tekfed-hub/{copy} differs from crds/manifests/{file}"
+                "charts/tekfed-hub/{copy} differs from api/manifests/{file}"
             )),
             Err(e) => stale.push(format!("charts/tekfed-hub/{copy}: {e}")),
         }
@@ -51,7 +51,7 @@ fn the_hub_chart_ships_the_committed_crds_and_policies() {
         .filter(|f| !expected_crds.contains(f))
     {
         stale.push(format!(
-            "charts/tekfed-hub/crds/{extra} is not in crds/manifests/"
+            "charts/tekfed-hub/crds/{extra} is not in api/manifests/"
         ));
     }
     assert!(

@@ -388,7 +388,7 @@ impl TestBed {
         let tekton = tekton_crds(&self.bin_dir)?;
         for cluster in &self.clusters {
             let crds = if cluster.name == HUB {
-                tekfed_crds::manifests::crds()
+                tekfed_api::manifests::crds()
             } else {
                 tekton.clone()
             };
@@ -414,7 +414,7 @@ impl TestBed {
         self.install_admission_policies().await
     }
 
-    /// The hub's admission policies (`crds/manifests/admission-policies.yaml`),
+    /// The hub's admission policies (`api/manifests/admission-policies.yaml`),
     /// and a wait until the API server enforces them: a policy is loaded
     /// asynchronously after it is created.
     async fn install_admission_policies(&self) -> Result<(), TestBedError> {
@@ -424,7 +424,7 @@ impl TestBed {
         let client = self.client(HUB).await?;
         let kube_error = |what: String| move |source| TestBedError::Kube { what, source };
         let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-        for policy in tekfed_crds::admission::policies() {
+        for policy in tekfed_api::admission::policies() {
             let name = policy.metadata.name.clone().unwrap_or_default();
             policies
                 .patch(
@@ -436,7 +436,7 @@ impl TestBed {
                 .map_err(kube_error(format!("installing admission policy {name}")))?;
         }
         let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-        for binding in tekfed_crds::admission::bindings() {
+        for binding in tekfed_api::admission::bindings() {
             let name = binding.metadata.name.clone().unwrap_or_default();
             bindings
                 .patch(
@@ -448,7 +448,7 @@ impl TestBed {
                 .map_err(kube_error(format!("installing admission binding {name}")))?;
         }
         // Probe with a dry-run object the overrides policy refuses.
-        let probe: tekfed_crds::FederatedTask = serde_json::from_value(serde_json::json!({
+        let probe: tekfed_api::FederatedTask = serde_json::from_value(serde_json::json!({
             "apiVersion": "tekfed.io/v1alpha1",
             "kind": "FederatedTask",
             "metadata": {"name": "admission-probe", "namespace": "default"},
@@ -459,7 +459,7 @@ impl TestBed {
             },
         }))
         .expect("the probe is a valid FederatedTask");
-        let tasks: Api<tekfed_crds::FederatedTask> = Api::namespaced(client, "default");
+        let tasks: Api<tekfed_api::FederatedTask> = Api::namespaced(client, "default");
         let dry_run = PostParams {
             dry_run: true,
             ..Default::default()

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use tekfed_crds::{
+use tekfed_api::{
     FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun, MemberCluster,
     OverrideOperation, PlacementMode,
 };

@@ -1,15 +1,15 @@
-//! Writes the tekfed CRDs to `crds/manifests/` (or the folder given).
+//! Writes the tekfed CRDs to `api/manifests/` (or the folder given).
 //! Run it through `make crds` after changing a type.
 //!
-//! Writing to `crds/manifests/` also writes the `tekfed-hub` Helm chart's
+//! Writing to `api/manifests/` also writes the `tekfed-hub` Helm chart's
 //! copies: each CRD into `charts/tekfed-hub/crds/` as it is, and the
 //! admission policies into `charts/tekfed-hub/templates/`, wrapped in
-//! `admissionPolicies.enabled` (`crds/tests/chart_fresh.rs` checks both).
+//! `admissionPolicies.enabled` (`api/tests/chart_fresh.rs` checks both).
 
 use std::path::{Path, PathBuf};
 
 /// The chart template's first and last lines around the admission
-/// policies; `crds/tests/chart_fresh.rs` expects exactly these.
+/// policies; `api/tests/chart_fresh.rs` expects exactly these.
 const POLICIES_HEAD: &str = "{{- if .Values.admissionPolicies.enabled }}\n";
 const POLICIES_TAIL: &str = "{{- end }}\n";
 
@@ -21,7 +21,7 @@ fn main() -> std::io::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| default_dir.clone());
     std::fs::create_dir_all(&dir)?;
-    let manifests = tekfed_crds::manifests::manifests();
+    let manifests = tekfed_api::manifests::manifests();
     for (file, yaml) in &manifests {
         write(&dir.join(file), yaml)?;
     }

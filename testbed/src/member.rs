@@ -18,7 +18,7 @@
 //!   controllers;
 //! - `kwok`, which plays the pods bound to a fake Node `kwok-node`: its own
 //!   stages make a pod Running and delete a pod being deleted, and
-//!   `tests/kwok/tekton-pods.yaml` ends a TaskRun's pod as a test asks
+//!   `testbed/kwok/tekton-pods.yaml` ends a TaskRun's pod as a test asks
 //!   (see that file for the annotations).
 //!
 //! Nothing here knows about tekfed: it is the member cluster a tekfed user
@@ -72,7 +72,7 @@ pub const NODE: &str = "kwok-node";
 const MANAGER: &str = "tekfed-testbed";
 /// How long a member's Tekton may take to come up on a busy 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
-/// Tekton's pod annotations that play a run (see `tests/kwok/tekton-pods.yaml`).
+/// Tekton's pod annotations that play a run (see `testbed/kwok/tekton-pods.yaml`).
 pub const TEKTON_POD_STAGES: &str = include_str!("../kwok/tekton-pods.yaml");
 /// Run for this long (a Go duration, e.g. `2s`) before the steps end.
 pub const ANNOTATION_DURATION: &str = "tekfed.io/test-duration";

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::Lookup;
 use serde_json::json;
-use tekfed_crds::MemberCluster;
+use tekfed_api::MemberCluster;
 
 use crate::{HUB, TestBed, TestBedError, binary};
 
@@ -203,7 +203,7 @@ impl TestBed {
     /// kubeconfig path.
     pub async fn agent_identity(&self, cluster: &str) -> Result<std::path::PathBuf, TestBedError> {
         let user = format!("tekfed-agent-{cluster}");
-        let namespace = tekfed_crds::cluster_namespace(cluster);
+        let namespace = tekfed_api::cluster_namespace(cluster);
         let client = self.client(HUB).await?;
         let kube_error = |what: String| move |source| TestBedError::Kube { what, source };
         let apply = PatchParams::apply(MANAGER).force();
@@ -428,7 +428,7 @@ pub async fn create_task_runs(
     count: usize,
     duration: Option<&str>,
 ) -> Vec<String> {
-    use tekfed_crds::FederatedTaskRun;
+    use tekfed_api::FederatedTaskRun;
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
     let names: Vec<String> = (0..count).map(|i| format!("job-{i:03}")).collect();
     for name in &names {
@@ -452,8 +452,8 @@ pub async fn create_task_runs(
 /// Every FederatedTaskRun in `api`'s namespace: name, phase, and the
 /// reason of its `Scheduled` condition.
 pub async fn run_phases(
-    api: &Api<tekfed_crds::FederatedTaskRun>,
-) -> Vec<(String, Option<tekfed_crds::RunPhase>, Option<String>)> {
+    api: &Api<tekfed_api::FederatedTaskRun>,
+) -> Vec<(String, Option<tekfed_api::RunPhase>, Option<String>)> {
     api.list(&Default::default())
         .await
         .expect("listing FederatedTaskRuns")
@@ -477,7 +477,7 @@ pub async fn run_phases(
 
 /// Wait until every FederatedTaskRun in `api`'s namespace has Succeeded.
 pub async fn wait_all_succeeded(
-    api: &Api<tekfed_crds::FederatedTaskRun>,
+    api: &Api<tekfed_api::FederatedTaskRun>,
     what: &str,
     timeout: Duration,
 ) {
@@ -485,7 +485,7 @@ pub async fn wait_all_succeeded(
         run_phases(api)
             .await
             .iter()
-            .all(|(_, p, _)| *p == Some(tekfed_crds::RunPhase::Succeeded))
+            .all(|(_, p, _)| *p == Some(tekfed_api::RunPhase::Succeeded))
             .then_some(())
     })
     .await;

@@ -1,5 +1,5 @@
 //! The CRD and admission-policy documents generated from the types, as committed under
-//! `crds/manifests/` (`make crds` writes them; a test fails when stale).
+//! `api/manifests/` (`make crds` writes them; a test fails when stale).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -22,11 +22,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-const HEADER: &str = "# Generated from crds/src by `make crds`: do not edit.\n";
+const HEADER: &str = "# Generated from api/src by `make crds`: do not edit.\n";
 
 /// `(file name, YAML)` for each CRD and for the admission policies, as
-/// written under `crds/manifests/`. Apply them all with
-/// `kubectl apply --server-side -f crds/manifests/`.
+/// written under `api/manifests/`. Apply them all with
+/// `kubectl apply --server-side -f api/manifests/`.
 pub fn manifests() -> Vec<(String, String)> {
     let mut files: Vec<(String, String)> = crds()
         .into_iter()

@@ -8,7 +8,7 @@ use std::path::Path;
 fn committed_manifests_match_the_types() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
     let mut stale = Vec::new();
-    let expected = tekfed_crds::manifests::manifests();
+    let expected = tekfed_api::manifests::manifests();
     for (file, yaml) in &expected {
         match std::fs::read_to_string(dir.join(file)) {
             Ok(committed) if &committed == yaml => {}
@@ -33,7 +33,7 @@ fn committed_manifests_match_the_types() {
     );
     assert!(
         stale.is_empty(),
-        "crds/manifests is stale; run `make crds` and commit the result:\n  {}",
+        "api/manifests is stale; run `make crds` and commit the result:\n  {}",
         stale.join("\n  ")
     );
 }

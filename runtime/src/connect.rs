@@ -143,39 +143,39 @@ pub async fn require_apis(
 pub fn tekfed_apis() -> Vec<RequiredApi> {
     use kube::Resource;
     const HINT: &str =
-        "Install the tekfed CRDs on the hub: kubectl apply --server-side -f crds/manifests/";
+        "Install the tekfed CRDs on the hub: kubectl apply --server-side -f api/manifests/";
     vec![
         RequiredApi {
-            resource: ApiResource::erase::<crate::MemberCluster>(&()),
+            resource: ApiResource::erase::<tekfed_api::MemberCluster>(&()),
             hint: HINT,
         },
         RequiredApi {
-            resource: ApiResource::erase::<crate::FederatedTask>(&()),
+            resource: ApiResource::erase::<tekfed_api::FederatedTask>(&()),
             hint: HINT,
         },
         RequiredApi {
-            resource: ApiResource::erase::<crate::FederatedPipeline>(&()),
+            resource: ApiResource::erase::<tekfed_api::FederatedPipeline>(&()),
             hint: HINT,
         },
         RequiredApi {
-            resource: ApiResource::erase::<crate::FederatedTaskRun>(&()),
+            resource: ApiResource::erase::<tekfed_api::FederatedTaskRun>(&()),
             hint: HINT,
         },
         RequiredApi {
-            resource: ApiResource::erase::<crate::FederatedPipelineRun>(&()),
+            resource: ApiResource::erase::<tekfed_api::FederatedPipelineRun>(&()),
             hint: HINT,
         },
         RequiredApi {
-            resource: ApiResource::erase::<crate::RunAssignment>(&()),
+            resource: ApiResource::erase::<tekfed_api::RunAssignment>(&()),
             hint: HINT,
         },
         RequiredApi {
-            resource: ApiResource::erase::<crate::MemberReport>(&()),
+            resource: ApiResource::erase::<tekfed_api::MemberReport>(&()),
             hint: HINT,
         },
     ]
     .into_iter()
-    .inspect(|api| debug_assert_eq!(api.resource.group, crate::FederatedTask::group(&())))
+    .inspect(|api| debug_assert_eq!(api.resource.group, tekfed_api::FederatedTask::group(&())))
     .collect()
 }
 

@@ -20,14 +20,10 @@
 //!   instead of after the lease expires.
 //!
 //! [`decide`] is the pure decision, unit-tested; [`LeaderElector`] does the
-//! I/O. This crate has no async runtime of its own, so the binaries hand the
-//! elector a sleep function (tokio's): it paces the polls and bounds every
-//! request to the API server.
+//! I/O on tokio: it paces the polls and bounds every request to the API
+//! server with the request timeout.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -41,9 +37,6 @@ pub const DEFAULT_LEASE_SECONDS: u32 = 15;
 /// The shortest lease duration the binaries accept, in seconds: below it
 /// the request timeout (a fifth of it) is too short for a busy API server.
 pub const MIN_LEASE_SECONDS: u32 = 3;
-
-/// A sleep of the caller's async runtime (`|d| Box::pin(tokio::time::sleep(d))`).
-pub type Sleep = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// The periods derived from the lease duration, in client-go's proportions
 /// (15 s → renew deadline 10 s, retry 2 s).
@@ -335,7 +328,6 @@ pub struct LeaderElector {
     server: String,
     settings: LeaseSettings,
     timing: Timing,
-    sleep: Sleep,
     observed: Option<Observed>,
     /// The Lease as last read or written: its resourceVersion is the
     /// precondition of the next write.
@@ -347,13 +339,12 @@ pub struct LeaderElector {
 impl LeaderElector {
     /// A candidate for `settings.name` in `settings.namespace`, through
     /// `client` (to the API server at `server`, named in errors).
-    pub fn new(client: Client, server: &str, settings: LeaseSettings, sleep: Sleep) -> Self {
+    pub fn new(client: Client, server: &str, settings: LeaseSettings) -> Self {
         Self {
             api: Api::namespaced(client, &settings.namespace),
             server: server.to_owned(),
             timing: Timing::new(settings.duration_seconds),
             settings,
-            sleep,
             observed: None,
             lease: None,
             leading: None,
@@ -507,7 +498,7 @@ impl LeaderElector {
 
     async fn pause(&self, duration: Duration) {
         if !duration.is_zero() {
-            (self.sleep)(duration).await;
+            tokio::time::sleep(duration).await;
         }
     }
 
@@ -576,16 +567,16 @@ impl LeaderElector {
             self.settings.namespace.clone(),
             self.settings.name.clone(),
         );
-        match within((self.sleep)(timeout), request).await {
-            None => Err(LeaderError::Timeout {
+        match tokio::time::timeout(timeout, request).await {
+            Err(_elapsed) => Err(LeaderError::Timeout {
                 verb,
                 server,
                 namespace,
                 name,
                 timeout,
             }),
-            Some(Ok(value)) => Ok(value),
-            Some(Err(kube::Error::Api(status))) if status.code == 403 => {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(kube::Error::Api(status))) if status.code == 403 => {
                 Err(LeaderError::Forbidden {
                     verb,
                     server,
@@ -595,14 +586,14 @@ impl LeaderElector {
                 })
             }
             // Creating in a namespace that does not exist.
-            Some(Err(kube::Error::Api(status))) if status.code == 404 && verb == "create" => {
+            Ok(Err(kube::Error::Api(status))) if status.code == 404 && verb == "create" => {
                 Err(LeaderError::NamespaceMissing {
                     server,
                     namespace,
                     name,
                 })
             }
-            Some(Err(source)) => Err(LeaderError::Api {
+            Ok(Err(source)) => Err(LeaderError::Api {
                 verb,
                 server,
                 namespace,
@@ -611,23 +602,6 @@ impl LeaderElector {
             }),
         }
     }
-}
-
-/// `work`'s output, or `None` if `limit` finishes first. (A two-future
-/// race: this crate has no runtime to take a timeout from.)
-async fn within<T>(limit: impl Future<Output = ()>, work: impl Future<Output = T>) -> Option<T> {
-    let mut limit = std::pin::pin!(limit);
-    let mut work = std::pin::pin!(work);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(value) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(value));
-        }
-        if limit.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]
@@ -866,16 +840,5 @@ mod tests {
         let b = identity();
         assert!(a.contains(&format!("_{}_", std::process::id())), "{a}");
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn within_gives_up_when_the_limit_comes_first() {
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut timed_out =
-            std::pin::pin!(within(std::future::ready(()), std::future::pending::<u8>()));
-        assert_eq!(timed_out.as_mut().poll(&mut cx), Poll::Ready(None));
-        let mut done = std::pin::pin!(within(std::future::pending(), std::future::ready(7)));
-        assert_eq!(done.as_mut().poll(&mut cx), Poll::Ready(Some(7)));
     }
 }

@@ -1,6 +1,6 @@
 //! tekfed's API: group `tekfed.io`, version `v1alpha1`.
 //!
-//! The Rust types here are the source of truth. `crds/manifests/*.yaml` is
+//! The Rust types here are the source of truth. `api/manifests/*.yaml` is
 //! generated from them (`make crds`), and a test fails when the committed
 //! YAML is stale. Validation a user relies on lives in the generated schema
 //! (OpenAPI constraints and CEL `x-kubernetes-validations`), so the API
@@ -22,8 +22,6 @@
 pub mod admission;
 pub mod assignment;
 pub mod common;
-pub mod connect;
-pub mod leader;
 pub mod manifests;
 pub mod member_cluster;
 pub mod runs;
