@@ -9,9 +9,9 @@ help:
 	@echo "make test     build the Kubernetes test binaries and helm (cached), then run every test"
 	@echo "make demo     start a local federation (hub + 3 members), show a burst spreading and a drain; it stays up"
 	@echo "make demo-down  stop the demo's federation"
-	@echo "make bench    quick benchmarks (about a minute); make bench-full for the README's figures (about 8 min)"
+	@echo "make bench    quick benchmarks (about 3 minutes once built); make bench-full for the README's figures (about 8 min)"
 	@echo "make bins     build kube-apiserver, kubectl, etcd and fetch Tekton's CRDs (cached outside the repo)"
-	@echo "make crds     regenerate api/manifests/ (and the hub chart's copies) from the Rust types"
+	@echo "make crds     regenerate api/manifests/ (and the hub chart's copies) from the Rust types, and the charts' RBAC rules (_rules.tpl) from api/src/rbac.rs"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make testbed  start a hub + 2 members on real API servers until Ctrl-C"
 

@@ -4,7 +4,9 @@
 //! Writing to `api/manifests/` also writes the `tekfed-hub` Helm chart's
 //! copies: each CRD into `charts/tekfed-hub/crds/` as it is, and the
 //! admission policies into `charts/tekfed-hub/templates/`, wrapped in
-//! `admissionPolicies.enabled` (`api/tests/chart_fresh.rs` checks both).
+//! `admissionPolicies.enabled` (`api/tests/chart_fresh.rs` checks both),
+//! and each chart's RBAC rules (`templates/_rules.tpl`) from
+//! `tekfed_api::rbac` (`api/tests/chart_rules_fresh.rs` checks them).
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,9 @@ fn main() -> std::io::Result<()> {
         } else {
             write(&chart.join("crds").join(file), yaml)?;
         }
+    }
+    for (path, text) in tekfed_api::rbac::chart_templates() {
+        write(&crate_dir.join("..").join(path), &text)?;
     }
     Ok(())
 }

@@ -18,12 +18,15 @@
 //! - [`admission`]: admission policies for what a schema cannot check.
 //! - [`tekton`]: reading Tekton run status into tekfed phases.
 //! - [`manifests`]: the generated documents.
+//! - [`rbac`]: the RBAC rules of the hub's and the agent's identities,
+//!   which `kubectl tekfed join` grants and the charts' rules are generated from.
 
 pub mod admission;
 pub mod assignment;
 pub mod common;
 pub mod manifests;
 pub mod member_cluster;
+pub mod rbac;
 pub mod runs;
 pub mod tekton;
 pub mod templates;

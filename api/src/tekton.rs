@@ -6,10 +6,26 @@
 //! `True` when it succeeded, `False` when it failed or was cancelled (the
 //! reason tells which).
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::RunKind;
 use crate::runs::RunPhase;
+
+/// A member's TaskRun or PipelineRun as tekfed reads it: `spec.status`
+/// (held or cancelled) typed, and Tekton's `status`, mirrored to the hub as
+/// it is and read through [`phase`]. The rest of the spec is not kept: an
+/// agent's watch stores every run tekfed made on its cluster.
+pub type TektonRun = kube::core::Object<TektonRunSpec, Value>;
+
+/// The part of a Tekton run's spec tekfed reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TektonRunSpec {
+    /// `PipelineRunPending` while held; a cancel value once cancelled
+    /// ([`cancel_values`]); none while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
 
 /// `spec.status` that holds a PipelineRun (Tekton does not start it).
 pub const PIPELINE_RUN_PENDING: &str = "PipelineRunPending";
@@ -98,6 +114,28 @@ mod tests {
             phase(&with("False", "StoppedRunningFinally")),
             RunPhase::Cancelled
         );
+    }
+
+    #[test]
+    fn a_run_reads_as_its_spec_status_and_whole_status() {
+        let run: TektonRun = serde_json::from_value(json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {"name": "build", "namespace": "ci"},
+            "spec": {"status": "PipelineRunPending", "pipelineRef": {"name": "p"}},
+            "status": {"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "PipelineRunPending"}]},
+        }))
+        .unwrap();
+        assert_eq!(run.spec.status.as_deref(), Some(PIPELINE_RUN_PENDING));
+        assert_eq!(
+            phase(run.status.as_ref().unwrap_or(&Value::Null)),
+            RunPhase::Scheduled
+        );
+        let started: TektonRun = serde_json::from_value(
+            json!({"metadata": {"name": "t"}, "spec": {"taskRef": {"name": "x"}}}),
+        )
+        .unwrap();
+        assert_eq!(started.spec.status, None);
+        assert_eq!(started.status, None);
     }
 
     #[test]

@@ -13,14 +13,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{
-    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
-};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use serde_json::Value;
 use serde_json::json;
-use tekfed_api::tekton::cancel_values;
+use tekfed_api::tekton::{TektonRun, cancel_values};
 use tekfed_api::{MemberReport, RunAssignment, RunKind, cluster_namespace};
 use tekfed_runtime::connect::{drop_managed_fields, tekton_resource};
 use tokio::sync::Notify;
@@ -45,8 +44,8 @@ pub struct Agent {
 
 struct Stores {
     records: Store<RunAssignment>,
-    task_runs: Store<DynamicObject>,
-    pipeline_runs: Store<DynamicObject>,
+    task_runs: Store<TektonRun>,
+    pipeline_runs: Store<TektonRun>,
     /// Records whose steps were all taken (or had none), with the versions
     /// of record and member run they were planned from. Until either
     /// changes there is nothing new to do: a pass skips them. That keeps a
@@ -64,7 +63,7 @@ impl Stores {
         self.settled.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn runs(&self, kind: RunKind) -> &Store<DynamicObject> {
+    fn runs(&self, kind: RunKind) -> &Store<TektonRun> {
         match kind {
             RunKind::TaskRun => &self.task_runs,
             RunKind::PipelineRun => &self.pipeline_runs,
@@ -97,8 +96,8 @@ impl Agent {
         let mut run_watches = Vec::new();
         for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
             let resource = tekton_resource(kind.tekton_kind());
-            let api: Api<DynamicObject> = Api::all_with(self.member.clone(), &resource);
-            let writer = reflector::store::Writer::<DynamicObject>::new(resource);
+            let api: Api<TektonRun> = Api::all_with(self.member.clone(), &resource);
+            let writer = reflector::store::Writer::<TektonRun>::new(resource);
             run_stores.push(writer.as_reader());
             let selector = match kind {
                 RunKind::TaskRun => format!("{MANAGED},{CHILD_OF_PIPELINE_RUN}"),
@@ -172,10 +171,7 @@ impl Agent {
                     phase: record.status.as_ref().and_then(|s| s.phase),
                     run_status: record.status.as_ref().and_then(|s| s.run_status.clone()),
                 };
-                let run_view = member_run.as_ref().map(|r| MemberRun {
-                    spec_status: r.data["spec"]["status"].as_str().map(str::to_owned),
-                    status: r.data["status"].clone(),
-                });
+                let run_view = member_run.as_deref().map(MemberRun::of);
                 let mut all_taken = true;
                 for step in plan(kind, Some(&view), run_view.as_ref()) {
                     if step == Step::DeleteHeld {
@@ -201,10 +197,7 @@ impl Agent {
         // Held runs whose record is gone were revoked: delete them unstarted.
         for kind in [RunKind::PipelineRun] {
             for run in stores.runs(kind).state() {
-                let held = MemberRun {
-                    spec_status: run.data["spec"]["status"].as_str().map(str::to_owned),
-                    status: run.data["status"].clone(),
-                };
+                let held = MemberRun::of(&run);
                 if !held.held() {
                     continue;
                 }
@@ -251,7 +244,7 @@ impl Agent {
                 }
             }
             Step::Unhold => {
-                let api: Api<DynamicObject> = Api::namespaced_with(
+                let api: Api<TektonRun> = Api::namespaced_with(
                     self.member.clone(),
                     &run.namespace,
                     &tekton_resource(kind.tekton_kind()),
@@ -264,7 +257,7 @@ impl Agent {
             }
             Step::DeleteHeld => false,
             Step::Cancel => {
-                let api: Api<DynamicObject> = Api::namespaced_with(
+                let api: Api<TektonRun> = Api::namespaced_with(
                     self.member.clone(),
                     &run.namespace,
                     &tekton_resource(kind.tekton_kind()),
@@ -304,8 +297,8 @@ impl Agent {
     }
 
     /// Delete a held run; true when it is gone.
-    async fn delete_held(&self, run: &DynamicObject, kind: RunKind) -> bool {
-        let api: Api<DynamicObject> = Api::namespaced_with(
+    async fn delete_held(&self, run: &TektonRun, kind: RunKind) -> bool {
+        let api: Api<TektonRun> = Api::namespaced_with(
             self.member.clone(),
             &run.namespace().unwrap_or_default(),
             &tekton_resource(kind.tekton_kind()),
@@ -337,21 +330,24 @@ impl Agent {
             .into_iter()
             .chain(stores.pipeline_runs.state())
             .collect();
-        let load = load::count(tekfed_runs.iter().map(|r| &r.data["status"]));
+        let load = load::count(
+            tekfed_runs
+                .iter()
+                .map(|r| r.status.as_ref().unwrap_or(&Value::Null)),
+        );
         let mut total = None;
         let mut all_statuses = Vec::new();
         let mut complete = true;
         for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
-            let api: Api<DynamicObject> =
+            let api: Api<TektonRun> =
                 Api::all_with(self.member.clone(), &tekton_resource(kind.tekton_kind()));
             let params = match kind {
                 RunKind::TaskRun => ListParams::default().labels(CHILD_OF_PIPELINE_RUN),
                 RunKind::PipelineRun => ListParams::default(),
             };
             match api.list(&params).await {
-                Ok(list) => {
-                    all_statuses.extend(list.items.into_iter().map(|r| r.data["status"].clone()))
-                }
+                Ok(list) => all_statuses
+                    .extend(list.items.into_iter().map(|r| r.status.unwrap_or_default())),
                 Err(_) => complete = false,
             }
         }
@@ -393,9 +389,9 @@ impl Agent {
         }
         // Tekton publishes its version in this ConfigMap.
         let infos: Api<k8s_openapi::api::core::v1::ConfigMap> =
-            Api::namespaced(self.member.clone(), "tekton-pipelines");
+            Api::namespaced(self.member.clone(), tekfed_api::rbac::TEKTON_NAMESPACE);
         let tekton_version = infos
-            .get_opt("pipelines-info")
+            .get_opt(tekfed_api::rbac::TEKTON_VERSION_CONFIGMAP)
             .await
             .ok()
             .flatten()

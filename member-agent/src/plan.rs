@@ -11,7 +11,7 @@
 use serde_json::Value;
 use tekfed_api::RunKind;
 use tekfed_api::runs::RunPhase;
-use tekfed_api::tekton::{PIPELINE_RUN_PENDING, cancel_values, is_final, phase};
+use tekfed_api::tekton::{PIPELINE_RUN_PENDING, TektonRun, cancel_values, is_final, phase};
 
 /// The assignment record, as the agent last saw it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,6 +33,14 @@ pub struct MemberRun {
 }
 
 impl MemberRun {
+    /// The view of a run from the agent's watch.
+    pub fn of(run: &TektonRun) -> Self {
+        Self {
+            spec_status: run.spec.status.clone(),
+            status: run.status.clone().unwrap_or_default(),
+        }
+    }
+
     pub fn held(&self) -> bool {
         self.spec_status.as_deref() == Some(PIPELINE_RUN_PENDING)
     }

@@ -215,10 +215,7 @@ impl TestBed {
         let role = json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "tekfed-agent", "namespace": namespace},
-            "rules": [
-                {"apiGroups": ["tekfed.io"], "resources": ["runassignments", "memberreports"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["tekfed.io"], "resources": ["runassignments/status", "memberreports/status"], "verbs": ["get", "update", "patch"]},
-            ],
+            "rules": tekfed_api::rbac::policy_rules(tekfed_api::rbac::agent_on_hub()),
         });
         let binding = json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",

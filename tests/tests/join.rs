@@ -150,9 +150,28 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
         out.contains(
             "created   member member-1: Deployment tekfed-system/tekfed-agent (tekfed:test)"
         ) && out.contains("created   member member-1: ClusterRole tekfed-agent")
+            && out.contains(
+                "created   member member-1: Role tekton-pipelines/tekfed-agent-tekton-version"
+            )
+            && out.contains(
+                "created   member member-1: Role tekfed-system/tekfed-agent-leader-election"
+            )
             && !out.contains("helm upgrade"),
         "{out}"
     );
+    // The same agent the chart installs: leader election on, as the chart's.
+    let agent = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+        bed.client("member-1").await.unwrap(),
+        "tekfed-system",
+    )
+    .get("tekfed-agent")
+    .await
+    .unwrap();
+    let args = agent.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--leader-elect"), "{args:?}");
 
     // The hub reaches each member with the token join made.
     wait_condition(&bed, &members, "Reachable", WAIT)

@@ -1,0 +1,350 @@
+//! The RBAC rules of tekfed's identities, defined once: `kubectl tekfed
+//! join` grants them, and the Helm charts' rules are generated from them
+//! (`make crds` writes each chart's `templates/_rules.tpl`;
+//! `api/tests/chart_rules_fresh.rs` fails when one is stale).
+//!
+//! - [`hub_on_member`]: the hub's ServiceAccount `tekfed-hub` on each
+//!   member (join's ClusterRole; no chart).
+//! - [`agent_on_member`], [`agent_tekton_version`], [`leader_election`]:
+//!   the agent on its member (join `--install-agent`, and the
+//!   `tekfed-member-agent` chart).
+//! - [`agent_on_hub`]: the agent's hub identity, in its cluster's hub
+//!   namespace (join's Role; no chart).
+//! - [`leader_election`] is also the hub's, in the `tekfed-hub` chart.
+//!
+//! Each [`Rule`] says why it is needed; the charts carry that as a comment
+//! above the rule. No rule grants a wildcard, a Secret, or more RBAC.
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+/// The namespace Tekton runs in, where it publishes its version.
+pub const TEKTON_NAMESPACE: &str = "tekton-pipelines";
+/// The ConfigMap, in [`TEKTON_NAMESPACE`], holding Tekton's version.
+pub const TEKTON_VERSION_CONFIGMAP: &str = "pipelines-info";
+
+/// A rule and why the identity holding it needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// Why: the comment above the rule in the charts.
+    pub why: &'static str,
+    pub rule: PolicyRule,
+}
+
+fn rule(why: &'static str, api_groups: &[&str], resources: &[&str], verbs: &[&str]) -> Rule {
+    let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Rule {
+        why,
+        rule: PolicyRule {
+            api_groups: Some(strings(api_groups)),
+            resources: Some(strings(resources)),
+            verbs: strings(verbs),
+            ..Default::default()
+        },
+    }
+}
+
+impl Rule {
+    /// Only the objects of these names.
+    fn named(mut self, names: &[&str]) -> Self {
+        self.rule.resource_names = Some(names.iter().map(|s| s.to_string()).collect());
+        self
+    }
+}
+
+/// The `PolicyRule`s of a Role or ClusterRole.
+pub fn policy_rules(rules: impl IntoIterator<Item = Rule>) -> Vec<PolicyRule> {
+    rules.into_iter().map(|r| r.rule).collect()
+}
+
+/// The hub's ClusterRole on a member (ServiceAccount
+/// `tekfed-system/tekfed-hub`, which `kubectl tekfed join` creates): Tekton's
+/// objects and the namespaces it creates for them. No Secrets, no pods,
+/// nothing else.
+pub fn hub_on_member() -> Vec<Rule> {
+    vec![
+        rule(
+            "Federated Tasks and Pipelines: the hub keeps a copy on each selected member (server-side apply), watches tekfed's copies for drift, and deletes them with their template.",
+            &["tekton.dev"],
+            &["tasks", "pipelines"],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
+        ),
+        rule(
+            "Runs: the hub creates a federated run's TaskRun or PipelineRun (a PipelineRun held) on the member it picked, watches its status, cancels it (patch spec.status) and deletes it when the federated run goes.",
+            &["tekton.dev"],
+            &["taskruns", "pipelineruns"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        rule(
+            "A template's or run's namespace is created on the member when it does not exist there yet.",
+            &[""],
+            &["namespaces"],
+            &["get", "list", "watch", "create"],
+        ),
+        rule(
+            "A run goes into a new namespace only once its default ServiceAccount exists (Tekton reads it for every run).",
+            &[""],
+            &["serviceaccounts"],
+            &["get"],
+        ),
+    ]
+}
+
+/// The agent's ClusterRole on its member. It creates nothing there: the
+/// hub creates member runs with its own credentials ([`hub_on_member`]).
+pub fn agent_on_member() -> Vec<Rule> {
+    vec![
+        rule(
+            "Runs, watched for their status and counted for load; a started run the hub took off this cluster (cluster lost, then back) is cancelled (patch spec.status).",
+            &["tekton.dev"],
+            &["taskruns"],
+            &["get", "list", "watch", "patch"],
+        ),
+        rule(
+            "A held PipelineRun is started (patch spec.status) once the hub released it, or deleted unstarted when the hub revoked it.",
+            &["tekton.dev"],
+            &["pipelineruns"],
+            &["get", "list", "watch", "patch", "delete"],
+        ),
+        rule(
+            "Only the start-up check that the member serves Tekton's v1 API (tekfed_runtime::connect::tekton_apis lists one object of each kind).",
+            &["tekton.dev"],
+            &["tasks", "pipelines"],
+            &["list"],
+        ),
+        rule(
+            "Load: pending pods, and requested vs allocatable CPU and memory.",
+            &[""],
+            &["pods", "nodes"],
+            &["list"],
+        ),
+    ]
+}
+
+/// The agent's Role in [`TEKTON_NAMESPACE`] on its member.
+pub fn agent_tekton_version() -> Vec<Rule> {
+    vec![
+        rule(
+            "Tekton's version, reported to the hub, from the one ConfigMap Tekton publishes it in; no other ConfigMap.",
+            &[""],
+            &["configmaps"],
+            &["get"],
+        )
+        .named(&[TEKTON_VERSION_CONFIGMAP]),
+    ]
+}
+
+/// A Role for leader election on the Lease `lease`, in the Lease's
+/// namespace: the agent's on its member, the hub's on the hub.
+pub fn leader_election(lease: &str) -> Vec<Rule> {
+    vec![
+        rule(
+            "Leader election: create the Lease when it does not exist yet (create cannot be limited by name).",
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["create"],
+        ),
+        rule(
+            "Then read and renew (or take over) that Lease only.",
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "update"],
+        )
+        .named(&[lease]),
+    ]
+}
+
+/// The Role of the agent's hub identity (ServiceAccount
+/// `tekfed-system/tekfed-agent-<cluster>` on the hub) in its cluster's
+/// namespace `tekfed-cluster-<cluster>`, and nowhere else.
+pub fn agent_on_hub() -> Vec<Rule> {
+    vec![
+        rule(
+            "The RunAssignments the hub makes for this cluster, and the cluster's MemberReport.",
+            &["tekfed.io"],
+            &["runassignments", "memberreports"],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            "Their status: an assignment's run status (and its release or cancellation acknowledged), the report's heartbeats and load.",
+            &["tekfed.io"],
+            &["runassignments/status", "memberreports/status"],
+            &["get", "update", "patch"],
+        ),
+    ]
+}
+
+const CHART_HEADER: &str =
+    "{{/* Generated from api/src/rbac.rs by `make crds`: do not edit. */}}\n";
+
+/// `(path from the repository root, text)` of each chart's generated rules:
+/// Helm `define`s of rule lists, which the chart's `rbac.yaml` includes
+/// (`{{- include "…" . | nindent 2 }}`). The Lease's name is the chart's:
+/// its define takes it as `(dict "lease" $name)`.
+pub fn chart_templates() -> Vec<(&'static str, String)> {
+    let lease = "{{ .lease | quote }}";
+    vec![
+        (
+            "charts/tekfed-member-agent/templates/_rules.tpl",
+            [
+                CHART_HEADER.to_owned(),
+                define(
+                    "tekfed-member-agent.rules.member",
+                    "The agent's ClusterRole on its member.",
+                    &agent_on_member(),
+                ),
+                define(
+                    "tekfed-member-agent.rules.tektonVersion",
+                    "The agent's Role in Tekton's namespace.",
+                    &agent_tekton_version(),
+                ),
+                define(
+                    "tekfed-member-agent.rules.leaderElection",
+                    "The agent's Role on its Lease: (dict \"lease\" <the Lease's name>).",
+                    &leader_election(lease),
+                ),
+            ]
+            .concat(),
+        ),
+        (
+            "charts/tekfed-hub/templates/_rules.tpl",
+            [
+                CHART_HEADER.to_owned(),
+                define(
+                    "tekfed-hub.rules.leaderElection",
+                    "The hub's rules on its Lease: (dict \"lease\" <the Lease's name>).",
+                    &leader_election(lease),
+                ),
+            ]
+            .concat(),
+        ),
+    ]
+}
+
+/// A Helm `define` of `rules` as a YAML list, each rule after its reason.
+fn define(name: &str, what: &str, rules: &[Rule]) -> String {
+    let mut text = format!("\n{{{{/* {what} */}}}}\n{{{{- define \"{name}\" -}}}}\n");
+    for Rule { why, rule } in rules {
+        for line in wrap(why, 74) {
+            text.push_str(&format!("# {line}\n"));
+        }
+        let mut fields = vec![
+            ("apiGroups", rule.api_groups.as_deref()),
+            ("resources", rule.resources.as_deref()),
+            ("resourceNames", rule.resource_names.as_deref()),
+            ("nonResourceURLs", rule.non_resource_urls.as_deref()),
+            ("verbs", Some(rule.verbs.as_slice())),
+        ];
+        fields.retain(|(_, values)| values.is_some());
+        for (j, (key, values)) in fields.into_iter().enumerate() {
+            let values: Vec<String> = values.unwrap_or_default().iter().map(scalar).collect();
+            let lead = if j == 0 { "- " } else { "  " };
+            text.push_str(&format!("{lead}{key}: [{}]\n", values.join(", ")));
+        }
+    }
+    text.push_str("{{- end }}\n");
+    text
+}
+
+/// A YAML flow scalar: plain when it is a simple name, a Helm action
+/// (`{{ … }}`, filled in by the chart) as it is, else double-quoted.
+fn scalar(value: &String) -> String {
+    let helm_action = value.starts_with("{{") && value.ends_with("}}");
+    let plain = value.starts_with(|c: char| c.is_ascii_alphabetic())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-./_".contains(c));
+    if helm_action || plain {
+        value.clone()
+    } else {
+        serde_json::to_string(value).expect("a string serializes")
+    }
+}
+
+/// `text` in lines of at most `width` characters (a longer word stays whole).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.len() + 1 + word.len() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_rule() -> Vec<Rule> {
+        [
+            hub_on_member(),
+            agent_on_member(),
+            agent_tekton_version(),
+            leader_election("lease"),
+            agent_on_hub(),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn no_rule_grants_a_wildcard_secrets_or_more_rbac() {
+        for Rule { why, rule } in every_rule() {
+            assert!(!why.is_empty());
+            let text = serde_json::to_string(&rule).unwrap();
+            assert!(!text.contains('*'), "{text}");
+            assert!(!text.contains("secrets"), "{text}");
+            for verb in ["escalate", "bind", "impersonate"] {
+                assert!(!rule.verbs.iter().any(|v| v == verb), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_hub_gets_no_pods_on_a_member() {
+        for rule in policy_rules(hub_on_member()) {
+            let resources = rule.resources.unwrap_or_default();
+            assert!(!resources.iter().any(|r| r == "pods"), "{resources:?}");
+        }
+    }
+
+    /// The generated YAML reads back as the same rules (the Lease's name
+    /// filled in as the chart does).
+    #[test]
+    fn the_chart_rules_are_the_rules() {
+        let templates = chart_templates();
+        let agent = &templates[0].1;
+        let defined = |name: &str| -> Vec<PolicyRule> {
+            let start = agent
+                .find(&format!("{{{{- define \"{name}\" -}}}}\n"))
+                .unwrap_or_else(|| panic!("no define {name}"));
+            let body = &agent[start..];
+            let body = &body[body.find('\n').unwrap() + 1..body.find("{{- end }}").unwrap()];
+            let yaml = body.replace("{{ .lease | quote }}", "\"tekfed-agent-m\"");
+            serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"))
+        };
+        assert_eq!(
+            defined("tekfed-member-agent.rules.member"),
+            policy_rules(agent_on_member())
+        );
+        assert_eq!(
+            defined("tekfed-member-agent.rules.tektonVersion"),
+            policy_rules(agent_tekton_version())
+        );
+        assert_eq!(
+            defined("tekfed-member-agent.rules.leaderElection"),
+            policy_rules(leader_election("tekfed-agent-m"))
+        );
+    }
+
+    #[test]
+    fn long_reasons_wrap() {
+        assert_eq!(wrap("a bb ccc", 4), ["a bb", "ccc"]);
+        assert_eq!(wrap("", 4), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,49 @@
+{{/* Generated from api/src/rbac.rs by `make crds`: do not edit. */}}
+
+{{/* The agent's ClusterRole on its member. */}}
+{{- define "tekfed-member-agent.rules.member" -}}
+# Runs, watched for their status and counted for load; a started run the hub
+# took off this cluster (cluster lost, then back) is cancelled (patch
+# spec.status).
+- apiGroups: [tekton.dev]
+  resources: [taskruns]
+  verbs: [get, list, watch, patch]
+# A held PipelineRun is started (patch spec.status) once the hub released
+# it, or deleted unstarted when the hub revoked it.
+- apiGroups: [tekton.dev]
+  resources: [pipelineruns]
+  verbs: [get, list, watch, patch, delete]
+# Only the start-up check that the member serves Tekton's v1 API
+# (tekfed_runtime::connect::tekton_apis lists one object of each kind).
+- apiGroups: [tekton.dev]
+  resources: [tasks, pipelines]
+  verbs: [list]
+# Load: pending pods, and requested vs allocatable CPU and memory.
+- apiGroups: [""]
+  resources: [pods, nodes]
+  verbs: [list]
+{{- end }}
+
+{{/* The agent's Role in Tekton's namespace. */}}
+{{- define "tekfed-member-agent.rules.tektonVersion" -}}
+# Tekton's version, reported to the hub, from the one ConfigMap Tekton
+# publishes it in; no other ConfigMap.
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [pipelines-info]
+  verbs: [get]
+{{- end }}
+
+{{/* The agent's Role on its Lease: (dict "lease" <the Lease's name>). */}}
+{{- define "tekfed-member-agent.rules.leaderElection" -}}
+# Leader election: create the Lease when it does not exist yet (create
+# cannot be limited by name).
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+# Then read and renew (or take over) that Lease only.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ .lease | quote }}]
+  verbs: [get, update]
+{{- end }}

@@ -1,0 +1,115 @@
+//! The member side of a join: the hub's identity there (namespace
+//! `tekfed-system`, ServiceAccount `tekfed-hub`, its ClusterRole and
+//! binding), and the agent's hub kubeconfig.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Client;
+use kube::api::Api;
+use serde_json::json;
+use tekfed_api::rbac;
+
+use super::kubeconfig::{Endpoint, token_kubeconfig};
+use super::objects::{
+    ensure, ensure_kubeconfig_secret, exists, fields, labels_differ, secret_kubeconfig,
+};
+use super::tokens::token_for;
+use super::{AGENT_SECRET, HUB_SA, Joining, MANAGED_BY, SYSTEM_NAMESPACE};
+
+/// Namespace `tekfed-system`, and in it the ServiceAccount the hub uses on
+/// this member, bound to a ClusterRole of [`rbac::hub_on_member`].
+pub(super) async fn hub_identity(m: &Client, j: &mut Joining<'_>) -> anyhow::Result<()> {
+    let labels = j.labels.clone();
+    ensure::<Namespace>(
+        &Api::all(m.clone()),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE, "labels": {MANAGED_BY.0: MANAGED_BY.1}}}),
+        exists,
+        j.on_member(&format!("Namespace {SYSTEM_NAMESPACE}")),
+        &mut j.report,
+    )
+    .await?;
+    ensure::<ServiceAccount>(
+        &Api::namespaced(m.clone(), SYSTEM_NAMESPACE),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": HUB_SA, "namespace": SYSTEM_NAMESPACE, "labels": labels}}),
+        labels_differ,
+        j.on_member(&format!("ServiceAccount {SYSTEM_NAMESPACE}/{HUB_SA}")),
+        &mut j.report,
+    )
+    .await?;
+    ensure::<ClusterRole>(
+        &Api::all(m.clone()),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": HUB_SA, "labels": labels},
+               "rules": rbac::policy_rules(rbac::hub_on_member())}),
+        fields(&["rules"]),
+        j.on_member(&format!(
+            "ClusterRole {HUB_SA} (Tekton objects and namespaces only)"
+        )),
+        &mut j.report,
+    )
+    .await?;
+    ensure::<ClusterRoleBinding>(
+        &Api::all(m.clone()),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": HUB_SA, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": HUB_SA},
+               "subjects": [{"kind": "ServiceAccount", "name": HUB_SA, "namespace": SYSTEM_NAMESPACE}]}),
+        fields(&["roleRef", "subjects"]),
+        j.on_member(&format!("ClusterRoleBinding {HUB_SA}")),
+        &mut j.report,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Secret `tekfed-system/tekfed-hub-kubeconfig` on the member: the hub at
+/// `hub_endpoint` with a token of the agent's hub identity `agent_sa`.
+pub(super) async fn agent_hub_kubeconfig(
+    m: &Client,
+    h: &Client,
+    hub_endpoint: &Endpoint,
+    agent_sa: &str,
+    token_ttl: Duration,
+    j: &mut Joining<'_>,
+) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(m.clone(), SYSTEM_NAMESPACE);
+    let existing = secret_kubeconfig(&secrets, AGENT_SECRET).await?;
+    let token = token_for(
+        h,
+        hub_endpoint,
+        SYSTEM_NAMESPACE,
+        agent_sa,
+        existing.as_deref(),
+        token_ttl,
+    )
+    .await?;
+    let kubeconfig = token_kubeconfig("hub", hub_endpoint, agent_sa, &token);
+    ensure_kubeconfig_secret(
+        &secrets,
+        AGENT_SECRET,
+        &j.labels,
+        &kubeconfig,
+        j.on_member(&format!(
+            "Secret {SYSTEM_NAMESPACE}/{AGENT_SECRET} (the agent's hub kubeconfig)"
+        )),
+        &mut j.report,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_gets_no_secrets_pods_or_wildcards_on_a_member() {
+        let rules = serde_json::to_value(rbac::policy_rules(rbac::hub_on_member())).unwrap();
+        for rule in rules.as_array().unwrap() {
+            let text = rule.to_string();
+            assert!(
+                !text.contains("secrets") && !text.contains("pods") && !text.contains('*'),
+                "{text}"
+            );
+        }
+    }
+}

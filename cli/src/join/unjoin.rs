@@ -1,0 +1,208 @@
+//! `kubectl tekfed unjoin`: what join made, removed (refused while runs
+//! are active on the member, unless forced).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tekfed_api::rbac::TEKTON_NAMESPACE;
+use tekfed_api::tekton::is_final;
+use tekfed_api::{MemberCluster, RunAssignment, cluster_namespace};
+use tekfed_runtime::connect::tekton_resource;
+
+use super::agent::TEKTON_VERSION_ROLE;
+use super::hub::agent_account;
+use super::kubeconfig::{connect, hub_context, read_kubeconfig};
+use super::objects::{Report, remove};
+use super::{AGENT, HUB_SA, MANAGED_BY, SYSTEM_NAMESPACE};
+
+/// What `unjoin` is asked to do.
+pub struct UnjoinOptions {
+    pub name: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub cluster_context: Option<String>,
+    pub hub_context: Option<String>,
+    pub force: bool,
+}
+
+/// Runs still active on a member: assignments neither finished nor revoked.
+async fn active_runs(hub: &Client, name: &str) -> anyhow::Result<Vec<String>> {
+    let records: Api<RunAssignment> = Api::namespaced(hub.clone(), &cluster_namespace(name));
+    let list = match records.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => vec![],
+        Err(e) => return Err(e).context("listing the member's assignments"),
+    };
+    Ok(list
+        .into_iter()
+        .filter(|r| {
+            let s = r.status.clone().unwrap_or_default();
+            !s.is_revoked() && !s.phase.is_some_and(is_final)
+        })
+        .map(|r| format!("{}/{}", r.spec.run.namespace, r.spec.run.name))
+        .collect())
+}
+
+pub async fn unjoin(options: UnjoinOptions) -> anyhow::Result<()> {
+    let name = options.name.as_str();
+    let kubeconfig = read_kubeconfig(&options.kubeconfig)?;
+    let hub_context = hub_context(&kubeconfig, &options.hub_context)?;
+    let hub = connect(&kubeconfig, &hub_context, "hub").await?;
+    let h = &hub.client;
+    let active = active_runs(h, name).await?;
+    if !active.is_empty() && !options.force {
+        bail!(
+            "{} run(s) are active on {name} ({}); drain it first (kubectl tekfed drain {name}), or pass --force to unjoin anyway",
+            active.len(),
+            active
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let member = match &options.cluster_context {
+        Some(ctx) => Some(connect(&kubeconfig, ctx, "member").await?),
+        None => None,
+    };
+    let mut report = Report::default();
+    println!("unjoining {name}");
+    unjoin_hub(h, name, &mut report).await?;
+    match member {
+        None => println!(
+            "The member side was left as it is; unjoin again with --cluster-context to remove tekfed's objects there."
+        ),
+        Some(member) => unjoin_member(&member.client, name, &mut report).await?,
+    }
+    println!("unjoined {name}");
+    Ok(())
+}
+
+/// The MemberCluster, the member's kubeconfig Secret, the agent's hub
+/// identity and the cluster's namespace (its assignments, report and the
+/// agent's Role).
+async fn unjoin_hub(h: &Client, name: &str, report: &mut Report) -> anyhow::Result<()> {
+    remove(
+        &Api::<MemberCluster>::all(h.clone()),
+        name,
+        format!("hub: MemberCluster {name}"),
+        report,
+    )
+    .await?;
+    remove(
+        &Api::<Secret>::namespaced(h.clone(), SYSTEM_NAMESPACE),
+        &format!("tekfed-member-{name}"),
+        format!("hub: Secret {SYSTEM_NAMESPACE}/tekfed-member-{name}"),
+        report,
+    )
+    .await?;
+    let agent_sa = agent_account(name);
+    remove(
+        &Api::<ServiceAccount>::namespaced(h.clone(), SYSTEM_NAMESPACE),
+        &agent_sa,
+        format!("hub: ServiceAccount {SYSTEM_NAMESPACE}/{agent_sa}"),
+        report,
+    )
+    .await?;
+    let cluster_ns = cluster_namespace(name);
+    remove(
+        &Api::<Namespace>::all(h.clone()),
+        &cluster_ns,
+        format!("hub: Namespace {cluster_ns} (its assignments, report and the agent's Role)"),
+        report,
+    )
+    .await
+}
+
+async fn unjoin_member(m: &Client, name: &str, report: &mut Report) -> anyhow::Result<()> {
+    let on_member = |what: &str| format!("member {name}: {what}");
+    // What the hub put there: tekfed's Tekton objects, in every namespace.
+    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    for kind in ["TaskRun", "PipelineRun", "Task", "Pipeline"] {
+        let api: Api<kube::api::DynamicObject> = Api::all_with(m.clone(), &tekton_resource(kind));
+        let items = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .with_context(|| format!("listing tekfed's {kind}s"))?;
+        for item in items {
+            let ns = item.namespace().unwrap_or_default();
+            let api: Api<kube::api::DynamicObject> =
+                Api::namespaced_with(m.clone(), &ns, &tekton_resource(kind));
+            remove(
+                &api,
+                &item.name_any(),
+                on_member(&format!("{kind} {ns}/{}", item.name_any())),
+                report,
+            )
+            .await?;
+        }
+    }
+    // Namespaces the hub created are kept (they may hold your objects) but
+    // are no longer marked as tekfed's.
+    let namespaces: Api<Namespace> = Api::all(m.clone());
+    for ns in namespaces
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await?
+    {
+        let ns_name = ns.name_any();
+        if ns_name == SYSTEM_NAMESPACE {
+            continue;
+        }
+        let patch = json!({"metadata": {"labels": {MANAGED_BY.0: null}}});
+        namespaces
+            .patch(&ns_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        report.note(
+            "unmarked",
+            on_member(&format!("Namespace {ns_name} (kept)")),
+        );
+    }
+    for cr in [HUB_SA, AGENT] {
+        remove(
+            &Api::<ClusterRoleBinding>::all(m.clone()),
+            cr,
+            on_member(&format!("ClusterRoleBinding {cr}")),
+            report,
+        )
+        .await?;
+        remove(
+            &Api::<ClusterRole>::all(m.clone()),
+            cr,
+            on_member(&format!("ClusterRole {cr}")),
+            report,
+        )
+        .await?;
+    }
+    // The agent's Role outside tekfed-system (join --install-agent).
+    remove(
+        &Api::<RoleBinding>::namespaced(m.clone(), TEKTON_NAMESPACE),
+        TEKTON_VERSION_ROLE,
+        on_member(&format!(
+            "RoleBinding {TEKTON_NAMESPACE}/{TEKTON_VERSION_ROLE}"
+        )),
+        report,
+    )
+    .await?;
+    remove(
+        &Api::<Role>::namespaced(m.clone(), TEKTON_NAMESPACE),
+        TEKTON_VERSION_ROLE,
+        on_member(&format!("Role {TEKTON_NAMESPACE}/{TEKTON_VERSION_ROLE}")),
+        report,
+    )
+    .await?;
+    remove(
+        &Api::<Namespace>::all(m.clone()),
+        SYSTEM_NAMESPACE,
+        on_member(&format!(
+            "Namespace {SYSTEM_NAMESPACE} (the hub's ServiceAccount, the agent and its hub kubeconfig)"
+        )),
+        report,
+    )
+    .await?;
+    Ok(())
+}
