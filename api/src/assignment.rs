@@ -42,7 +42,7 @@ pub fn cluster_namespace(cluster: &str) -> String {
     category = "tekfed",
     namespaced,
     status = "RunAssignmentStatus",
-    validation = kube::core::Rule::new("self.spec == oldSelf.spec").message("spec is immutable: the hub revokes an assignment by deleting it"),
+    validation = kube::core::Rule::new("self.spec == oldSelf.spec").message("spec is immutable: the hub revokes an assignment through status.revoked"),
     printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.run.kind"}"#,
     printcolumn = r#"{"name":"Run","type":"string","jsonPath":".spec.run.name"}"#,
     printcolumn = r#"{"name":"Released","type":"boolean","jsonPath":".status.released"}"#,

@@ -1,6 +1,6 @@
 //! Benchmark 4, "Scheduler alone at scale": the pure scheduler over a
 //! simulated fleet. **Simulation: no API servers**, no network, no Tekton;
-//! only [`tekfed_hub::scheduler`] and the placement resolution it calls.
+//! only [`tekfed_hub::runs::scheduler`] and the placement resolution it calls.
 //!
 //! 1,000 member clusters with varied load, capacity, labels (5 regions,
 //! 4 pools, gpu or not), taints, some cordoned or not Ready, and 100,000
@@ -31,7 +31,7 @@ use tekfed_api::{
     ClusterRef, PlacementMode, RunPlacement, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 use tekfed_hub::placement::Member;
-use tekfed_hub::scheduler::{ClusterView, Decision, RunRequest, Scheduler};
+use tekfed_hub::runs::scheduler::{ClusterView, Decision, RunRequest, Scheduler};
 
 const CLUSTERS: usize = 1_000;
 const RUNS_FULL: usize = 100_000;

@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use tekfed_api::{FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun};
-use tekfed_hub::member_controller::{self, MemberContext};
-use tekfed_hub::members::Members;
-use tekfed_hub::propagation::{self, Context};
+use tekfed_hub::clusters::{self, ClusterContext, Members};
 use tekfed_hub::runs::{self, RunContext};
+use tekfed_hub::templates::{self, TemplateContext};
 use tekfed_runtime::connect::{Target, require_apis, tekfed_apis};
 use tekfed_runtime::leader::{self, LeaderElector, LeaseSettings};
 
@@ -137,7 +136,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
     metrics.leader.set(1);
     let (members, mut requeue) = Members::new(metrics.template_syncs.clone());
     let members = Arc::new(members);
-    let member_ctx = Arc::new(MemberContext {
+    let member_ctx = Arc::new(ClusterContext {
         hub: client.clone(),
         namespace: args.namespace,
         members: members.clone(),
@@ -145,7 +144,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         connect_timeout: Duration::from_secs(5),
         heartbeat_grace: args.heartbeat_grace,
     });
-    let member_controller = member_controller::controller(&member_ctx);
+    let member_controller = clusters::controller::controller(&member_ctx);
     let run_ctx = Arc::new(RunContext::new(
         client.clone(),
         members.clone(),
@@ -155,7 +154,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
     let task_runs = runs::controller::<FederatedTaskRun>(&run_ctx);
     let pipeline_runs = runs::controller::<FederatedPipelineRun>(&run_ctx);
     let dispatcher = runs::dispatch(run_ctx.clone(), task_runs.store(), pipeline_runs.store());
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(TemplateContext::new(
         client,
         members,
         member_controller.store(),
@@ -169,12 +168,12 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         .remove("FederatedPipeline")
         .expect("a channel per federated kind");
     tokio::select! {
-        _ = member_controller::run(member_controller, member_ctx) => {}
-        _ = propagation::run::<FederatedTask>(ctx.clone(), tasks) => {}
-        _ = propagation::run::<FederatedPipeline>(ctx, pipelines) => {}
+        _ = clusters::controller::run(member_controller, member_ctx) => {}
+        _ = templates::run::<FederatedTask>(ctx.clone(), tasks) => {}
+        _ = templates::run::<FederatedPipeline>(ctx, pipelines) => {}
         _ = runs::run(task_runs, run_ctx.clone()) => {}
         _ = runs::run(pipeline_runs, run_ctx.clone()) => {}
-        _ = runs::watch_records(run_ctx) => {}
+        _ = runs::watch_assignments(run_ctx) => {}
         _ = dispatcher => {}
     }
 }

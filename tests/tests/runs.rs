@@ -409,6 +409,25 @@ async fn cancelling_on_the_hub_cancels_the_member_run() {
         (c.status.as_str(), c.reason.as_str()),
         ("False", "TaskRunCancelled")
     );
+    // Its story is in `kubectl describe`: the hub's Events, in order.
+    eventually("kubectl describe to show the run's Events", WAIT, || {
+        let output = std::process::Command::new(bed.bin_dir().join("kubectl"))
+            .args(["--kubeconfig", &bed.kubeconfig().to_string_lossy()])
+            .args(["--context", HUB, "-n", &ns, "describe", "ftr", "long"])
+            .output();
+        async move {
+            let text = String::from_utf8_lossy(&output.ok()?.stdout).into_owned();
+            let events = &text[text.find("Events:")?..];
+            let at = |needle: &str| events.find(needle);
+            let (scheduled, started, cancelled) = (
+                at("scheduled to member-1")?,
+                at("started on member-1")?,
+                at("cancelled on member-1 (TaskRunCancelled)")?,
+            );
+            (scheduled < started && started < cancelled).then_some(())
+        }
+    })
+    .await;
     let member: Api<DynamicObject> = Api::namespaced_with(
         bed.client("member-1").await.unwrap(),
         &ns,

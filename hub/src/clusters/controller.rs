@@ -1,8 +1,10 @@
-//! Reconciles `MemberCluster`s: reads the kubeconfig Secret each one
-//! references, builds (or keeps) the member's client, checks that the
-//! member answers with those credentials and serves Tekton, and says so in
-//! the `Reachable` condition. Runs again when the `MemberCluster` or its
-//! Secret changes, and every probe interval.
+//! The `MemberCluster` controller: reads the kubeconfig Secret each one
+//! references, builds (or keeps) the member's client in the
+//! [`registry`](super::registry), checks that the member answers with those
+//! credentials and serves Tekton, makes the member's own hub namespace and
+//! `MemberReport`, and writes its health ([`super::health`]): `Reachable`,
+//! `AgentReady` (heartbeats), `Ready`. Runs again when the `MemberCluster`,
+//! its Secret or its report changes, and every probe interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -19,25 +20,30 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tekfed_api::{
-    MemberCluster, MemberClusterStatus, MemberReport, MemberReportSpec, MemberReportStatus,
-    cluster_namespace,
+    MemberCluster, MemberReport, MemberReportSpec, MemberReportStatus, cluster_namespace,
 };
-use tekfed_runtime::connect::{require_apis, tekton_apis};
+use tekfed_runtime::connect::{ConnectError, require_apis, tekton_apis};
 
-use crate::members::{Members, Unreachable, client_from_kubeconfig};
+use super::Unreachable;
+use super::health::fold_member_status;
+use super::registry::{Members, client_from_kubeconfig};
+use crate::backoff::ErrorBackoff;
+use crate::errors::{one_line, watch_failure};
 use crate::ownership::{FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY};
 
-/// The condition saying whether the hub reaches the member.
-pub const REACHABLE: &str = "Reachable";
-/// The condition saying whether the member's agent heartbeat is fresh.
-pub const AGENT_READY: &str = "AgentReady";
-/// Reachable and AgentReady: runs may be scheduled here.
-pub const READY: &str = "Ready";
 /// The Secret key holding a member kubeconfig when `secretRef.key` is unset.
 pub const DEFAULT_SECRET_KEY: &str = "kubeconfig";
 
-/// What the member controller needs.
-pub struct MemberContext {
+/// `MemberCluster`s reconciled at once. A member that does not answer
+/// holds its reconcile up to twice three connect timeouts (30 s by
+/// default): eight is more members than a small federation has, so a few
+/// silent ones never hold up the heartbeat checks of the live ones, while a
+/// large fleet is not probed all in the same moment (a new client, TLS and
+/// two requests each) when the hub starts.
+const CONCURRENCY: u16 = 8;
+
+/// What the `MemberCluster` controller needs.
+pub struct ClusterContext {
     pub hub: Client,
     /// Where member Secrets live when `secretRef.namespace` is unset.
     pub namespace: String,
@@ -48,18 +54,29 @@ pub struct MemberContext {
     pub heartbeat_grace: Duration,
 }
 
+impl ClusterContext {
+    /// How often a member is looked at again: soon enough to see a
+    /// heartbeat go stale within the grace.
+    fn recheck(&self) -> Duration {
+        self.probe_interval
+            .min(self.heartbeat_grace / 2)
+            .max(Duration::from_secs(1))
+    }
+}
+
 /// A `MemberCluster` the hub could not reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("writing the status of MemberCluster {name}: {source}")]
+    #[error("writing the status of MemberCluster {name}: {}", one_line(.source))]
     Status { name: String, source: kube::Error },
 }
 
 /// The controller, ready to run; `store()` gives the `MemberCluster`s it sees.
-pub fn controller(ctx: &MemberContext) -> Controller<MemberCluster> {
+pub fn controller(ctx: &ClusterContext) -> Controller<MemberCluster> {
     let clusters: Api<MemberCluster> = Api::all(ctx.hub.clone());
     let secrets: Api<Secret> = Api::namespaced(ctx.hub.clone(), &ctx.namespace);
-    let controller = Controller::new(clusters, watcher::Config::default());
+    let controller = Controller::new(clusters, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let store = controller.store();
     let namespace = ctx.namespace.clone();
     let reports: Api<MemberReport> = Api::all(ctx.hub.clone());
@@ -73,15 +90,40 @@ pub fn controller(ctx: &MemberContext) -> Controller<MemberCluster> {
 }
 
 /// Run the controller until the hub stops.
-pub async fn run(controller: Controller<MemberCluster>, ctx: Arc<MemberContext>) {
+pub async fn run(controller: Controller<MemberCluster>, ctx: Arc<ClusterContext>) {
     let members = ctx.members.clone();
+    // A failed status write is retried from the old flat wait, doubling up
+    // to the healthy recheck interval and never beyond it: health must be
+    // looked at within the heartbeat grace, failing or not.
+    let retries = Arc::new(ErrorBackoff::new(
+        ctx.probe_interval.min(Duration::from_secs(5)),
+        ctx.recheck(),
+    ));
+    let on_error = retries.clone();
+    let for_reconcile = retries.clone();
     controller
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |mc, ctx| reconcile(mc, ctx, for_reconcile.clone()),
+            move |mc, error, _| {
+                let wait = on_error.failed(ObjectRef::from_obj(mc.as_ref()).erase());
+                tracing::warn!(cluster = %mc.name_any(), %error, retry_in = ?wait, "retrying");
+                Action::requeue(wait)
+            },
+            ctx,
+        )
         .for_each(|result| {
             match result {
                 Ok(_) => {}
                 // A deleted MemberCluster: its client and watches go.
-                Err(controller::Error::ObjectNotFound(gone)) => members.remove(&gone.name),
+                Err(controller::Error::ObjectNotFound(gone)) => {
+                    retries.succeeded(&gone);
+                    members.remove(&gone.name);
+                }
+                // Logged by the error policy.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(controller::Error::QueueError(e)) => {
+                    tracing::warn!(error = %watch_failure(&e), "watching MemberClusters, their Secrets or reports; retrying")
+                }
                 Err(e) => tracing::warn!(error = %e, "member cluster reconcile failed"),
             }
             futures::future::ready(())
@@ -113,9 +155,21 @@ fn referencing(
         .collect()
 }
 
-async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<MemberContext>) -> Result<Action, Error> {
+/// Reconcile one `MemberCluster`; a success starts its error backoff over.
+#[tracing::instrument(skip(mc, ctx, retries), fields(kind = "MemberCluster", name = %mc.name_any()))]
+async fn reconcile(
+    mc: Arc<MemberCluster>,
+    ctx: Arc<ClusterContext>,
+    retries: Arc<ErrorBackoff>,
+) -> Result<Action, Error> {
+    let action = probe_and_report(&mc, &ctx).await?;
+    retries.succeeded(&ObjectRef::from_obj(mc.as_ref()).erase());
+    Ok(action)
+}
+
+async fn probe_and_report(mc: &MemberCluster, ctx: &ClusterContext) -> Result<Action, Error> {
     let name = mc.name_any();
-    let outcome = connect(&mc, &ctx).await;
+    let outcome = connect(mc, ctx).await;
     let version = match outcome {
         Ok((client, server, fingerprint, version)) => {
             let created = mc
@@ -135,7 +189,7 @@ async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<MemberContext>) -> Result<Ac
                 .map(|()| version)
         }
         Err(why) => {
-            tracing::info!(cluster = %name, reason = why.reason, message = %why.message, "member not reachable");
+            tracing::info!(reason = why.reason, message = %why.message, "member not reachable");
             ctx.members.unreachable(&name, why.clone());
             Err(why)
         }
@@ -144,25 +198,16 @@ async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<MemberContext>) -> Result<Ac
     // any change to one is a reason to look at every federated object.
     ctx.members
         .notify_if_changed(&name, mc.labels(), &mc.spec.taints);
-    let report = ensure_cluster_namespace(&ctx, &name).await;
-    write_status(&mc, &ctx, version, report).await?;
+    let report = ensure_cluster_namespace(ctx, &name).await;
+    write_status(mc, ctx, version, report).await?;
     // Look again soon enough to see a heartbeat go stale within the grace.
-    Ok(Action::requeue(
-        ctx.probe_interval
-            .min(ctx.heartbeat_grace / 2)
-            .max(Duration::from_secs(1)),
-    ))
-}
-
-fn error_policy(_: Arc<MemberCluster>, error: &Error, ctx: Arc<MemberContext>) -> Action {
-    tracing::warn!(%error, "retrying");
-    Action::requeue(ctx.probe_interval.min(Duration::from_secs(5)))
+    Ok(Action::requeue(ctx.recheck()))
 }
 
 /// The member's own hub namespace (`tekfed-cluster-<name>`) and its
 /// `MemberReport` exist; returns what the agent last reported.
 async fn ensure_cluster_namespace(
-    ctx: &MemberContext,
+    ctx: &ClusterContext,
     cluster: &str,
 ) -> Option<MemberReportStatus> {
     let namespace = cluster_namespace(cluster);
@@ -180,7 +225,7 @@ async fn ensure_cluster_namespace(
         )
         .await
     {
-        tracing::warn!(%cluster, error = %e, "cannot create the cluster's hub namespace");
+        tracing::warn!(%cluster, error = %one_line(&e), "cannot create the cluster's hub namespace");
         return None;
     }
     let report = MemberReport::new(
@@ -192,7 +237,9 @@ async fn ensure_cluster_namespace(
     match reports.create(&PostParams::default(), &report).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => tracing::warn!(%cluster, error = %e, "cannot create the cluster's MemberReport"),
+        Err(e) => {
+            tracing::warn!(%cluster, error = %one_line(&e), "cannot create the cluster's MemberReport")
+        }
     }
     None
 }
@@ -201,7 +248,7 @@ async fn ensure_cluster_namespace(
 /// `(client, server URL, secret resourceVersion, Kubernetes version)`.
 async fn connect(
     mc: &MemberCluster,
-    ctx: &MemberContext,
+    ctx: &ClusterContext,
 ) -> Result<(Client, String, String, String), Unreachable> {
     let r = &mc.spec.secret_ref;
     let ns = r.namespace.clone().unwrap_or_else(|| ctx.namespace.clone());
@@ -215,7 +262,7 @@ async fn connect(
         .await
         .map_err(|e| Unreachable {
             reason: "SecretUnreadable",
-            message: format!("cannot read Secret {ns}/{}: {e}", r.name),
+            message: format!("cannot read Secret {ns}/{}: {}", r.name, one_line(&e)),
         })?
         .ok_or_else(|| Unreachable {
             reason: "SecretNotFound",
@@ -249,7 +296,7 @@ async fn connect(
         })?
         .map_err(|e| Unreachable {
             reason: "Unreachable",
-            message: format!("cannot reach the member's API server: {e}"),
+            message: format!("cannot reach the member's API server: {}", one_line(&e)),
         })?;
     tokio::time::timeout(
         probe_timeout,
@@ -261,9 +308,16 @@ async fn connect(
         message: format!("the member's API server did not answer within {probe_timeout:?}"),
     })?
     .map_err(|e| match e {
-        tekfed_runtime::connect::ConnectError::MissingApis { missing, .. } => Unreachable {
+        ConnectError::MissingApis { missing, .. } => Unreachable {
             reason: "TektonMissing",
             message: format!("the member does not serve {missing}: install Tekton Pipelines there"),
+        },
+        ConnectError::Unreachable { source, .. } => Unreachable {
+            reason: "Unauthorized",
+            message: format!(
+                "the member refused the hub's credentials or failed: {}",
+                one_line(&source)
+            ),
         },
         other => Unreachable {
             reason: "Unauthorized",
@@ -276,7 +330,7 @@ async fn connect(
 
 async fn write_status(
     mc: &MemberCluster,
-    ctx: &MemberContext,
+    ctx: &ClusterContext,
     version: Result<String, Unreachable>,
     report: Option<MemberReportStatus>,
 ) -> Result<(), Error> {
@@ -309,237 +363,4 @@ async fn write_status(
     // Room may have appeared (or gone): let the scheduler look again.
     ctx.members.schedule.notify_one();
     Ok(())
-}
-
-/// The `MemberCluster` status from what the hub saw (`version`: the probe)
-/// and what the agent reported. `Ready` = `Reachable` and `AgentReady` (a
-/// heartbeat younger than `grace`); runs need `Ready`.
-pub fn fold_member_status(
-    previous: &MemberClusterStatus,
-    version: Result<String, Unreachable>,
-    report: Option<&MemberReportStatus>,
-    unschedulable: bool,
-    assigned: i64,
-    grace: Duration,
-    now: k8s_openapi::jiff::Timestamp,
-) -> MemberClusterStatus {
-    let (reachable, reason, message, kubernetes_version) = match version {
-        Ok(v) => (
-            true,
-            "Connected".to_owned(),
-            "the hub reaches the member's API server".to_owned(),
-            Some(v),
-        ),
-        Err(u) => (
-            false,
-            u.reason.to_owned(),
-            u.message,
-            previous.kubernetes_version.clone(),
-        ),
-    };
-    let heartbeat = report.and_then(|r| r.heartbeat_time.clone());
-    let age = heartbeat
-        .as_ref()
-        .map(|t| now.duration_since(t.0).unsigned_abs());
-    let (agent_ready, agent_reason, agent_message) = match age {
-        None => (
-            false,
-            "NoHeartbeat",
-            "no heartbeat from the member's agent yet; is tekfed-agent running there?".to_owned(),
-        ),
-        Some(age) if age <= grace => (
-            true,
-            "HeartbeatFresh",
-            format!("last heartbeat {}s ago", age.as_secs()),
-        ),
-        Some(age) => (
-            false,
-            "HeartbeatLost",
-            format!(
-                "no heartbeat for {}s (grace {}s)",
-                age.as_secs(),
-                grace.as_secs()
-            ),
-        ),
-    };
-    let ready = reachable && agent_ready;
-    let (ready_reason, ready_message) = if ready {
-        (
-            "Ready".to_owned(),
-            "reachable, and the agent's heartbeat is fresh".to_owned(),
-        )
-    } else if !reachable {
-        (reason.clone(), message.clone())
-    } else {
-        (agent_reason.to_owned(), agent_message.clone())
-    };
-    let condition = |type_: &str, ok: bool, reason: String, message: String| {
-        let old = previous.conditions.iter().find(|c| c.type_ == type_);
-        let status = if ok { "True" } else { "False" };
-        Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason,
-            message,
-            observed_generation: None,
-            last_transition_time: old
-                .filter(|c| c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now)),
-        }
-    };
-    MemberClusterStatus {
-        conditions: vec![
-            condition(REACHABLE, reachable, reason, message),
-            condition(
-                AGENT_READY,
-                agent_ready,
-                agent_reason.to_owned(),
-                agent_message,
-            ),
-            condition(READY, ready, ready_reason, ready_message),
-        ],
-        schedulable: Some(ready && !unschedulable),
-        last_heartbeat_time: heartbeat,
-        kubernetes_version: report
-            .and_then(|r| r.kubernetes_version.clone())
-            .or(kubernetes_version),
-        tekton_version: report.and_then(|r| r.tekton_version.clone()),
-        load: report.and_then(|r| r.load.clone()),
-        assigned_runs: Some(assigned),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(s: i64) -> k8s_openapi::jiff::Timestamp {
-        k8s_openapi::jiff::Timestamp::from_second(s).unwrap()
-    }
-
-    fn report(heartbeat: i64) -> MemberReportStatus {
-        MemberReportStatus {
-            heartbeat_time: Some(Time(at(heartbeat))),
-            load: Some(tekfed_api::ClusterLoad {
-                running: 3,
-                pending: 1,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn status_of(s: &MemberClusterStatus, type_: &str) -> (String, String) {
-        let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
-        (c.status.clone(), c.reason.clone())
-    }
-
-    #[test]
-    fn ready_needs_reachable_and_a_fresh_heartbeat() {
-        let grace = Duration::from_secs(30);
-        let fresh = fold_member_status(
-            &Default::default(),
-            Ok("v1.37.2".into()),
-            Some(&report(100)),
-            false,
-            2,
-            grace,
-            at(110),
-        );
-        assert_eq!(status_of(&fresh, READY), ("True".into(), "Ready".into()));
-        assert_eq!(fresh.schedulable, Some(true));
-        assert_eq!(fresh.load.as_ref().unwrap().running, 3);
-        assert_eq!(fresh.assigned_runs, Some(2));
-
-        let lost = fold_member_status(
-            &fresh,
-            Ok("v1.37.2".into()),
-            Some(&report(100)),
-            false,
-            2,
-            grace,
-            at(200),
-        );
-        assert_eq!(
-            status_of(&lost, AGENT_READY),
-            ("False".into(), "HeartbeatLost".into())
-        );
-        assert_eq!(
-            status_of(&lost, READY),
-            ("False".into(), "HeartbeatLost".into())
-        );
-        assert_eq!(lost.schedulable, Some(false));
-
-        let none = fold_member_status(
-            &Default::default(),
-            Ok("v1.37.2".into()),
-            None,
-            false,
-            0,
-            grace,
-            at(200),
-        );
-        assert_eq!(status_of(&none, AGENT_READY).1, "NoHeartbeat");
-
-        let down = Unreachable {
-            reason: "Unreachable",
-            message: "connection refused".into(),
-        };
-        let unreachable = fold_member_status(
-            &fresh,
-            Err(down),
-            Some(&report(195)),
-            false,
-            0,
-            grace,
-            at(200),
-        );
-        assert_eq!(
-            status_of(&unreachable, READY),
-            ("False".into(), "Unreachable".into())
-        );
-    }
-
-    #[test]
-    fn a_cordoned_ready_cluster_is_not_schedulable() {
-        let s = fold_member_status(
-            &Default::default(),
-            Ok("v".into()),
-            Some(&report(100)),
-            true,
-            0,
-            Duration::from_secs(30),
-            at(101),
-        );
-        assert_eq!(status_of(&s, READY).0, "True");
-        assert_eq!(s.schedulable, Some(false));
-    }
-
-    #[test]
-    fn transition_times_hold_while_nothing_changes() {
-        let grace = Duration::from_secs(30);
-        let first = fold_member_status(
-            &Default::default(),
-            Ok("v".into()),
-            Some(&report(100)),
-            false,
-            0,
-            grace,
-            at(101),
-        );
-        let later = fold_member_status(
-            &first,
-            Ok("v".into()),
-            Some(&report(100)),
-            false,
-            0,
-            grace,
-            at(105),
-        );
-        assert_eq!(
-            first.conditions[0].last_transition_time,
-            later.conditions[0].last_transition_time
-        );
-    }
 }

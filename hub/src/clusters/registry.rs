@@ -1,6 +1,7 @@
-//! Member clusters as the hub reaches them: one `kube::Client` per member,
-//! built from the kubeconfig Secret its `MemberCluster` references, rebuilt
-//! when that Secret changes and dropped when the `MemberCluster` goes.
+//! The registry of member clusters as the hub reaches them: one
+//! `kube::Client` per member, built from the kubeconfig Secret its
+//! `MemberCluster` references, rebuilt when that Secret changes and dropped
+//! when the `MemberCluster` goes.
 //!
 //! For each reachable member the registry also runs watches on the Tekton
 //! objects tekfed owns there (label `app.kubernetes.io/managed-by=tekfed`),
@@ -25,6 +26,8 @@ use tekfed_runtime::connect::tekton_resource;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use super::Unreachable;
+use crate::errors::watch_failure;
 use crate::metrics::OutcomeLabel;
 use crate::ownership::{LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, MANAGED_BY};
 
@@ -35,14 +38,6 @@ pub const TEKTON_KINDS: [(&str, &str); 2] =
 
 /// A federated object to reconcile again: `(namespace, name)`.
 pub type Requeue = (String, String);
-
-/// Why a member cannot be used right now: a reason for the `Reachable`
-/// condition and a message saying what to fix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unreachable {
-    pub reason: &'static str,
-    pub message: String,
-}
 
 /// A member the hub can talk to.
 pub struct Connection {
@@ -282,8 +277,10 @@ impl Members {
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(object) => route(&requeue, &object),
+                        // Retried with the watcher's backoff; the member's
+                        // watches stop when it is found unreachable.
                         Err(e) => {
-                            tracing::debug!(%cluster, kind = tekton, error = %e, "member watch interrupted; retrying")
+                            tracing::warn!(%cluster, kind = tekton, error = %watch_failure(&e), "member watch failed; retrying")
                         }
                     }
                 }
@@ -374,7 +371,11 @@ pub async fn client_from_kubeconfig(
         .map_err(|e| invalid(format!("the kubeconfig is not usable: {e}")))?;
     config.connect_timeout = Some(connect_timeout);
     let server = config.cluster_url.to_string();
-    let client = Client::try_from(config)
-        .map_err(|e| invalid(format!("cannot build a client from the kubeconfig: {e}")))?;
+    let client = Client::try_from(config).map_err(|e| {
+        invalid(format!(
+            "cannot build a client from the kubeconfig: {}",
+            crate::errors::one_line(&e)
+        ))
+    })?;
     Ok((client, server))
 }

@@ -1,27 +1,33 @@
 //! Taking runs off a cluster that is being drained or was lost. Pure, so
-//! every case is a unit test; [`crate::runs`] reads and writes.
+//! every case is a unit test; [`super::dispatch`](mod@super::dispatch) and
+//! [`super::reconcile`] read and write.
 //!
 //! A run leaves a cluster in two steps, each with one writer:
 //!
-//! 1. The dispatcher *revokes* the run's assignment record on that cluster:
-//!    a status write with the record's resourceVersion as precondition,
-//!    made only while the record is unreleased (or, for a started run on a
-//!    lost cluster, whatever its state). If the agent released the run
-//!    meanwhile, the write fails, and the run is left to finish there.
-//! 2. The run controller sees the revoked record and folds it into the
-//!    run's status ([`crate::run_status::revoked`]): back to `Queued` with
-//!    the move in `attempts`, or `Failed`/`ClusterLost`.
+//! 1. The dispatcher *revokes* the run's assignment on that cluster: it
+//!    sets the assignment's `status.revoked` (with `revokedReason` and
+//!    `revokedTime`) by a status write with the assignment's
+//!    resourceVersion as precondition, made only while the assignment is
+//!    unreleased (or, for a started run on a lost cluster, whatever its
+//!    state). If the agent released the run meanwhile, the write fails, and
+//!    the run is left to finish there. Revoking never deletes anything.
+//! 2. The run controller sees the revoked assignment and folds it into the
+//!    run's status ([`super::status::revoked`]): back to `Queued` with the
+//!    move in `attempts`, or `Failed`/`ClusterLost`.
 //!
-//! The record stays, revoked, until the federated run is deleted, so a
-//! controller acting on an older view never re-creates it, and the agent
-//! never releases it: a held copy is deleted, a started one cancelled.
+//! The assignment stays, revoked, so a controller acting on an older view
+//! never re-creates it, and the agent never releases it: a held copy is
+//! deleted, a started one cancelled. The hub deletes it when the federated
+//! run is deleted, or when the run, its move folded, is scheduled onto the
+//! same cluster again (a new assignment, with the next attempt, replaces
+//! it).
 
 use std::collections::BTreeMap;
 
 use tekfed_api::tekton::is_final;
 use tekfed_api::{DRAIN_ANNOTATION, MemberCluster, RunAssignmentStatus};
 
-use crate::member_controller::AGENT_READY;
+use crate::clusters::health::AGENT_READY;
 
 /// Why runs leave a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,18 +81,18 @@ pub fn leaving<'a>(
 /// What the dispatcher does for one run on a cluster it is leaving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Revoke the record (conditionally on the resourceVersion read).
+    /// Revoke the assignment (conditionally on the resourceVersion read).
     Revoke,
     /// Leave it: not created yet, started on a drained cluster, finished,
     /// or already revoked.
     Wait,
 }
 
-/// The step for one run's record on a cluster it is leaving (`None`: the
-/// record does not exist yet). A started run is revoked only from a lost
+/// The step for one run's assignment on a cluster it is leaving (`None`:
+/// the assignment does not exist yet). A started run is revoked only from a lost
 /// cluster, where the run controller then fails or reschedules it.
-pub fn step(why: Leaving, record: Option<Option<&RunAssignmentStatus>>) -> Step {
-    let Some(status) = record else {
+pub fn step(why: Leaving, assignment: Option<Option<&RunAssignmentStatus>>) -> Step {
+    let Some(status) = assignment else {
         // The run controller creates it first; revoking needs something to
         // hold the precondition on.
         return Step::Wait;
@@ -113,7 +119,7 @@ mod tests {
 
     use super::*;
 
-    fn record(released: bool, phase: Option<RunPhase>) -> RunAssignmentStatus {
+    fn assignment(released: bool, phase: Option<RunPhase>) -> RunAssignmentStatus {
         RunAssignmentStatus {
             released: Some(released),
             phase,
@@ -124,14 +130,17 @@ mod tests {
     #[test]
     fn a_held_run_moves_off_a_drained_or_lost_cluster() {
         for why in [Leaving::Drained, Leaving::ClusterLost] {
-            assert_eq!(step(why, Some(Some(&record(false, None)))), Step::Revoke);
+            assert_eq!(
+                step(why, Some(Some(&assignment(false, None)))),
+                Step::Revoke
+            );
             assert_eq!(step(why, Some(None)), Step::Revoke, "no status yet");
         }
     }
 
     #[test]
     fn a_started_run_finishes_on_a_drained_cluster_but_not_on_a_lost_one() {
-        let running = record(true, Some(RunPhase::Running));
+        let running = assignment(true, Some(RunPhase::Running));
         assert_eq!(step(Leaving::Drained, Some(Some(&running))), Step::Wait);
         assert_eq!(
             step(Leaving::ClusterLost, Some(Some(&running))),
@@ -140,9 +149,9 @@ mod tests {
     }
 
     #[test]
-    fn finished_revoked_and_uncreated_records_are_left_alone() {
-        let done = record(true, Some(RunPhase::Succeeded));
-        let mut revoked = record(false, None);
+    fn finished_revoked_and_uncreated_assignments_are_left_alone() {
+        let done = assignment(true, Some(RunPhase::Succeeded));
+        let mut revoked = assignment(false, None);
         revoked.revoked = Some(true);
         for why in [Leaving::Drained, Leaving::ClusterLost] {
             assert_eq!(step(why, Some(Some(&done))), Step::Wait);

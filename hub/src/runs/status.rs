@@ -55,9 +55,11 @@ fn mirrored(run_status: &Value, now: &Time) -> Option<Condition> {
     })
 }
 
-/// The phase of one cluster's copy from its record.
-fn phase_of(record: Option<&RunAssignmentStatus>) -> RunPhase {
-    record.and_then(|r| r.phase).unwrap_or(RunPhase::Scheduled)
+/// The phase of one cluster's copy from its assignment.
+fn phase_of(assignment: Option<&RunAssignmentStatus>) -> RunPhase {
+    assignment
+        .and_then(|r| r.phase)
+        .unwrap_or(RunPhase::Scheduled)
 }
 
 /// The overall phase of several copies (`mode: All`).
@@ -80,21 +82,21 @@ fn overall(phases: &[RunPhase]) -> RunPhase {
     }
 }
 
-/// The new status of a scheduled run, from the records of its clusters
-/// (`records`, one per cluster in `previous`'s decision, in that order).
+/// The new status of a scheduled run, from the assignments of its clusters
+/// (`assignments`, one per cluster in `previous`'s decision, in that order).
 pub fn fold(
     mode: PlacementMode,
     previous: &RunStatus,
-    records: &[(String, Option<RunAssignmentStatus>)],
+    assignments: &[(String, Option<RunAssignmentStatus>)],
     now: Time,
 ) -> RunStatus {
     let mut status = previous.clone();
     match mode {
         PlacementMode::One => {
-            let record = records.first().and_then(|(_, r)| r.as_ref());
-            let phase = phase_of(record);
+            let assignment = assignments.first().and_then(|(_, r)| r.as_ref());
+            let phase = phase_of(assignment);
             status.phase = Some(phase);
-            if let Some(run_status) = record.and_then(|r| r.run_status.as_ref()) {
+            if let Some(run_status) = assignment.and_then(|r| r.run_status.as_ref()) {
                 if let Some(c) = mirrored(run_status, &now) {
                     set_condition(&mut status.conditions, c);
                 }
@@ -106,13 +108,13 @@ pub fn fold(
         }
         PlacementMode::All => {
             let mut phases = Vec::new();
-            status.clusters = records
+            status.clusters = assignments
                 .iter()
-                .map(|(cluster, record)| {
-                    let record = record.as_ref();
-                    let phase = phase_of(record);
+                .map(|(cluster, assignment)| {
+                    let assignment = assignment.as_ref();
+                    let phase = phase_of(assignment);
                     phases.push(phase);
-                    let run_status = record.and_then(|r| r.run_status.as_ref());
+                    let run_status = assignment.and_then(|r| r.run_status.as_ref());
                     let condition = run_status.and_then(|s| mirrored(s, &now));
                     RunClusterStatus {
                         cluster: cluster.clone(),
@@ -291,8 +293,8 @@ pub fn queued(
     status
 }
 
-/// The status of a `mode: One` run whose record on `cluster` (made for
-/// placement number `attempt`) the hub revoked (see [`crate::moves`]): back
+/// The status of a `mode: One` run whose assignment on `cluster` (made for
+/// placement number `attempt`) the hub revoked (see [`super::moves`]): back
 /// in the queue with the move in `attempts`, or, for a run that had started
 /// on a lost cluster and does not ask to be rescheduled, `Failed` with
 /// reason `ClusterLost`.
@@ -300,16 +302,16 @@ pub fn revoked(
     previous: &RunStatus,
     cluster: &str,
     attempt: i32,
-    record: &RunAssignmentStatus,
+    assignment: &RunAssignmentStatus,
     on_lost: OnClusterLost,
     now: Time,
 ) -> RunStatus {
     let mut status = previous.clone();
-    let reason = record
+    let reason = assignment
         .revoked_reason
         .clone()
         .unwrap_or_else(|| "Revoked".into());
-    let started = record.is_released();
+    let started = assignment.is_released();
     if started && on_lost == OnClusterLost::Fail {
         status.phase = Some(RunPhase::Failed);
         status.completion_time = Some(now.clone());
@@ -385,7 +387,7 @@ mod tests {
         Time(Timestamp::from_second(s).unwrap())
     }
 
-    fn record(phase: RunPhase, state: &str, reason: &str) -> RunAssignmentStatus {
+    fn assignment(phase: RunPhase, state: &str, reason: &str) -> RunAssignmentStatus {
         RunAssignmentStatus {
             released: Some(true),
             phase: Some(phase),
@@ -425,7 +427,7 @@ mod tests {
             &base,
             &[(
                 "m".into(),
-                Some(record(RunPhase::Running, "Unknown", "Running")),
+                Some(assignment(RunPhase::Running, "Unknown", "Running")),
             )],
             at(6),
         );
@@ -436,7 +438,7 @@ mod tests {
             &running,
             &[(
                 "m".into(),
-                Some(record(RunPhase::Succeeded, "True", "Succeeded")),
+                Some(assignment(RunPhase::Succeeded, "True", "Succeeded")),
             )],
             at(7),
         );
@@ -461,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn no_record_yet_is_still_scheduled() {
+    fn no_assignment_yet_is_still_scheduled() {
         let base = scheduled(None, PlacementMode::One, &["m".into()], Some(1), at(5));
         assert_eq!(
             fold(PlacementMode::One, &base, &[("m".into(), None)], at(6)).phase,
@@ -484,11 +486,11 @@ mod tests {
             &[
                 (
                     "a".into(),
-                    Some(record(RunPhase::Succeeded, "True", "Succeeded")),
+                    Some(assignment(RunPhase::Succeeded, "True", "Succeeded")),
                 ),
                 (
                     "b".into(),
-                    Some(record(RunPhase::Running, "Unknown", "Running")),
+                    Some(assignment(RunPhase::Running, "Unknown", "Running")),
                 ),
             ],
             at(6),
@@ -502,11 +504,11 @@ mod tests {
             &[
                 (
                     "a".into(),
-                    Some(record(RunPhase::Succeeded, "True", "Succeeded")),
+                    Some(assignment(RunPhase::Succeeded, "True", "Succeeded")),
                 ),
                 (
                     "b".into(),
-                    Some(record(RunPhase::Failed, "False", "Failed")),
+                    Some(assignment(RunPhase::Failed, "False", "Failed")),
                 ),
             ],
             at(7),
@@ -533,7 +535,7 @@ mod tests {
         assert_eq!(overall(&[Scheduled, Succeeded]), Running);
     }
 
-    fn revoked_record(released: bool, reason: &str) -> RunAssignmentStatus {
+    fn revoked_assignment(released: bool, reason: &str) -> RunAssignmentStatus {
         RunAssignmentStatus {
             released: Some(released),
             revoked: Some(true),
@@ -550,7 +552,7 @@ mod tests {
                 &on_1,
                 "member-1",
                 1,
-                &revoked_record(false, "Drained"),
+                &revoked_assignment(false, "Drained"),
                 on_lost,
                 at(5),
             );
@@ -579,12 +581,12 @@ mod tests {
                 "{}",
                 c.message
             );
-            // Folding the same record again records the move once.
+            // Folding the same assignment again records the move once.
             let again = revoked(
                 &moved,
                 "member-1",
                 1,
-                &revoked_record(false, "Drained"),
+                &revoked_assignment(false, "Drained"),
                 on_lost,
                 at(6),
             );
@@ -596,7 +598,7 @@ mod tests {
     fn a_started_run_on_a_lost_cluster_fails_unless_it_asks_to_be_rescheduled() {
         let mut running = scheduled(None, PlacementMode::One, &["member-1".into()], None, at(1));
         running.phase = Some(RunPhase::Running);
-        let lost = revoked_record(true, "ClusterLost");
+        let lost = revoked_assignment(true, "ClusterLost");
         let failed = revoked(&running, "member-1", 1, &lost, OnClusterLost::Fail, at(9));
         assert_eq!(failed.phase, Some(RunPhase::Failed));
         assert_eq!(

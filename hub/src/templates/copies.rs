@@ -1,0 +1,235 @@
+//! One member's copy of a template: applied (server-side, with tekfed's
+//! field manager and labels) unless the member already holds what tekfed
+//! would apply ([`super::drift`]), or removed. A copy that tekfed did not
+//! create is a conflict, left untouched. What a member refused lands in the
+//! template's status in one line ([`crate::errors::member_refusal`]).
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+use tekfed_api::PropagationState;
+use tekfed_runtime::connect::tekton_resource;
+
+use super::{Federated, drift, owner};
+use crate::clusters::Members;
+use crate::clusters::registry::Connection;
+use crate::errors::member_refusal;
+use crate::metrics::OutcomeLabel;
+use crate::overrides::{Source, render};
+use crate::ownership::{FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_RUN_DEPENDENCY, MANAGED_BY};
+
+/// Bring one member's copy in line: `(state, message)`. `run_dependency`
+/// marks a copy put there because a run needs it.
+pub async fn sync_cluster<K: Federated>(
+    obj: &K,
+    cluster: &str,
+    members: &Members,
+    run_dependency: bool,
+) -> (PropagationState, Option<String>) {
+    let (state, message, outcome) = check_and_apply(obj, cluster, members, run_dependency).await;
+    members.syncs.get_or_create(&OutcomeLabel { outcome }).inc();
+    (state, message)
+}
+
+async fn check_and_apply<K: Federated>(
+    obj: &K,
+    cluster: &str,
+    members: &Members,
+    run_dependency: bool,
+) -> (PropagationState, Option<String>, &'static str) {
+    let failed = |message: String| (PropagationState::Failed, Some(message), "failed");
+    let conn = match members.connection(cluster) {
+        Ok(conn) => conn,
+        Err(why) => {
+            return failed(format!(
+                "cluster {cluster} is not reachable ({}): {}",
+                why.reason, why.message
+            ));
+        }
+    };
+    let owner = owner(obj);
+    let name = obj.name_any();
+    let source = Source {
+        kind: K::TEKTON_KIND,
+        name: &name,
+        owner: owner.clone(),
+        template: obj.template(),
+        overrides: obj.overrides(),
+    };
+    let mut desired = match render(&source, cluster) {
+        Ok(desired) => desired,
+        Err(e) => return failed(format!("{e}; fix spec.overrides")),
+    };
+    if run_dependency {
+        desired["metadata"]["labels"][LABEL_RUN_DEPENDENCY] = json!("true");
+    }
+    let unchanged = (PropagationState::Synced, None, "unchanged");
+    // The member watch's store answers without a request in the common
+    // case: an unchanged copy that is ours.
+    let cached = conn.stores.get(K::TEKTON_KIND).and_then(|s| {
+        s.get(&ObjectRef::new_with(&name, tekton_resource(K::TEKTON_KIND)).within(owner.namespace))
+    });
+    if let Some(live) = cached
+        && owner.owns(live.labels())
+        && drift::in_sync(
+            &serde_json::to_value(live.as_ref()).unwrap_or_default(),
+            &desired,
+        )
+    {
+        return unchanged;
+    }
+    if let Err(message) = ensure_namespace(&conn, cluster, owner.namespace).await {
+        return failed(message);
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        conn.client.clone(),
+        owner.namespace,
+        &tekton_resource(K::TEKTON_KIND),
+    );
+    match api.get_opt(&name).await {
+        Err(e) => {
+            return failed(member_refusal(
+                cluster,
+                &format!("reading {} {}/{name}", K::TEKTON_KIND, owner.namespace),
+                &e,
+            ));
+        }
+        Ok(Some(live)) if !owner.owns(live.labels()) => {
+            return (
+                PropagationState::Conflict,
+                Some(format!(
+                    "a {} named {name} already exists in namespace {} on {cluster} and was not created by tekfed for this object; tekfed leaves it untouched: rename one of them or delete the member's copy",
+                    K::TEKTON_KIND,
+                    owner.namespace
+                )),
+                "conflict",
+            );
+        }
+        Ok(Some(live))
+            if drift::in_sync(&serde_json::to_value(&live).unwrap_or_default(), &desired) =>
+        {
+            return unchanged;
+        }
+        Ok(_) => {}
+    }
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+    {
+        Ok(_) => (PropagationState::Synced, None, "applied"),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            // The namespace went away under us: look again next time.
+            conn.namespaces.remove(owner.namespace);
+            failed(format!(
+                "namespace {} is missing on {cluster}; recreating it",
+                owner.namespace
+            ))
+        }
+        Err(e) => failed(member_refusal(
+            cluster,
+            &format!("{} {}/{name}", K::TEKTON_KIND, owner.namespace),
+            &e,
+        )),
+    }
+}
+
+/// Create the namespace on the member if it does not exist, labelled as
+/// tekfed's. A namespace that exists is left as it is.
+async fn ensure_namespace(conn: &Connection, cluster: &str, namespace: &str) -> Result<(), String> {
+    if conn.namespaces.contains(namespace) {
+        return Ok(());
+    }
+    let api: Api<Namespace> = Api::all(conn.client.clone());
+    let exists = api
+        .get_metadata_opt(namespace)
+        .await
+        .map_err(|e| member_refusal(cluster, &format!("reading namespace {namespace}"), &e))?
+        .is_some();
+    if !exists {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.to_owned()),
+                labels: Some([(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &ns,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(member_refusal(
+                    cluster,
+                    &format!("creating namespace {namespace}"),
+                    &e,
+                ));
+            }
+        }
+    }
+    conn.namespaces.insert(namespace.to_owned());
+    Ok(())
+}
+
+/// Delete `obj`'s copy on `cluster`, if there is one and it is ours.
+pub async fn remove_copy<K: Federated>(
+    obj: &K,
+    cluster: &str,
+    members: &Members,
+) -> Result<(), String> {
+    let conn = members.connection(cluster).map_err(|why| {
+        format!(
+            "cluster {cluster} is not reachable ({}): {}",
+            why.reason, why.message
+        )
+    })?;
+    let owner = owner(obj);
+    let name = obj.name_any();
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        conn.client.clone(),
+        owner.namespace,
+        &tekton_resource(K::TEKTON_KIND),
+    );
+    match api.get_metadata_opt(&name).await {
+        Ok(Some(live)) if owner.owns(live.labels()) => {
+            let uid = live.metadata.uid.clone();
+            let params = DeleteParams {
+                preconditions: uid.map(|uid| kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, &params).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+                Err(e) => Err(member_refusal(
+                    cluster,
+                    &format!("deleting {} {}/{name}", K::TEKTON_KIND, owner.namespace),
+                    &e,
+                )),
+            }
+        }
+        // Nothing there, or not ours: nothing to remove.
+        Ok(_) => Ok(()),
+        Err(e) => Err(member_refusal(
+            cluster,
+            &format!("reading {} {}/{name}", K::TEKTON_KIND, owner.namespace),
+            &e,
+        )),
+    }
+}
