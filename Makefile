@@ -31,6 +31,13 @@ crds:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p kubectl-tekfed --no-default-features --locked -- -D warnings
+	@# The layering: the API crate has no HTTP client or TLS; a CLI built
+	@# without the dev feature has no test bed.
+	@! $(CARGO) tree -p tekfed-api -e normal --locked | grep -E 'hyper|rustls|tower|kube-client|tokio ' \
+	  || { echo "tekfed-api must not depend on an HTTP client, TLS or a runtime (above)"; exit 1; }
+	@! $(CARGO) tree -p kubectl-tekfed --no-default-features -e normal --locked | grep tekfed-testbed \
+	  || { echo "kubectl-tekfed --no-default-features must not link the test bed"; exit 1; }
 
 fmt:
 	$(CARGO) fmt --all
