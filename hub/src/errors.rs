@@ -8,7 +8,7 @@
 //! nothing here formats a `kube::Error` with `{}` or `{:?}`. Pure, so every
 //! case is a unit test.
 
-use kube::runtime::watcher;
+use kube::runtime::{controller, watcher};
 
 /// What went wrong with a request, in one line. For an answer of the API
 /// server (`kube::Error::Api`): the `field: message` of each cause it lists
@@ -68,6 +68,25 @@ pub fn watch_failure(error: &watcher::Error) -> String {
         watcher::Error::WatchFailed(e) => format!("the watch failed: {}", one_line(e)),
         watcher::Error::NoResourceVersion => error.to_string(),
     }
+}
+
+/// What a controller's loop does with each reconcile's outcome: a failed
+/// watch at warn, in one line (the watcher retries it); anything else at
+/// debug (the error policy logged it, or the object went meanwhile).
+/// `watching` names what is watched, for the log line.
+pub fn log_outcome<T, R: std::error::Error + 'static>(
+    kind: &str,
+    watching: &str,
+    result: Result<T, controller::Error<R, watcher::Error>>,
+) -> futures::future::Ready<()> {
+    match result {
+        Ok(_) => {}
+        Err(controller::Error::QueueError(e)) => {
+            tracing::warn!(kind, error = %watch_failure(&e), "watching {watching} failed; retrying")
+        }
+        Err(e) => tracing::debug!(kind, error = %e, "reconcile did not finish"),
+    }
+    futures::future::ready(())
 }
 
 #[cfg(test)]

@@ -56,6 +56,16 @@ impl Owner<'_> {
     }
 }
 
+/// The recorder of the hub's Events, reporting as tekfed's field manager
+/// (and the pod, when the hub runs in one).
+pub fn recorder(hub: kube::Client) -> kube::runtime::events::Recorder {
+    let reporter = kube::runtime::events::Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
+    kube::runtime::events::Recorder::new(hub, reporter)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use tekfed_api::{MemberCluster, RunAssignment, RunKind, cluster_namespace};
 use tokio::sync::mpsc;
@@ -58,12 +58,8 @@ impl RunContext {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (assignments, writer) = reflector::store();
-        let reporter = Reporter {
-            controller: crate::ownership::FIELD_MANAGER.into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(hub.clone(), reporter),
+            recorder: crate::ownership::recorder(hub.clone()),
             hub,
             members,
             clusters,

@@ -21,7 +21,7 @@ use tekfed_runtime::connect::{drop_managed_fields, tekton_resource};
 use super::member_run::ensure_member_run;
 use super::status as run_status;
 use super::{Error, FINALIZER, FederatedRun, RunContext, kube_error, now, owner};
-use crate::errors::watch_failure;
+use crate::errors::log_outcome;
 
 /// Runs of one kind reconciled at once. The dispatcher writes up to 32
 /// decisions at once, and each becomes a reconcile here (assignment, then
@@ -48,19 +48,7 @@ pub fn controller<K: FederatedRun>(ctx: &RunContext) -> Controller<K> {
 pub async fn run<K: FederatedRun>(controller: Controller<K>, ctx: Arc<RunContext>) {
     controller
         .run(reconcile::<K>, error_policy::<K>, ctx)
-        .for_each(|result| {
-            match result {
-                Ok(_) => {}
-                Err(controller::Error::QueueError(e)) => tracing::warn!(
-                    kind = K::FEDERATED_KIND,
-                    error = %watch_failure(&e),
-                    "watching runs failed; retrying"
-                ),
-                // Logged by the error policy, or gone meanwhile.
-                Err(e) => tracing::debug!(error = %e, "run reconcile did not finish"),
-            }
-            futures::future::ready(())
-        })
+        .for_each(|result| log_outcome(K::FEDERATED_KIND, "runs", result))
         .await;
 }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource};
 use serde::Serialize;
@@ -32,7 +32,7 @@ use tekfed_api::{
 use crate::backoff::ErrorBackoff;
 use crate::clusters::Members;
 use crate::errors::one_line;
-use crate::ownership::{FIELD_MANAGER, Owner};
+use crate::ownership::Owner;
 
 pub mod copies;
 pub mod drift;
@@ -110,12 +110,8 @@ impl TemplateContext {
         deletion_timeout: Duration,
         resync: Duration,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(hub.clone(), reporter),
+            recorder: crate::ownership::recorder(hub.clone()),
             hub,
             members,
             clusters,

@@ -36,7 +36,7 @@ use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
 use super::copies::{remove_copy, sync_cluster};
 use super::{Error, FINALIZER, Federated, TemplateContext, obj_kind, status};
 use crate::clusters::registry::Requeue;
-use crate::errors::{one_line, watch_failure};
+use crate::errors::{log_outcome, one_line};
 use crate::ownership::{FIELD_MANAGER, LABEL_RUN_DEPENDENCY, LABEL_UID};
 use crate::placement::{self, Member, Selection};
 
@@ -62,19 +62,7 @@ pub async fn run<K: Federated>(
         .reconcile_on(drift)
         .reconcile_all_on(membership)
         .run(reconcile::<K>, error_policy::<K>, ctx)
-        .for_each(|result| {
-            match result {
-                Ok(_) => {}
-                Err(controller::Error::QueueError(e)) => tracing::warn!(
-                    kind = obj_kind::<K>(),
-                    error = %watch_failure(&e),
-                    "watching templates failed; retrying"
-                ),
-                // Logged by the error policy, or gone meanwhile.
-                Err(e) => tracing::debug!(error = %e, "reconcile did not finish"),
-            }
-            futures::future::ready(())
-        })
+        .for_each(|result| log_outcome(obj_kind::<K>(), "templates", result))
         .await;
 }
 
