@@ -25,7 +25,7 @@ use tekfed_runtime::connect::{drop_managed_fields, tekton_resource};
 use tokio::sync::Notify;
 
 use crate::load;
-use crate::plan::{MemberRun, Record, Step, plan};
+use crate::plan::{Assignment, MemberRun, Step, plan};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=tekfed";
 /// The label Tekton puts on a PipelineRun's child TaskRuns. Tekton copies
@@ -43,11 +43,11 @@ pub struct Agent {
 }
 
 struct Stores {
-    records: Store<RunAssignment>,
+    assignments: Store<RunAssignment>,
     task_runs: Store<TektonRun>,
     pipeline_runs: Store<TektonRun>,
-    /// Records whose steps were all taken (or had none), with the versions
-    /// of record and member run they were planned from. Until either
+    /// Assignments whose steps were all taken (or had none), with the versions
+    /// of assignment and member run they were planned from. Until either
     /// changes there is nothing new to do: a pass skips them. That keeps a
     /// pass cheap with thousands of finished runs stored, and keeps a
     /// second pass from repeating a write the stores have not shown yet
@@ -55,7 +55,7 @@ struct Stores {
     settled: Mutex<HashMap<String, Versions>>,
 }
 
-/// The resourceVersions of a record and its member run.
+/// The resourceVersions of a assignment and its member run.
 type Versions = (Option<String>, Option<String>);
 
 impl Stores {
@@ -83,10 +83,11 @@ impl Agent {
     /// Run until the process stops.
     pub async fn run(self: Arc<Self>) {
         let wake = Arc::new(Notify::new());
-        let records_api: Api<RunAssignment> = Api::namespaced(self.hub.clone(), &self.namespace());
-        let (records, writer) = reflector::store();
-        let records_watch = watch(
-            watcher(records_api, watcher::Config::default())
+        let assignments_api: Api<RunAssignment> =
+            Api::namespaced(self.hub.clone(), &self.namespace());
+        let (assignments, writer) = reflector::store();
+        let assignments_watch = watch(
+            watcher(assignments_api, watcher::Config::default())
                 .default_backoff()
                 .modify(drop_managed_fields)
                 .reflect(writer),
@@ -110,13 +111,13 @@ impl Agent {
             run_watches.push(watch(stream, wake.clone()));
         }
         let stores = Stores {
-            records,
+            assignments,
             pipeline_runs: run_stores.pop().expect("two stores"),
             task_runs: run_stores.pop().expect("two stores"),
             settled: Mutex::default(),
         };
         let sync = async {
-            let _ = stores.records.wait_until_ready().await;
+            let _ = stores.assignments.wait_until_ready().await;
             loop {
                 self.sync(&stores).await;
                 // Woken by any change; at worst once a second.
@@ -136,40 +137,45 @@ impl Agent {
             run_watches.next().expect("two watches"),
             run_watches.next().expect("two watches"),
         );
-        tokio::join!(records_watch, a, b, sync, heartbeat);
+        tokio::join!(assignments_watch, a, b, sync, heartbeat);
     }
 
     async fn sync(&self, stores: &Stores) {
-        let records = stores.records.state();
-        // Records are independent: take them concurrently, so one pass over
+        let assignments = stores.assignments.state();
+        // Assignments are independent: take them concurrently, so one pass over
         // a burst costs the slowest write, not the sum of them.
-        futures::stream::iter(records.iter())
-            .for_each_concurrent(64, |record| async move {
-                let kind = record.spec.run.kind;
-                let key =
-                    ObjectRef::new_with(&record.spec.run.name, tekton_resource(kind.tekton_kind()))
-                        .within(&record.spec.run.namespace);
+        futures::stream::iter(assignments.iter())
+            .for_each_concurrent(64, |assignment| async move {
+                let kind = assignment.spec.run.kind;
+                let key = ObjectRef::new_with(
+                    &assignment.spec.run.name,
+                    tekton_resource(kind.tekton_kind()),
+                )
+                .within(&assignment.spec.run.namespace);
                 let member_run = stores
                     .runs(kind)
                     .get(&key)
-                    .filter(|r| r.labels().get(UID_LABEL) == Some(&record.spec.run.uid));
+                    .filter(|r| r.labels().get(UID_LABEL) == Some(&assignment.spec.run.uid));
                 let versions: Versions = (
-                    record.resource_version(),
+                    assignment.resource_version(),
                     member_run.as_ref().and_then(|r| r.resource_version()),
                 );
-                let uid = record.name_any();
+                let uid = assignment.name_any();
                 if stores.settled().get(&uid) == Some(&versions) {
                     return;
                 }
-                let view = Record {
-                    released: record
+                let view = Assignment {
+                    released: assignment
                         .status
                         .as_ref()
                         .and_then(|s| s.released)
                         .unwrap_or(false),
-                    revoked: record.status.as_ref().is_some_and(|s| s.is_revoked()),
-                    phase: record.status.as_ref().and_then(|s| s.phase),
-                    run_status: record.status.as_ref().and_then(|s| s.run_status.clone()),
+                    revoked: assignment.status.as_ref().is_some_and(|s| s.is_revoked()),
+                    phase: assignment.status.as_ref().and_then(|s| s.phase),
+                    run_status: assignment
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.run_status.clone()),
                 };
                 let run_view = member_run.as_deref().map(MemberRun::of);
                 let mut all_taken = true;
@@ -180,7 +186,7 @@ impl Agent {
                         }
                         break;
                     }
-                    if !self.execute(step, record, kind).await {
+                    if !self.execute(step, assignment, kind).await {
                         all_taken = false;
                         break;
                     }
@@ -191,10 +197,10 @@ impl Agent {
             })
             .await;
         {
-            let present: HashSet<String> = records.iter().map(|r| r.name_any()).collect();
+            let present: HashSet<String> = assignments.iter().map(|r| r.name_any()).collect();
             stores.settled().retain(|uid, _| present.contains(uid));
         }
-        // Held runs whose record is gone were revoked: delete them unstarted.
+        // Held runs whose assignment is gone were revoked: delete them unstarted.
         for kind in [RunKind::PipelineRun] {
             for run in stores.runs(kind).state() {
                 let held = MemberRun::of(&run);
@@ -202,7 +208,7 @@ impl Agent {
                     continue;
                 }
                 let uid = run.labels().get(UID_LABEL).cloned().unwrap_or_default();
-                if records.iter().any(|r| r.spec.run.uid == uid) {
+                if assignments.iter().any(|r| r.spec.run.uid == uid) {
                     continue;
                 }
                 // The store may lag the hub: ask the hub itself before deleting.
@@ -217,20 +223,20 @@ impl Agent {
     }
 
     /// Take one step; false stops the steps after it.
-    async fn execute(&self, step: Step, record: &RunAssignment, kind: RunKind) -> bool {
-        let records: Api<RunAssignment> = Api::namespaced(self.hub.clone(), &self.namespace());
-        let run = &record.spec.run;
+    async fn execute(&self, step: Step, assignment: &RunAssignment, kind: RunKind) -> bool {
+        let assignments: Api<RunAssignment> = Api::namespaced(self.hub.clone(), &self.namespace());
+        let run = &assignment.spec.run;
         match step {
             Step::Release => {
                 // The conditional write: a PUT carrying the resourceVersion
-                // read. If the hub revoked (deleted) or changed the record
+                // read. If the hub revoked or changed the assignment
                 // meanwhile, this fails and nothing starts.
-                let mut released = record.clone();
+                let mut released = assignment.clone();
                 let status = released.status.get_or_insert_with(Default::default);
                 status.released = Some(true);
                 status.released_time = Some(now());
-                match records
-                    .replace_status(&record.name_any(), &PostParams::default(), &released)
+                match assignments
+                    .replace_status(&assignment.name_any(), &PostParams::default(), &released)
                     .await
                 {
                     Ok(_) => {
@@ -281,9 +287,9 @@ impl Agent {
             Step::Report { phase, status } => {
                 let patch =
                     json!({"status": {"phase": phase, "runStatus": status, "observedTime": now()}});
-                records
+                assignments
                     .patch_status(
-                        &record.name_any(),
+                        &assignment.name_any(),
                         &PatchParams::default(),
                         &Patch::Merge(&patch),
                     )

@@ -3,7 +3,7 @@
 //!
 //! - reports heartbeat and load into its `MemberReport` on the hub,
 //! - releases runs assigned to its cluster (the fencing step, [`plan`]),
-//! - writes its runs' status back into their assignment records.
+//! - writes its runs' status back into their assignments.
 //!
 //! [`plan`] and [`load`] are pure; [`agent`] does the I/O.
 

@@ -97,9 +97,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hub = kube::Client::try_from(hub)?;
     // The agent's hub identity may read only its own cluster's namespace.
     let namespace = tekfed_api::cluster_namespace(&args.cluster_name);
-    let records: kube::Api<tekfed_api::RunAssignment> =
+    let assignments: kube::Api<tekfed_api::RunAssignment> =
         kube::Api::namespaced(hub.clone(), &namespace);
-    match records
+    match assignments
         .list_metadata(&kube::api::ListParams::default().limit(1))
         .await
     {

@@ -1,11 +1,11 @@
 //! What the agent does for one assigned run, decided from what it sees:
-//! the run's assignment record on the hub and the run on its member.
+//! the run's assignment on the hub and the run on its member.
 //!
 //! The fencing rule lives here: a run may start on this cluster only after
-//! the agent's conditional write marking its record released succeeded. A
-//! held run whose record is gone, or marked revoked, was taken away (moved
+//! the agent's conditional write marking its assignment released succeeded. A
+//! held run whose assignment is gone, or marked revoked, was taken away (moved
 //! elsewhere, or its federated run deleted) and is deleted unstarted; a
-//! started run whose record is revoked (its cluster was lost, and the hub
+//! started run whose assignment is revoked (its cluster was lost, and the hub
 //! failed or rescheduled it) is cancelled.
 
 use serde_json::Value;
@@ -13,9 +13,9 @@ use tekfed_api::RunKind;
 use tekfed_api::runs::RunPhase;
 use tekfed_api::tekton::{PIPELINE_RUN_PENDING, TektonRun, cancel_values, is_final, phase};
 
-/// The assignment record, as the agent last saw it.
+/// The assignment, as the agent last saw it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Record {
+pub struct Assignment {
     pub released: bool,
     /// The hub took the run off this cluster.
     pub revoked: bool,
@@ -49,39 +49,39 @@ impl MemberRun {
 /// One step the agent takes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
-    /// Mark the record released, conditionally on its resourceVersion.
+    /// Mark the assignment released, conditionally on its resourceVersion.
     Release,
     /// Clear the member run's `spec.status` so Tekton starts it.
     Unhold,
-    /// Delete the held member run: its record was revoked.
+    /// Delete the held member run: its assignment was revoked.
     DeleteHeld,
     /// Cancel the started member run: the hub no longer counts on it.
     Cancel,
-    /// Write the member run's phase and status into the record.
+    /// Write the member run's phase and status into the assignment.
     Report { phase: RunPhase, status: Value },
 }
 
 /// The steps for one run, in order.
-pub fn plan(kind: RunKind, record: Option<&Record>, run: Option<&MemberRun>) -> Vec<Step> {
-    match (record, run) {
+pub fn plan(kind: RunKind, assignment: Option<&Assignment>, run: Option<&MemberRun>) -> Vec<Step> {
+    match (assignment, run) {
         // Revoked while held: it must never start here.
         (None, Some(run)) if run.held() => vec![Step::DeleteHeld],
         (None, _) => vec![],
-        (Some(record), Some(run)) if record.revoked && run.held() => vec![Step::DeleteHeld],
-        (Some(record), Some(run)) if record.revoked => {
+        (Some(assignment), Some(run)) if assignment.revoked && run.held() => vec![Step::DeleteHeld],
+        (Some(assignment), Some(run)) if assignment.revoked => {
             let cancelling = run
                 .spec_status
                 .as_deref()
                 .is_some_and(|s| cancel_values(kind).contains(&s));
-            if record.released && !cancelling && !is_final(phase(&run.status)) {
+            if assignment.released && !cancelling && !is_final(phase(&run.status)) {
                 vec![Step::Cancel]
             } else {
                 vec![]
             }
         }
         // Never released once revoked.
-        (Some(record), None) if record.revoked => vec![],
-        (Some(record), run) if !record.released => match (kind, run) {
+        (Some(assignment), None) if assignment.revoked => vec![],
+        (Some(assignment), run) if !assignment.released => match (kind, run) {
             // A PipelineRun is created held by the hub; release it once it is here.
             (RunKind::PipelineRun, Some(run)) if run.held() => vec![Step::Release, Step::Unhold],
             // Tekton cannot hold a TaskRun: the hub creates it only once released.
@@ -89,10 +89,10 @@ pub fn plan(kind: RunKind, record: Option<&Record>, run: Option<&MemberRun>) -> 
             _ => vec![],
         },
         (Some(_), Some(run)) if run.held() => vec![Step::Unhold],
-        (Some(record), Some(run)) => {
+        (Some(assignment), Some(run)) => {
             let now = phase(&run.status);
-            let changed =
-                record.phase != Some(now) || record.run_status.as_ref() != Some(&run.status);
+            let changed = assignment.phase != Some(now)
+                || assignment.run_status.as_ref() != Some(&run.status);
             if changed && !run.status.is_null() {
                 vec![Step::Report {
                     phase: now,
@@ -126,8 +126,8 @@ mod tests {
         }
     }
 
-    fn released() -> Record {
-        Record {
+    fn released() -> Assignment {
+        Assignment {
             released: true,
             ..Default::default()
         }
@@ -138,7 +138,7 @@ mod tests {
         assert_eq!(
             plan(
                 RunKind::PipelineRun,
-                Some(&Record::default()),
+                Some(&Assignment::default()),
                 Some(&held())
             ),
             vec![Step::Release, Step::Unhold]
@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn a_task_run_is_released_before_it_exists() {
         assert_eq!(
-            plan(RunKind::TaskRun, Some(&Record::default()), None),
+            plan(RunKind::TaskRun, Some(&Assignment::default()), None),
             vec![Step::Release]
         );
         assert_eq!(plan(RunKind::TaskRun, Some(&released()), None), vec![]);
@@ -162,7 +162,7 @@ mod tests {
     #[test]
     fn nothing_is_released_before_the_held_run_arrives() {
         assert_eq!(
-            plan(RunKind::PipelineRun, Some(&Record::default()), None),
+            plan(RunKind::PipelineRun, Some(&Assignment::default()), None),
             vec![]
         );
     }
@@ -177,8 +177,9 @@ mod tests {
     }
 
     #[test]
-    fn a_revoked_record_is_never_released_its_held_copy_is_deleted_and_a_started_one_cancelled() {
-        let revoked = Record {
+    fn a_revoked_assignment_is_never_released_its_held_copy_is_deleted_and_a_started_one_cancelled()
+    {
+        let revoked = Assignment {
             revoked: true,
             ..Default::default()
         };
@@ -189,7 +190,7 @@ mod tests {
             plan(RunKind::PipelineRun, Some(&revoked), Some(&held())),
             vec![Step::DeleteHeld]
         );
-        let lost = Record {
+        let lost = Assignment {
             released: true,
             revoked: true,
             ..Default::default()
@@ -223,7 +224,7 @@ mod tests {
                 status: running().status
             }]
         );
-        let reported = Record {
+        let reported = Assignment {
             released: true,
             revoked: false,
             phase: Some(RunPhase::Running),
@@ -235,42 +236,42 @@ mod tests {
         );
     }
 
-    /// The hub's store, reduced to what fencing needs: one record with a
+    /// The hub's store, reduced to what fencing needs: one assignment with a
     /// resourceVersion, written only by compare-and-set, as the API server
     /// does with a resourceVersion precondition. Like the hub, a revoke
-    /// marks the record (it stays until the federated run is deleted).
+    /// marks the assignment (it stays until the federated run is deleted).
     #[derive(Debug)]
     struct HubStore {
         version: u64,
-        record: Record,
+        assignment: Assignment,
     }
 
     impl HubStore {
         fn new() -> Self {
             HubStore {
                 version: 1,
-                record: Record::default(),
+                assignment: Assignment::default(),
             }
         }
-        fn read(&self) -> (u64, Record) {
-            (self.version, self.record.clone())
+        fn read(&self) -> (u64, Assignment) {
+            (self.version, self.assignment.clone())
         }
         /// The agent's release: conditional on the version it read.
         fn release(&mut self, seen: u64) -> bool {
             if seen != self.version {
                 return false;
             }
-            self.record.released = true;
+            self.assignment.released = true;
             self.version += 1;
             true
         }
         /// The hub's revoke (`hub::moves::step` revokes only an unreleased
-        /// record off a drained cluster): conditional on the version it read.
-        fn revoke(&mut self, seen: u64, record_seen: &Record) -> bool {
-            if seen != self.version || record_seen.released || record_seen.revoked {
+        /// assignment off a drained cluster): conditional on the version it read.
+        fn revoke(&mut self, seen: u64, assignment_seen: &Assignment) -> bool {
+            if seen != self.version || assignment_seen.released || assignment_seen.revoked {
                 return false;
             }
-            self.record.revoked = true;
+            self.assignment.revoked = true;
             self.version += 1;
             true
         }
@@ -279,10 +280,10 @@ mod tests {
     #[test]
     fn release_then_revoke_the_run_stays_and_starts_once() {
         let mut store = HubStore::new();
-        let (agent_saw, record) = store.read();
-        let (hub_saw, hub_record) = store.read();
+        let (agent_saw, assignment) = store.read();
+        let (hub_saw, hub_assignment) = store.read();
         assert_eq!(
-            plan(RunKind::PipelineRun, Some(&record), Some(&held())),
+            plan(RunKind::PipelineRun, Some(&assignment), Some(&held())),
             vec![Step::Release, Step::Unhold]
         );
         assert!(
@@ -290,34 +291,37 @@ mod tests {
             "the agent's release goes first and wins"
         );
         assert!(
-            !store.revoke(hub_saw, &hub_record),
+            !store.revoke(hub_saw, &hub_assignment),
             "the hub's revoke, on what it read before, fails"
         );
         // Read again, the hub sees it released and leaves it (a drain waits).
         let (now, again) = store.read();
         assert!(!store.revoke(now, &again));
-        assert!(store.record.released && !store.record.revoked);
+        assert!(store.assignment.released && !store.assignment.revoked);
     }
 
     #[test]
     fn revoke_then_release_the_held_copy_never_starts() {
         let mut store = HubStore::new();
         let (agent_saw, _) = store.read();
-        let (hub_saw, hub_record) = store.read();
-        assert!(store.revoke(hub_saw, &hub_record), "the hub revokes first");
+        let (hub_saw, hub_assignment) = store.read();
+        assert!(
+            store.revoke(hub_saw, &hub_assignment),
+            "the hub revokes first"
+        );
         assert!(
             !store.release(agent_saw),
             "the agent's release, on what it read before, fails"
         );
-        // What the agent then sees: a revoked record, a held run: delete it
+        // What the agent then sees: a revoked assignment, a held run: delete it
         // unstarted, and never release it.
-        let (_, record) = store.read();
+        let (_, assignment) = store.read();
         assert_eq!(
-            plan(RunKind::PipelineRun, Some(&record), Some(&held())),
+            plan(RunKind::PipelineRun, Some(&assignment), Some(&held())),
             vec![Step::DeleteHeld]
         );
-        assert_eq!(plan(RunKind::TaskRun, Some(&record), None), vec![]);
-        assert!(!store.record.released);
+        assert_eq!(plan(RunKind::TaskRun, Some(&assignment), None), vec![]);
+        assert!(!store.assignment.released);
     }
 
     #[test]
@@ -326,11 +330,14 @@ mod tests {
         // checked what it read would start the run; the conditional write
         // fails instead.
         let mut store = HubStore::new();
-        let (agent_saw, record) = store.read();
-        assert!(!record.revoked, "what the agent read says it may release");
-        let (hub_saw, hub_record) = store.read();
-        assert!(store.revoke(hub_saw, &hub_record));
+        let (agent_saw, assignment) = store.read();
+        assert!(
+            !assignment.revoked,
+            "what the agent read says it may release"
+        );
+        let (hub_saw, hub_assignment) = store.read();
+        assert!(store.revoke(hub_saw, &hub_assignment));
         assert!(!store.release(agent_saw));
-        assert!(!store.record.released);
+        assert!(!store.assignment.released);
     }
 }

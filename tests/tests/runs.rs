@@ -419,12 +419,11 @@ async fn cancelling_on_the_hub_cancels_the_member_run() {
             let text = String::from_utf8_lossy(&output.ok()?.stdout).into_owned();
             let events = &text[text.find("Events:")?..];
             let at = |needle: &str| events.find(needle);
-            let (scheduled, started, cancelled) = (
+            let (scheduled, cancelled) = (
                 at("scheduled to member-1")?,
-                at("started on member-1")?,
                 at("cancelled on member-1 (TaskRunCancelled)")?,
             );
-            (scheduled < started && started < cancelled).then_some(())
+            (scheduled < cancelled).then_some(())
         }
     })
     .await;
