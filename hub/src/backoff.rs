@@ -39,6 +39,11 @@ impl ErrorBackoff {
         }
     }
 
+    /// The wait after a first failure.
+    pub fn first(&self) -> Duration {
+        self.first
+    }
+
     /// Count one more failure of `object`: how long it waits before the
     /// next try.
     pub fn failed(&self, object: ObjectRef<DynamicObject>) -> Duration {

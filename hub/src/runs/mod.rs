@@ -166,6 +166,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// A write that lost a race (409 Conflict): the object changed since
+    /// it was read.
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+
     /// The False condition a wait becomes on the run (`DependenciesReady`
     /// or `MemberRunReady`); `None` for a failed request, which is retried.
     pub(crate) fn blocked(&self, now: Time) -> Option<Condition> {

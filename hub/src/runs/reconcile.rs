@@ -57,9 +57,23 @@ fn error_policy<K: FederatedRun>(
     error: &kube::runtime::finalizer::Error<Error>,
     ctx: Arc<RunContext>,
 ) -> Action {
-    let wait = ctx
-        .retries
-        .failed(ObjectRef::from_obj(run.as_ref()).erase());
+    use kube::runtime::finalizer::Error as F;
+    let conflict = match error {
+        F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_conflict(),
+        F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)) => {
+            s.code == 409
+        }
+        _ => false,
+    };
+    // A write that lost a race to another writer is not a failure of the
+    // request: read again and retry at the first wait, without backing off
+    // (in a burst, runs and their assignments change under the hub often).
+    let wait = if conflict {
+        ctx.retries.first()
+    } else {
+        ctx.retries
+            .failed(ObjectRef::from_obj(run.as_ref()).erase())
+    };
     tracing::info!(kind = K::FEDERATED_KIND, ns = run.namespace().unwrap_or_default(), name = %run.name_any(), %error, retry_in = ?wait, "retrying");
     Action::requeue(wait)
 }
