@@ -869,7 +869,7 @@ async fn main() -> anyhow::Result<()> {
         "per-cluster and hub clients",
         "kube-rs: no client-side QPS/burst limit (client-go defaults to 5 QPS / 10 burst)".into(),
     );
-    row(&mut t, "hub concurrency", "dispatcher: 32 status writes in flight; run controllers: one reconcile per run at a time, 32 at once per kind".into());
+    row(&mut t, "hub concurrency", "dispatcher: 32 status writes in flight; run controllers: one reconcile per run at a time, unbounded across runs".into());
     print_table("6. Client rate limits", &t);
 
     let put = |r: &mut serde_json::Map<String, Value>, k: &str, v: Value| {
