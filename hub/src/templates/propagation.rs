@@ -26,8 +26,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use serde_json::{Value, json};
 use tekfed_api::{ClusterPropagation, PropagationState, PropagationStatus};
 use tokio::sync::mpsc;
@@ -57,7 +57,20 @@ pub async fn run<K: Federated>(
     let drift = UnboundedReceiverStream::new(requeue)
         .map(|(ns, name)| ObjectRef::<K>::new(&name).within(&ns));
     let membership = WatchStream::new(ctx.members.subscribe()).map(|_| ());
-    Controller::new(api, watcher::Config::default())
+    // No reconcile for a status-only change (the hub's own status writes):
+    // only when the generation (spec, deletion) or the finalizers change.
+    // Finalizers too, or the event that adds tekfed's would be dropped and
+    // a new template would wait for the resync.
+    let (reader, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            Default::default(),
+        );
+    Controller::for_stream(changes, reader)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(drift)
         .reconcile_all_on(membership)
