@@ -135,6 +135,12 @@ pub fn agent_tekton_version() -> Vec<Rule> {
     ]
 }
 
+/// The agent's leader-election Lease for member `cluster` unless told
+/// otherwise (`--leader-elect-lease-name`; the chart's default is the same).
+pub fn agent_lease(cluster: &str) -> String {
+    format!("tekfed-agent-{cluster}")
+}
+
 /// A Role for leader election on the Lease `lease`, in the Lease's
 /// namespace: the agent's on its member, the hub's on the hub.
 pub fn leader_election(lease: &str) -> Vec<Rule> {

@@ -119,7 +119,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             name: args
                 .leader_elect_lease_name
                 .clone()
-                .unwrap_or_else(|| format!("tekfed-agent-{}", args.cluster_name)),
+                .unwrap_or_else(|| tekfed_api::rbac::agent_lease(&args.cluster_name)),
             duration_seconds: args.leader_elect_lease_duration,
             identity: leader::identity(),
         };

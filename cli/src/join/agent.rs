@@ -21,12 +21,6 @@ pub(super) const TEKTON_VERSION_ROLE: &str = "tekfed-agent-tekton-version";
 /// The agent's Role (and binding) in `tekfed-system`, on its Lease.
 const LEADER_ELECTION_ROLE: &str = "tekfed-agent-leader-election";
 
-/// The agent's leader-election Lease on member `name`, in `tekfed-system`
-/// (the agent's default name, as the chart's).
-fn lease_name(name: &str) -> String {
-    format!("tekfed-agent-{name}")
-}
-
 pub(super) async fn install(m: &Client, image: &str, j: &mut Joining<'_>) -> anyhow::Result<()> {
     let labels = j.labels.clone();
     ensure::<ServiceAccount>(
@@ -79,7 +73,7 @@ pub(super) async fn install(m: &Client, image: &str, j: &mut Joining<'_>) -> any
         m,
         SYSTEM_NAMESPACE,
         LEADER_ELECTION_ROLE,
-        rbac::policy_rules(rbac::leader_election(&lease_name(j.name))),
+        rbac::policy_rules(rbac::leader_election(&rbac::agent_lease(j.name))),
         j,
     )
     .await?;
@@ -154,7 +148,7 @@ fn deployment(name: &str, image: &str, labels: &Value) -> Value {
                             "--hub-kubeconfig", "/etc/tekfed/hub/kubeconfig",
                             "--leader-elect",
                             "--leader-elect-namespace", SYSTEM_NAMESPACE,
-                            "--leader-elect-lease-name", lease_name(name),
+                            "--leader-elect-lease-name", rbac::agent_lease(name),
                         ],
                         "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
                         "volumeMounts": [{"name": "hub", "mountPath": "/etc/tekfed/hub", "readOnly": true}],
@@ -184,11 +178,12 @@ mod tests {
         assert!(args.contains(&"--leader-elect"), "{args:?}");
         assert_eq!(after("--leader-elect-namespace"), SYSTEM_NAMESPACE);
         let lease = after("--leader-elect-lease-name");
-        let named: Vec<String> = rbac::policy_rules(rbac::leader_election(&lease_name("member-1")))
-            .into_iter()
-            .filter_map(|r| r.resource_names)
-            .flatten()
-            .collect();
+        let named: Vec<String> =
+            rbac::policy_rules(rbac::leader_election(&rbac::agent_lease("member-1")))
+                .into_iter()
+                .filter_map(|r| r.resource_names)
+                .flatten()
+                .collect();
         assert_eq!(named, [lease]);
     }
 }
