@@ -34,6 +34,7 @@ pub fn policies() -> Vec<ValidatingAdmissionPolicy> {
     let all_federated = [
         "federatedtasks",
         "federatedpipelines",
+        "federatedstepactions",
         "federatedtaskruns",
         "federatedpipelineruns",
     ];

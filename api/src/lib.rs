@@ -7,12 +7,14 @@
 //! server itself refuses a malformed object with a message naming the field.
 //!
 //! - [`member_cluster`]: `MemberCluster`, one per joined member cluster.
-//! - [`templates`]: `FederatedTask`, `FederatedPipeline`, kept in sync on
-//!   every selected member.
+//! - [`templates`]: `FederatedTask`, `FederatedPipeline`,
+//!   `FederatedStepAction`, kept in sync on every selected member.
 //! - [`runs`]: `FederatedTaskRun`, `FederatedPipelineRun`, each scheduled
 //!   to one member (or to all selected ones with `mode: All`).
 //! - [`assignment`]: `RunAssignment` and `MemberReport`, the records an
 //!   agent and the hub exchange in the cluster's own hub namespace.
+//! - [`dependencies`]: what a run needs carried to its cluster, and the
+//!   labels that let a Secret travel.
 //! - [`common`]: what those share: template, placement, overrides,
 //!   conditions.
 //! - [`admission`]: admission policies for what a schema cannot check.
@@ -24,6 +26,7 @@
 pub mod admission;
 pub mod assignment;
 pub mod common;
+pub mod dependencies;
 pub mod manifests;
 pub mod member_cluster;
 pub mod rbac;
@@ -47,8 +50,8 @@ pub use runs::{
     OnClusterLost, RunAttempt, RunClusterStatus, RunPhase, RunStatus,
 };
 pub use templates::{
-    ClusterPropagation, FederatedPipeline, FederatedPipelineSpec, FederatedTask, FederatedTaskSpec,
-    PropagationState, PropagationStatus,
+    ClusterPropagation, FederatedPipeline, FederatedPipelineSpec, FederatedStepAction,
+    FederatedStepActionSpec, FederatedTask, FederatedTaskSpec, PropagationState, PropagationStatus,
 };
 
 /// The API group of every tekfed kind.

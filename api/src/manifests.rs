@@ -5,8 +5,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::{
-    FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun, MemberCluster,
-    MemberReport, RunAssignment, admission,
+    FederatedPipeline, FederatedPipelineRun, FederatedStepAction, FederatedTask, FederatedTaskRun,
+    MemberCluster, MemberReport, RunAssignment, admission,
 };
 
 /// Every tekfed CRD, in a stable order.
@@ -15,6 +15,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         MemberCluster::crd(),
         FederatedTask::crd(),
         FederatedPipeline::crd(),
+        FederatedStepAction::crd(),
         FederatedTaskRun::crd(),
         FederatedPipelineRun::crd(),
         RunAssignment::crd(),

@@ -13,7 +13,9 @@
 //! - [`leader_election`] is also the hub's, in the `tekfed-hub` chart.
 //!
 //! Each [`Rule`] says why it is needed; the charts carry that as a comment
-//! above the rule. No rule grants a wildcard, a Secret, or more RBAC.
+//! above the rule. No rule grants a wildcard or more RBAC; only the hub's
+//! identity on a member touches Secrets, and only by name (to carry a
+//! run's Secrets: no list, no watch).
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
@@ -63,9 +65,9 @@ pub fn policy_rules(rules: impl IntoIterator<Item = Rule>) -> Vec<PolicyRule> {
 pub fn hub_on_member() -> Vec<Rule> {
     vec![
         rule(
-            "Federated Tasks and Pipelines: the hub keeps a copy on each selected member (server-side apply), watches tekfed's copies for drift, and deletes them with their template.",
+            "Federated Tasks, Pipelines and StepActions: the hub keeps a copy on each selected member (server-side apply), and carries those a run refers to onto the run's member; it watches tekfed's copies for drift and deletes them with their template.",
             &["tekton.dev"],
-            &["tasks", "pipelines"],
+            &["tasks", "pipelines", "stepactions"],
             &[
                 "get", "list", "watch", "create", "update", "patch", "delete",
             ],
@@ -83,10 +85,10 @@ pub fn hub_on_member() -> Vec<Rule> {
             &["get", "list", "watch", "create"],
         ),
         rule(
-            "A run goes into a new namespace only once its default ServiceAccount exists (Tekton reads it for every run).",
+            "What a run needs is carried to its member just before it (crate tekfed_hub::dependencies): ServiceAccounts, ConfigMaps and Secrets copied from the run's hub namespace (server-side apply), read by name to see whether tekfed's copy is there and current (and, for ServiceAccounts, that a new namespace's default one exists), and deleted once no run there needs them. Never listed or watched: the hub cannot enumerate a member's Secrets, and reads one only by a name a run gave.",
             &[""],
-            &["serviceaccounts"],
-            &["get"],
+            &["serviceaccounts", "configmaps", "secrets"],
+            &["get", "create", "patch", "delete"],
         ),
     ]
 }
@@ -108,9 +110,9 @@ pub fn agent_on_member() -> Vec<Rule> {
             &["get", "list", "watch", "patch", "delete"],
         ),
         rule(
-            "Only the start-up check that the member serves Tekton's v1 API (tekfed_runtime::connect::tekton_apis lists one object of each kind).",
+            "Only the start-up check that the member serves the Tekton APIs tekfed uses (tekfed_runtime::connect::tekton_apis lists one object of each kind).",
             &["tekton.dev"],
-            &["tasks", "pipelines"],
+            &["tasks", "pipelines", "stepactions"],
             &["list"],
         ),
         rule(
@@ -299,15 +301,38 @@ mod tests {
     }
 
     #[test]
-    fn no_rule_grants_a_wildcard_secrets_or_more_rbac() {
+    fn no_rule_grants_a_wildcard_or_more_rbac() {
         for Rule { why, rule } in every_rule() {
             assert!(!why.is_empty());
             let text = serde_json::to_string(&rule).unwrap();
             assert!(!text.contains('*'), "{text}");
-            assert!(!text.contains("secrets"), "{text}");
             for verb in ["escalate", "bind", "impersonate"] {
                 assert!(!rule.verbs.iter().any(|v| v == verb), "{text}");
             }
+        }
+    }
+
+    /// Secrets: only the hub's identity on a member, only by name (carrying
+    /// a run's Secrets), never listed or watched; the agent none.
+    #[test]
+    fn only_the_hub_touches_secrets_on_a_member_and_only_by_name() {
+        let touching = |rules: Vec<Rule>| -> Vec<PolicyRule> {
+            policy_rules(rules)
+                .into_iter()
+                .filter(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
+                .collect()
+        };
+        let hub = touching(hub_on_member());
+        assert_eq!(hub.len(), 1);
+        assert_eq!(hub[0].verbs, ["get", "create", "patch", "delete"]);
+        assert!(hub[0].resource_names.is_none());
+        for rules in [
+            agent_on_member(),
+            agent_tekton_version(),
+            leader_election("lease"),
+            agent_on_hub(),
+        ] {
+            assert!(touching(rules).is_empty());
         }
     }
 
@@ -316,6 +341,25 @@ mod tests {
         for rule in policy_rules(hub_on_member()) {
             let resources = rule.resources.unwrap_or_default();
             assert!(!resources.iter().any(|r| r == "pods"), "{resources:?}");
+        }
+    }
+
+    /// Every Tekton kind the hub federates (tekfed_hub's `TEKTON_KINDS`) it
+    /// may apply, watch and delete on a member.
+    #[test]
+    fn the_hub_keeps_every_federated_tekton_kind_on_a_member() {
+        let rules = policy_rules(hub_on_member());
+        for resource in ["tasks", "pipelines", "stepactions"] {
+            for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+                assert!(
+                    rules.iter().any(|r| {
+                        r.api_groups.as_deref() == Some(&["tekton.dev".to_owned()])
+                            && r.resources.iter().flatten().any(|x| x == resource)
+                            && r.verbs.iter().any(|v| v == verb)
+                    }),
+                    "{verb} {resource}"
+                );
+            }
         }
     }
 

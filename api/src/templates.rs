@@ -1,5 +1,6 @@
-//! `FederatedTask` and `FederatedPipeline`: Tekton templates kept in sync on
-//! every selected member cluster, patched per cluster by `overrides`.
+//! `FederatedTask`, `FederatedPipeline` and `FederatedStepAction`: Tekton
+//! templates kept in sync on every selected member cluster, patched per
+//! cluster by `overrides`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -53,6 +54,32 @@ pub struct FederatedPipelineSpec {
     /// The Tekton `Pipeline` (`tekton.dev/v1`) without `apiVersion` and `kind`.
     pub template: Template,
     /// Which member clusters get the Pipeline.
+    pub placement: Placement,
+    /// Per-cluster JSON-patch operations applied to the template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub overrides: Vec<ClusterOverrides>,
+}
+
+/// A Tekton `StepAction` kept on every member cluster its placement selects.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tekfed.io",
+    version = "v1alpha1",
+    kind = "FederatedStepAction",
+    plural = "federatedstepactions",
+    shortname = "fsa",
+    category = "tekfed",
+    namespaced,
+    status = "PropagationStatus",
+    printcolumn = r#"{"name":"Propagated","type":"string","jsonPath":".status.conditions[?(@.type==\"Propagated\")].status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","description":"Clusters in sync / clusters selected","jsonPath":".status.readyClusters"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct FederatedStepActionSpec {
+    /// The Tekton `StepAction` (`tekton.dev/v1beta1`) without `apiVersion` and `kind`.
+    pub template: Template,
+    /// Which member clusters get the StepAction.
     pub placement: Placement,
     /// Per-cluster JSON-patch operations applied to the template.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

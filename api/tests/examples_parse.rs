@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde_json::Value;
 use tekfed_api::{
-    FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun, MemberCluster,
-    OverrideOperation, PlacementMode,
+    FederatedPipeline, FederatedPipelineRun, FederatedStepAction, FederatedTask, FederatedTaskRun,
+    MemberCluster, OverrideOperation, PlacementMode,
 };
 
 #[test]
@@ -25,6 +25,9 @@ fn examples_read_into_the_types() {
             let parsed = match kind.as_str() {
                 "FederatedTask" => serde_json::from_value::<FederatedTask>(doc).map(drop),
                 "FederatedPipeline" => serde_json::from_value::<FederatedPipeline>(doc).map(drop),
+                "FederatedStepAction" => {
+                    serde_json::from_value::<FederatedStepAction>(doc).map(drop)
+                }
                 "FederatedTaskRun" => serde_json::from_value::<FederatedTaskRun>(doc).map(drop),
                 "FederatedPipelineRun" => {
                     serde_json::from_value::<FederatedPipelineRun>(doc).map(drop)

@@ -10,7 +10,8 @@
 //!   - [`clusters::controller`]: the `MemberCluster` controller
 //!     (credentials, reachability, heartbeats).
 //!   - [`clusters::health`] (pure): `Reachable`, `AgentReady`, `Ready`.
-//! - [`templates`]: `FederatedTask`s and `FederatedPipeline`s.
+//! - [`templates`]: `FederatedTask`s, `FederatedPipeline`s and
+//!   `FederatedStepAction`s.
 //!   - [`templates::propagation`]: the reconciler that puts them on members.
 //!   - [`templates::copies`]: one member's copy, applied or removed.
 //!   - [`templates::drift`] (pure): whether a member's copy still says what
@@ -41,6 +42,7 @@
 
 pub mod backoff;
 pub mod clusters;
+pub mod dependencies;
 pub mod errors;
 pub mod metrics;
 pub mod overrides;

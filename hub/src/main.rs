@@ -1,8 +1,9 @@
 //! `tekfed-hub`: the hub controller. It connects to the hub cluster, checks
 //! that the tekfed CRDs are installed, and runs the controllers: member
 //! clusters (credentials, reachability, heartbeats), propagation of
-//! `FederatedTask`s and `FederatedPipeline`s, and the scheduling and
-//! status of `FederatedTaskRun`s and `FederatedPipelineRun`s.
+//! `FederatedTask`s, `FederatedPipeline`s and `FederatedStepAction`s, and
+//! the scheduling and status of `FederatedTaskRun`s and
+//! `FederatedPipelineRun`s.
 //!
 //! With `--leader-elect` it first waits for the leader Lease (serving only
 //! metrics meanwhile), runs the controllers only while it holds it, exits
@@ -15,8 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tekfed_api::{FederatedPipeline, FederatedPipelineRun, FederatedTask, FederatedTaskRun};
+use tekfed_api::{
+    FederatedPipeline, FederatedPipelineRun, FederatedStepAction, FederatedTask, FederatedTaskRun,
+};
 use tekfed_hub::clusters::{self, ClusterContext, Members};
+use tekfed_hub::dependencies;
 use tekfed_hub::runs::{self, RunContext};
 use tekfed_hub::templates::{self, TemplateContext};
 use tekfed_runtime::connect::{Target, require_apis, tekfed_apis};
@@ -154,6 +158,9 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
     let task_runs = runs::controller::<FederatedTaskRun>(&run_ctx);
     let pipeline_runs = runs::controller::<FederatedPipelineRun>(&run_ctx);
     let dispatcher = runs::dispatch(run_ctx.clone(), task_runs.store(), pipeline_runs.store());
+    let sweep =
+        dependencies::sweep::sweep(run_ctx.clone(), task_runs.store(), pipeline_runs.store());
+    let deps = run_ctx.deps.clone();
     let ctx = Arc::new(TemplateContext::new(
         client,
         members,
@@ -167,13 +174,19 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
     let pipelines = requeue
         .remove("FederatedPipeline")
         .expect("a channel per federated kind");
+    let step_actions = requeue
+        .remove("FederatedStepAction")
+        .expect("a channel per federated kind");
     tokio::select! {
         _ = clusters::controller::run(member_controller, member_ctx) => {}
         _ = templates::run::<FederatedTask>(ctx.clone(), tasks) => {}
-        _ = templates::run::<FederatedPipeline>(ctx, pipelines) => {}
+        _ = templates::run::<FederatedPipeline>(ctx.clone(), pipelines) => {}
+        _ = templates::run::<FederatedStepAction>(ctx, step_actions) => {}
         _ = runs::run(task_runs, run_ctx.clone()) => {}
         _ = runs::run(pipeline_runs, run_ctx.clone()) => {}
         _ = runs::watch_assignments(run_ctx) => {}
+        _ = deps.watch() => {}
         _ = dispatcher => {}
+        _ = sweep => {}
     }
 }

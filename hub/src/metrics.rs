@@ -102,7 +102,7 @@ impl Default for Metrics {
         let template_syncs = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "template_syncs",
-            "Member copies of FederatedTasks and FederatedPipelines checked, by outcome (unchanged: no request sent)",
+            "Member copies of templates (FederatedTasks, FederatedPipelines, FederatedStepActions) checked, by outcome (unchanged: no request sent)",
             template_syncs.clone(),
         );
         Self {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use tekfed_api::{ClusterOverrides, OverrideOp, OverrideOperation, Template};
+use tekfed_runtime::connect::tekton_resource;
 
 use crate::ownership::Owner;
 
@@ -27,7 +28,8 @@ pub struct OverrideError {
 
 /// What to render: a Tekton kind, its federated owner, and its template.
 pub struct Source<'a> {
-    /// The Tekton kind on the member: `Task`, `Pipeline`, `TaskRun`, `PipelineRun`.
+    /// The Tekton kind on the member: `Task`, `Pipeline`, `StepAction`,
+    /// `TaskRun`, `PipelineRun`.
     pub kind: &'a str,
     /// The member object's name (the federated object's, or one derived from it).
     pub name: &'a str,
@@ -36,7 +38,8 @@ pub struct Source<'a> {
     pub overrides: &'a [ClusterOverrides],
 }
 
-/// The whole `tekton.dev/v1` object for `cluster`, ready to apply.
+/// The whole Tekton object for `cluster`, at the API version the member
+/// serves its kind at ([`tekton_resource`]), ready to apply.
 pub fn render(source: &Source<'_>, cluster: &str) -> Result<Value, OverrideError> {
     let mut doc = serde_json::to_value(source.template).unwrap_or_else(|_| json!({}));
     let ops = source
@@ -68,7 +71,7 @@ pub fn render(source: &Source<'_>, cluster: &str) -> Result<Value, OverrideError
         metadata["annotations"] = json!(annotations);
     }
     Ok(json!({
-        "apiVersion": "tekton.dev/v1",
+        "apiVersion": tekton_resource(source.kind).api_version,
         "kind": source.kind,
         "metadata": metadata,
         "spec": doc.get("spec").cloned().unwrap_or_else(|| json!({})),
@@ -170,6 +173,21 @@ mod tests {
         assert_eq!(object["metadata"]["namespace"], "ci");
         assert_eq!(object["metadata"]["labels"]["team"], "payments");
         assert_eq!(object["metadata"]["labels"]["tekfed.io/federated-uid"], UID);
+    }
+
+    #[test]
+    fn a_step_action_is_rendered_at_v1beta1() {
+        let t = template();
+        let object = render(
+            &Source {
+                kind: "StepAction",
+                ..source(&t, &[])
+            },
+            "member-1",
+        )
+        .unwrap();
+        assert_eq!(object["apiVersion"], "tekton.dev/v1beta1");
+        assert_eq!(object["kind"], "StepAction");
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub fn tekfed_apis() -> Vec<RequiredApi> {
             hint: HINT,
         },
         RequiredApi {
+            resource: ApiResource::erase::<tekfed_api::FederatedStepAction>(&()),
+            hint: HINT,
+        },
+        RequiredApi {
             resource: ApiResource::erase::<tekfed_api::FederatedTaskRun>(&()),
             hint: HINT,
         },
@@ -181,8 +185,8 @@ pub fn tekfed_apis() -> Vec<RequiredApi> {
 
 /// The Tekton kinds a member must serve, for [`require_apis`] on a member.
 pub fn tekton_apis() -> Vec<RequiredApi> {
-    const HINT: &str = "Install Tekton Pipelines on the member (its CRDs at tekton.dev/v1).";
-    ["Task", "TaskRun", "Pipeline", "PipelineRun"]
+    const HINT: &str = "Install Tekton Pipelines on the member (its CRDs at tekton.dev/v1, StepActions at tekton.dev/v1beta1).";
+    ["Task", "TaskRun", "Pipeline", "PipelineRun", "StepAction"]
         .into_iter()
         .map(|kind| RequiredApi {
             resource: tekton_resource(kind),
@@ -191,13 +195,34 @@ pub fn tekton_apis() -> Vec<RequiredApi> {
         .collect()
 }
 
-/// The `tekton.dev/v1` resource of a Tekton kind.
+/// The resource of a Tekton kind: `tekton.dev/v1`, but for `StepAction`,
+/// which Tekton serves at `tekton.dev/v1beta1` only.
 pub fn tekton_resource(kind: &str) -> ApiResource {
+    let version = match kind {
+        "StepAction" => "v1beta1",
+        _ => "v1",
+    };
     ApiResource {
         group: "tekton.dev".into(),
-        version: "v1".into(),
-        api_version: "tekton.dev/v1".into(),
+        version: version.into(),
+        api_version: format!("tekton.dev/{version}"),
         kind: kind.into(),
         plural: format!("{}s", kind.to_lowercase()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_actions_are_v1beta1_the_rest_v1() {
+        let step_action = tekton_resource("StepAction");
+        assert_eq!(step_action.api_version, "tekton.dev/v1beta1");
+        assert_eq!(step_action.version, "v1beta1");
+        assert_eq!(step_action.plural, "stepactions");
+        for kind in ["Task", "TaskRun", "Pipeline", "PipelineRun"] {
+            assert_eq!(tekton_resource(kind).api_version, "tekton.dev/v1", "{kind}");
+        }
     }
 }

@@ -180,17 +180,29 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
         .await
         .unwrap();
 
-    // That identity reaches Tekton objects and namespaces, and no Secret.
+    // That identity reaches Tekton objects and namespaces, and a run's
+    // ServiceAccounts, ConfigMaps and Secrets by name (to carry them),
+    // never listing or watching a Secret.
     let hub_sa = "system:serviceaccount:tekfed-system:tekfed-hub";
     for member in &members {
         let m = bed.client(member).await.unwrap();
+        for verb in ["list", "watch"] {
+            assert!(
+                !can(&m, hub_sa, verb, "", "secrets").await,
+                "{member}: {verb} secrets"
+            );
+        }
+        for verb in ["get", "create", "patch", "delete"] {
+            for resource in ["secrets", "configmaps", "serviceaccounts"] {
+                assert!(
+                    can(&m, hub_sa, verb, "", resource).await,
+                    "{member}: {verb} {resource}"
+                );
+            }
+        }
         assert!(
-            !can(&m, hub_sa, "list", "", "secrets").await,
-            "{member}: secrets"
-        );
-        assert!(
-            !can(&m, hub_sa, "get", "", "secrets").await,
-            "{member}: secrets"
+            can(&m, hub_sa, "create", "tekton.dev", "stepactions").await,
+            "{member}: stepactions"
         );
         assert!(!can(&m, hub_sa, "list", "", "pods").await, "{member}: pods");
         assert!(
@@ -396,7 +408,7 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
                 .unwrap();
             assert!(binding.is_none(), "{member}: ClusterRoleBinding {name}");
         }
-        for kind in ["TaskRun", "PipelineRun", "Task", "Pipeline"] {
+        for kind in ["TaskRun", "PipelineRun", "Task", "Pipeline", "StepAction"] {
             let api: Api<DynamicObject> = Api::all_with(m.clone(), &tekton_resource(kind));
             let left = api
                 .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tekfed"))

@@ -689,7 +689,7 @@ async fn the_hub_serves_prometheus_metrics() {
 }
 
 #[tokio::test]
-async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
+async fn a_run_brings_its_task_to_the_cluster_it_lands_on_with_that_clusters_overrides() {
     let bed = run_federation();
     let hub = bed.client(HUB).await.unwrap();
     let ns = bed.namespace("deps", &[HUB]).await.unwrap();
@@ -707,30 +707,36 @@ async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
     .unwrap();
     tasks.create(&PostParams::default(), &task).await.unwrap();
     let runs: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
-    let run = |name: &str, task: &str| -> FederatedTaskRun {
-        serde_json::from_value(json!({
-            "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"template": {"spec": {"taskRef": {"name": task}}}, "placement": {"clusters": [{"name": "member-3"}]}},
-        }))
-        .unwrap()
-    };
-    runs.create(&PostParams::default(), &run("lint-run", "lint"))
-        .await
-        .unwrap();
+    // Running until cancelled: the Task stays on member-3 while it runs.
+    let run: FederatedTaskRun = serde_json::from_value(json!({
+        "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
+        "metadata": {"name": "lint-run", "namespace": ns},
+        "spec": {"template": {"metadata": {"annotations": {"tekfed.io/test-duration": "600s"}},
+                              "spec": {"taskRef": {"name": "lint"}}},
+                 "placement": {"clusters": [{"name": "member-3"}]}},
+    }))
+    .unwrap();
+    runs.create(&PostParams::default(), &run).await.unwrap();
     reaches(
         &runs,
         "lint-run",
-        RunPhase::Succeeded,
-        "the run to succeed on member-3",
+        RunPhase::Running,
+        "the run to be running on member-3",
     )
     .await;
-    let member_tasks: Api<DynamicObject> = Api::namespaced_with(
-        bed.client("member-3").await.unwrap(),
-        &ns,
-        &tekton_resource("Task"),
-    );
-    let copy = member_tasks
+    let member_tasks = |member: &str| {
+        let member = member.to_owned();
+        let ns = ns.clone();
+        async move {
+            Api::<DynamicObject>::namespaced_with(
+                bed.client(&member).await.unwrap(),
+                &ns,
+                &tekton_resource("Task"),
+            )
+        }
+    };
+    let copy = member_tasks("member-3")
+        .await
         .get("lint")
         .await
         .expect("the Task came with the run");
@@ -740,47 +746,30 @@ async fn a_run_brings_its_task_to_the_cluster_it_lands_on() {
     );
     assert_eq!(copy.labels()["tekfed.io/run-dependency"], "true");
 
-    // A reference that exists nowhere: the run waits, saying so.
-    runs.create(&PostParams::default(), &run("orphan-run", "not-yet"))
-        .await
-        .unwrap();
-    let condition = eventually("DependencyMissing", WAIT, || {
-        let runs = runs.clone();
-        async move {
-            let s = runs.get("orphan-run").await.ok()?.status?;
-            s.conditions
-                .into_iter()
-                .find(|c| c.reason == "DependencyMissing")
-        }
-    })
-    .await;
-    assert!(
-        condition.message.contains("not-yet"),
-        "{}",
-        condition.message
-    );
-    let member_runs: Api<DynamicObject> = Api::namespaced_with(
-        bed.client("member-3").await.unwrap(),
-        &ns,
-        &tekton_resource("TaskRun"),
-    );
-    assert!(
-        member_runs.get_opt("orphan-run").await.unwrap().is_none(),
-        "a run with a missing Task was created on the member"
-    );
-    // Once the FederatedTask exists, the run goes.
-    let mut late = task.clone();
-    late.metadata.name = Some("not-yet".into());
-    late.metadata.resource_version = None;
-    late.metadata.uid = None;
-    tasks.create(&PostParams::default(), &late).await.unwrap();
+    // Once no run there needs it, it leaves member-3; member-1's copy,
+    // which the Task's placement selects, stays.
+    runs.patch(
+        "lint-run",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"status": "TaskRunCancelled"}}}})),
+    )
+    .await
+    .unwrap();
     reaches(
         &runs,
-        "orphan-run",
-        RunPhase::Succeeded,
-        "the waiting run to succeed",
+        "lint-run",
+        RunPhase::Cancelled,
+        "the run to be cancelled",
     )
     .await;
+    let on_member_3 = member_tasks("member-3").await;
+    eventually("the Task to leave member-3", WAIT, || {
+        let api = on_member_3.clone();
+        async move { api.get_opt("lint").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let placed = member_tasks("member-1").await.get("lint").await.unwrap();
+    assert!(!placed.labels().contains_key("tekfed.io/run-dependency"));
 }
 
 /// When a member run was first seen held, and then released.

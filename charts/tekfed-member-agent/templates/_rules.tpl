@@ -13,10 +13,10 @@
 - apiGroups: [tekton.dev]
   resources: [pipelineruns]
   verbs: [get, list, watch, patch, delete]
-# Only the start-up check that the member serves Tekton's v1 API
+# Only the start-up check that the member serves the Tekton APIs tekfed uses
 # (tekfed_runtime::connect::tekton_apis lists one object of each kind).
 - apiGroups: [tekton.dev]
-  resources: [tasks, pipelines]
+  resources: [tasks, pipelines, stepactions]
   verbs: [list]
 # Load: pending pods, and requested vs allocatable CPU and memory.
 - apiGroups: [""]

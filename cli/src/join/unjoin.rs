@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tekfed_api::rbac::TEKTON_NAMESPACE;
@@ -123,7 +123,7 @@ async fn unjoin_member(m: &Client, name: &str, report: &mut Report) -> anyhow::R
     let on_member = |what: &str| format!("member {name}: {what}");
     // What the hub put there: tekfed's Tekton objects, in every namespace.
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    for kind in ["TaskRun", "PipelineRun", "Task", "Pipeline"] {
+    for kind in ["TaskRun", "PipelineRun", "Task", "Pipeline", "StepAction"] {
         let api: Api<kube::api::DynamicObject> = Api::all_with(m.clone(), &tekton_resource(kind));
         let items = api
             .list_metadata(&ListParams::default().labels(&selector))
@@ -137,6 +137,35 @@ async fn unjoin_member(m: &Client, name: &str, report: &mut Report) -> anyhow::R
                 &api,
                 &item.name_any(),
                 on_member(&format!("{kind} {ns}/{}", item.name_any())),
+                report,
+            )
+            .await?;
+        }
+    }
+    // What the hub carried there for runs (a run's ServiceAccounts,
+    // ConfigMaps and Secrets): credentials must not outlive the federation.
+    let carried = format!("{selector},tekfed.io/run-dependency=true");
+    for (kind, resource) in [
+        ("ServiceAccount", ApiResource::erase::<ServiceAccount>(&())),
+        ("ConfigMap", ApiResource::erase::<ConfigMap>(&())),
+        ("Secret", ApiResource::erase::<Secret>(&())),
+    ] {
+        let api: Api<kube::api::DynamicObject> = Api::all_with(m.clone(), &resource);
+        let items = api
+            .list_metadata(&ListParams::default().labels(&carried))
+            .await
+            .with_context(|| format!("listing the {kind}s tekfed carried"))?;
+        for item in items {
+            let ns = item.namespace().unwrap_or_default();
+            let api: Api<kube::api::DynamicObject> =
+                Api::namespaced_with(m.clone(), &ns, &resource);
+            remove(
+                &api,
+                &item.name_any(),
+                on_member(&format!(
+                    "{kind} {ns}/{} (carried for runs)",
+                    item.name_any()
+                )),
                 report,
             )
             .await?;

@@ -33,8 +33,11 @@ use crate::ownership::{LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE
 
 /// The Tekton kinds the hub keeps on members, each with the federated kind
 /// that owns it.
-pub const TEKTON_KINDS: [(&str, &str); 2] =
-    [("Task", "FederatedTask"), ("Pipeline", "FederatedPipeline")];
+pub const TEKTON_KINDS: [(&str, &str); 3] = [
+    ("Task", "FederatedTask"),
+    ("Pipeline", "FederatedPipeline"),
+    ("StepAction", "FederatedStepAction"),
+];
 
 /// A federated object to reconcile again: `(namespace, name)`.
 pub type Requeue = (String, String);

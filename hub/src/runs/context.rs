@@ -18,6 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::FederatedRun;
 use crate::backoff::ErrorBackoff;
 use crate::clusters::Members;
+use crate::dependencies::Dependencies;
 use crate::metrics::Metrics;
 
 /// Wakes one federated run: `(name, namespace)`.
@@ -48,6 +49,8 @@ pub struct RunContext {
     pub(super) retries: ErrorBackoff,
     /// Publishes a run's Events (`kubectl describe ftr/NAME`).
     pub(super) recorder: Recorder,
+    /// What runs need from the hub, and what was carried where.
+    pub deps: Arc<Dependencies>,
 }
 
 impl RunContext {
@@ -59,6 +62,7 @@ impl RunContext {
     ) -> Self {
         let (assignments, writer) = reflector::store();
         Self {
+            deps: Arc::new(Dependencies::new(hub.clone())),
             recorder: crate::ownership::recorder(hub.clone()),
             hub,
             members,

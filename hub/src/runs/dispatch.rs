@@ -58,6 +58,10 @@ struct Entry {
     /// resourceVersion, so a decision written against the older one fails
     /// and must be made again (under a burst of thousands, most of them).
     ready: bool,
+    /// For a run waiting for a cluster, whether what it needs is on the
+    /// hub ([`crate::dependencies`]): `Ok` with the `DependenciesReady`
+    /// message, or why it cannot be scheduled yet.
+    dependencies: Option<Result<String, (&'static str, String)>>,
     write: Box<
         dyn Fn(RunStatus) -> futures::future::BoxFuture<'static, Result<(), Error>> + Send + Sync,
     >,
@@ -100,6 +104,15 @@ fn entries<K: FederatedRun>(
         if phase.is_some_and(is_final) {
             continue;
         }
+        let undecided = run_status::decided_clusters(run.run_status()).is_empty();
+        let dependencies = undecided.then(|| {
+            let ns = run.namespace().unwrap_or_default();
+            let closure = ctx.deps.closure(K::KIND, &ns, &run.template().spec);
+            match closure.blocked(&ns) {
+                Some(blocked) => Err(blocked),
+                None => Ok(closure.resolved_message()),
+            }
+        });
         let ctx = ctx.clone();
         let for_write = run.clone();
         entries.push(Entry {
@@ -120,6 +133,7 @@ fn entries<K: FederatedRun>(
             status: dispatch_view(run.run_status()),
             deleting: run.meta().deletion_timestamp.is_some(),
             ready: run.finalizers().iter().any(|f| f == FINALIZER),
+            dependencies,
             write: Box::new(move |status| {
                 let ctx = ctx.clone();
                 let run = for_write.clone();
@@ -140,6 +154,8 @@ pub async fn dispatch(
     let _ = task_runs.wait_until_ready().await;
     let _ = pipeline_runs.wait_until_ready().await;
     let _ = ctx.clusters.wait_until_ready().await;
+    // Until the hub's objects are listed, a run's dependencies would look missing.
+    ctx.deps.wait_until_ready().await;
     loop {
         let mut phases = PhaseCounts::default();
         let mut all = entries(&task_runs, &ctx, &mut phases);
@@ -154,6 +170,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
     // written but not yet seen there.
     let mut active: BTreeMap<String, i64> = BTreeMap::new();
     let mut queue = Vec::new();
+    let mut waiting = Vec::new();
     {
         let mut decided = ctx.decided.lock().unwrap_or_else(|p| p.into_inner());
         let seen: BTreeSet<&str> = all.iter().map(|e| e.uid.as_str()).collect();
@@ -177,6 +194,11 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
                     *active.entry(c.clone()).or_default() += 1;
                 }
             } else if !entry.deleting && entry.ready {
+                if let Some(Err(blocked)) = &entry.dependencies {
+                    // Needs what is not on the hub: not a candidate, holds nothing.
+                    waiting.push((entry, blocked));
+                    continue;
+                }
                 queue.push(RunRequest {
                     key: entry.key.clone(),
                     created: entry.created,
@@ -188,8 +210,30 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
     evacuate(ctx, &all).await;
     ctx.members.set_active_runs(&active);
     publish_metrics(ctx, phases, &active);
-    ctx.metrics.queue_depth.set(queue.len() as i64);
-    if queue.is_empty() {
+    ctx.metrics
+        .queue_depth
+        .set((queue.len() + waiting.len()) as i64);
+    let waits = waiting
+        .into_iter()
+        .filter_map(|(entry, (reason, message))| {
+            let current = entry.status.as_ref().and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == run_status::DEPENDENCIES_READY)
+            });
+            if entry.status.as_ref().and_then(|s| s.phase) == Some(RunPhase::Queued)
+                && current.is_some_and(|c| {
+                    c.status == "False" && c.reason == *reason && c.message == *message
+                })
+            {
+                return None;
+            }
+            let status =
+                run_status::waiting_for_dependencies(entry.status.as_ref(), reason, message, now());
+            Some((entry, status))
+        });
+    let waits: Vec<_> = waits.collect();
+    if queue.is_empty() && waits.is_empty() {
         return;
     }
     let clusters = ctx.clusters.state();
@@ -228,13 +272,16 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
         let generation = None;
         match decision {
             Decision::Assign(clusters) => {
-                let status = run_status::scheduled(
+                let mut status = run_status::scheduled(
                     entry.status.as_ref(),
                     entry.placement.mode,
                     &clusters,
                     generation,
                     now(),
                 );
+                if let Some(Ok(message)) = &entry.dependencies {
+                    run_status::set_dependencies_ready(&mut status, message, now());
+                }
                 ctx.decided
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -252,20 +299,21 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
                 {
                     return None;
                 }
-                Some((
-                    entry,
-                    run_status::queued(
-                        entry.status.as_ref(),
-                        reason.reason(),
-                        &reason.message(),
-                        generation,
-                        now(),
-                    ),
-                ))
+                let mut status = run_status::queued(
+                    entry.status.as_ref(),
+                    reason.reason(),
+                    &reason.message(),
+                    generation,
+                    now(),
+                );
+                if let Some(Ok(message)) = &entry.dependencies {
+                    run_status::set_dependencies_ready(&mut status, message, now());
+                }
+                Some((entry, status))
             }
         }
     });
-    let results = futures::stream::iter(writes)
+    let results = futures::stream::iter(writes.chain(waits))
         .map(|(entry, status)| async move {
             let assigned = status.phase == Some(RunPhase::Scheduled);
             let result = (entry.write)(status).await;

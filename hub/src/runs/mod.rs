@@ -152,8 +152,13 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
-    #[error("{0}")]
-    DependencyMissing(String),
+    /// What the run needs is not on the hub, or may not leave it.
+    #[error("{message}")]
+    DependenciesNotReady {
+        /// The reason of the `DependenciesReady=False` condition it becomes.
+        reason: &'static str,
+        message: String,
+    },
     #[error("{kind} {namespace}/{name}: {message}")]
     Waiting {
         /// The reason of the `MemberRunReady=False` condition it becomes.
@@ -176,7 +181,9 @@ impl Error {
     /// or `MemberRunReady`); `None` for a failed request, which is retried.
     pub(crate) fn blocked(&self, now: Time) -> Option<Condition> {
         match self {
-            Error::DependencyMissing(message) => Some(status::dependency_missing(message, now)),
+            Error::DependenciesNotReady { reason, message } => {
+                Some(status::dependencies_not_ready(reason, message, now))
+            }
             Error::Waiting {
                 reason, message, ..
             } => Some(status::member_run_blocked(reason, message, now)),

@@ -194,6 +194,8 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
             if run_status::changed(&previous, &next) {
                 write_status(run, ctx, next).await?;
                 ctx.members.schedule.notify_one();
+                // What it needed there may be needed no more.
+                ctx.deps.sweep.notify_one();
             }
             return Ok(Action::await_change());
         }
@@ -239,6 +241,7 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
         write_status(run, ctx, folded.clone()).await?;
         if folded.phase.is_some_and(is_final) {
             ctx.members.schedule.notify_one();
+            ctx.deps.sweep.notify_one();
         }
     }
     Ok(Action::requeue(Duration::from_secs(60)))
@@ -289,6 +292,7 @@ async fn cleanup<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, E
         }
     }
     ctx.members.schedule.notify_one();
+    ctx.deps.sweep.notify_one();
     Ok(Action::await_change())
 }
 

@@ -167,13 +167,27 @@ pub fn fold(
 /// The condition saying a run waits for something it refers to.
 pub const DEPENDENCIES_READY: &str = "DependenciesReady";
 
-/// `DependenciesReady=False`, reason `DependencyMissing`, saying what is missing.
-pub fn dependency_missing(message: &str, now: Time) -> Condition {
+/// `DependenciesReady=False`: what the run needs that is not on the hub
+/// (`DependencyMissing`) or may not leave it (`SecretNotCarried`).
+pub fn dependencies_not_ready(reason: &str, message: &str, now: Time) -> Condition {
     Condition {
         type_: DEPENDENCIES_READY.into(),
         status: "False".into(),
-        reason: "DependencyMissing".into(),
-        message: format!("{message}; the run waits until it exists"),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: None,
+        last_transition_time: now,
+    }
+}
+
+/// `DependenciesReady=True`: what it needs is on the hub, and is carried
+/// to its cluster before it runs.
+pub fn dependencies_ready(message: &str, now: Time) -> Condition {
+    Condition {
+        type_: DEPENDENCIES_READY.into(),
+        status: "True".into(),
+        reason: tekfed_api::dependencies::REASON_RESOLVED.into(),
+        message: message.into(),
         observed_generation: None,
         last_transition_time: now,
     }
@@ -291,6 +305,34 @@ pub fn queued(
         },
     );
     status
+}
+
+/// The status of a run that waits, before scheduling, for what it needs
+/// from the hub: `Queued`, `Scheduled=False` (`WaitingForDependencies`)
+/// and `DependenciesReady=False` saying what and why. It holds no cluster.
+pub fn waiting_for_dependencies(
+    previous: Option<&RunStatus>,
+    reason: &str,
+    message: &str,
+    now: Time,
+) -> RunStatus {
+    let mut status = queued(
+        previous,
+        "WaitingForDependencies",
+        "not scheduled until what it needs is on the hub (see DependenciesReady)",
+        None,
+        now.clone(),
+    );
+    set_condition(
+        &mut status.conditions,
+        dependencies_not_ready(reason, message, now),
+    );
+    status
+}
+
+/// Record that what the run needs is on the hub (set when it is scheduled).
+pub fn set_dependencies_ready(status: &mut RunStatus, message: &str, now: Time) {
+    set_condition(&mut status.conditions, dependencies_ready(message, now));
 }
 
 /// The status of a `mode: One` run whose assignment on `cluster` (made for

@@ -141,7 +141,11 @@ async fn check_and_apply<K: Federated>(
 
 /// Create the namespace on the member if it does not exist, labelled as
 /// tekfed's. A namespace that exists is left as it is.
-async fn ensure_namespace(conn: &Connection, cluster: &str, namespace: &str) -> Result<(), String> {
+pub(crate) async fn ensure_namespace(
+    conn: &Connection,
+    cluster: &str,
+    namespace: &str,
+) -> Result<(), String> {
     if conn.namespaces.contains(namespace) {
         return Ok(());
     }

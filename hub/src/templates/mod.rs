@@ -1,6 +1,6 @@
-//! Templates: `FederatedTask`s and `FederatedPipeline`s, each a Tekton
-//! object the hub keeps, patched per cluster, on the member clusters its
-//! placement selects.
+//! Templates: `FederatedTask`s, `FederatedPipeline`s and
+//! `FederatedStepAction`s, each a Tekton object the hub keeps, patched per
+//! cluster, on the member clusters its placement selects.
 //!
 //! - [`propagation`]: the reconciler: which clusters hold a copy and which
 //!   should, copies made, kept and removed, the finalizer, the status.
@@ -25,8 +25,8 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tekfed_api::{
-    ClusterOverrides, FederatedPipeline, FederatedTask, MemberCluster, Placement,
-    PropagationStatus, Template,
+    ClusterOverrides, FederatedPipeline, FederatedStepAction, FederatedTask, MemberCluster,
+    Placement, PropagationStatus, Template,
 };
 
 use crate::backoff::ErrorBackoff;
@@ -56,6 +56,9 @@ pub trait Federated:
     + Sync
     + 'static
 {
+    /// Its own kind (`FederatedTask`, …), as `&'static str`:
+    /// `Resource::kind` gives a `Cow` borrowed from its argument.
+    const FEDERATED_KIND: &'static str;
     /// The Tekton kind it puts on members.
     const TEKTON_KIND: &'static str;
     fn template(&self) -> &Template;
@@ -65,8 +68,9 @@ pub trait Federated:
 }
 
 macro_rules! federated {
-    ($ty:ty, $tekton:literal) => {
+    ($ty:ident, $tekton:literal) => {
         impl Federated for $ty {
+            const FEDERATED_KIND: &'static str = stringify!($ty);
             const TEKTON_KIND: &'static str = $tekton;
             fn template(&self) -> &Template {
                 &self.spec.template
@@ -85,6 +89,7 @@ macro_rules! federated {
 }
 federated!(FederatedTask, "Task");
 federated!(FederatedPipeline, "Pipeline");
+federated!(FederatedStepAction, "StepAction");
 
 /// What the template controllers need.
 pub struct TemplateContext {
@@ -146,17 +151,30 @@ pub enum Error {
 
 pub(crate) fn owner<K: Federated>(obj: &K) -> Owner<'_> {
     Owner {
-        kind: obj_kind::<K>(),
+        kind: K::FEDERATED_KIND,
         namespace: obj.meta().namespace.as_deref().unwrap_or_default(),
         name: obj.meta().name.as_deref().unwrap_or_default(),
         uid: obj.meta().uid.as_deref().unwrap_or_default(),
     }
 }
 
-pub(crate) fn obj_kind<K: Federated>() -> &'static str {
-    // `Resource::kind` returns a Cow of a static string for static types.
-    match K::TEKTON_KIND {
-        "Task" => "FederatedTask",
-        _ => "FederatedPipeline",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds<K: Federated>() -> (&'static str, String, &'static str) {
+        (K::FEDERATED_KIND, K::kind(&()).into_owned(), K::TEKTON_KIND)
+    }
+
+    #[test]
+    fn each_kind_names_itself_and_its_tekton_kind() {
+        for (federated, kind, tekton) in [
+            kinds::<FederatedTask>(),
+            kinds::<FederatedPipeline>(),
+            kinds::<FederatedStepAction>(),
+        ] {
+            assert_eq!(federated, kind);
+            assert_eq!(federated, format!("Federated{tekton}"));
+        }
     }
 }

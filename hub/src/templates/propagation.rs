@@ -1,7 +1,8 @@
-//! The `FederatedTask` and `FederatedPipeline` reconciler: the Tekton
-//! object each describes is applied, patched per cluster, on exactly the
-//! members its placement selects, kept that way, and removed from members
-//! that leave the placement or when the federated object is deleted.
+//! The `FederatedTask`, `FederatedPipeline` and `FederatedStepAction`
+//! reconciler: the Tekton object each describes is applied, patched per
+//! cluster, on exactly the members its placement selects, kept that way,
+//! and removed from members that leave the placement or when the federated
+//! object is deleted.
 //!
 //! Reconciling is event-driven: a change to the federated object, to any
 //! member (joined, gone, relabelled, tainted, reachable again), or to a
@@ -34,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
 
 use super::copies::{remove_copy, sync_cluster};
-use super::{Error, FINALIZER, Federated, TemplateContext, obj_kind, status};
+use super::{Error, FINALIZER, Federated, TemplateContext, status};
 use crate::clusters::registry::Requeue;
 use crate::errors::{log_outcome, one_line};
 use crate::ownership::{FIELD_MANAGER, LABEL_RUN_DEPENDENCY, LABEL_UID};
@@ -75,7 +76,7 @@ pub async fn run<K: Federated>(
         .reconcile_on(drift)
         .reconcile_all_on(membership)
         .run(reconcile::<K>, error_policy::<K>, ctx)
-        .for_each(|result| log_outcome(obj_kind::<K>(), "templates", result))
+        .for_each(|result| log_outcome(K::FEDERATED_KIND, "templates", result))
         .await;
 }
 
@@ -94,11 +95,11 @@ fn error_policy<K: Federated>(
             .retries
             .failed(ObjectRef::from_obj(obj.as_ref()).erase()),
     };
-    tracing::info!(kind = obj_kind::<K>(), ns = obj.namespace().unwrap_or_default(), name = %obj.name_any(), %error, retry_in = ?wait, "retrying");
+    tracing::info!(kind = K::FEDERATED_KIND, ns = obj.namespace().unwrap_or_default(), name = %obj.name_any(), %error, retry_in = ?wait, "retrying");
     Action::requeue(wait)
 }
 
-#[tracing::instrument(skip(obj, ctx), fields(kind = obj_kind::<K>(), namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any()))]
+#[tracing::instrument(skip(obj, ctx), fields(kind = K::FEDERATED_KIND, namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any()))]
 async fn reconcile<K: Federated>(
     obj: Arc<K>,
     ctx: Arc<TemplateContext>,
@@ -293,7 +294,7 @@ async fn cleanup<K: Federated>(obj: &K, ctx: &TemplateContext) -> Result<Action,
         })
         .unwrap_or_default();
     let (kind, namespace, name) = (
-        obj_kind::<K>().to_owned(),
+        K::FEDERATED_KIND.to_owned(),
         obj.namespace().unwrap_or_default(),
         obj.name_any(),
     );
@@ -334,7 +335,7 @@ async fn write_status<K: Federated>(
         return Ok(());
     }
     let (kind, namespace, name) = (
-        obj_kind::<K>(),
+        K::FEDERATED_KIND,
         obj.namespace().unwrap_or_default(),
         obj.name_any(),
     );
