@@ -53,9 +53,9 @@ demo:
 	  $(CARGO) build --workspace --bins --examples --locked && \
 	  target=$$($(CARGO) metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/') && \
 	  TEKFED_K8S_BIN_DIR="$$bin_dir" "$$target/debug/kubectl-tekfed" dev up --members 3 --dir .tekfed-dev && \
-	  echo "== kubectl apply -f examples/ (hello-world, git-clone-on-member-2; build-and-deploy's run needs a PersistentVolume, which no provisioner makes here)" && \
+	  echo "== kubectl apply -f examples/ (hello-world, git-clone-on-member-2, ci-with-credentials; build-and-deploy's run needs a PersistentVolume, which no provisioner makes here)" && \
 	  "$$bin_dir/kubectl" --kubeconfig .tekfed-dev/kubeconfig --context hub apply \
-	    -f examples/hello-world.yaml -f examples/git-clone-on-member-2.yaml && \
+	    -f examples/hello-world.yaml -f examples/git-clone-on-member-2.yaml -f examples/ci-with-credentials.yaml && \
 	  "$$target/debug/examples/demo" .tekfed-dev/kubeconfig
 
 demo-down:

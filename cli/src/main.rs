@@ -38,7 +38,8 @@ enum Command {
     /// Join a cluster to the federation: least-privilege identities on both sides, its kubeconfig Secret and MemberCluster on the hub.
     #[command(
         after_help = "Creates on the member: namespace tekfed-system, ServiceAccount tekfed-hub bound to a ClusterRole \
-for Tekton objects and namespaces only, and Secret tekfed-hub-kubeconfig (the agent's hub identity). \
+for Tekton objects, namespaces, and by name the ServiceAccounts, ConfigMaps and Secrets runs need carried \
+(never listing or watching a Secret), and Secret tekfed-hub-kubeconfig (the agent's hub identity). \
 On the hub: Secret tekfed-member-NAME (server, CA, token; no key of yours), MemberCluster NAME, \
 namespace tekfed-cluster-NAME and the agent's ServiceAccount with a Role confined to it. \
 Running it again changes nothing (and renews tokens close to expiry).\n\n\

@@ -14,6 +14,14 @@
 //!    the members by one kube-rs client with the same concurrency), API
 //!    writes per run from the servers' own `apiserver_request_total`, the
 //!    write efficiency, and latency at half the peak rate;
+//!
+//!    1b. at the end, on the same bed, a smaller burst of runs that each
+//!    need seven hub objects carried to their member (a Task, its
+//!    StepAction, a ServiceAccount with its Secret and image pull Secret,
+//!    a ConfigMap and a Secret workspace): their writes per run, counted
+//!    the same way, beside 1's, and the writes to those kinds on the
+//!    members (about one apply per object per member, and one removal
+//!    after: what is already there costs no write);
 //! 2. status latency, member run finished → hub status shows it;
 //! 3. balance over equal members and over unequal `maxConcurrentRuns`;
 //! 5. hub RSS and CPU during the burst and at rest with the runs stored;
@@ -27,12 +35,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use tekfed_api::dependencies::LABEL_CARRY_SECRETS;
 use tekfed_api::runs::RunPhase;
-use tekfed_api::{FederatedTaskRun, MemberCluster, RunAssignment};
+use tekfed_api::{
+    FederatedStepAction, FederatedTask, FederatedTaskRun, MemberCluster, RunAssignment,
+};
 use tekfed_runtime::connect::tekton_resource;
 use tekfed_testbed::federation::federate;
 use tekfed_testbed::{HUB, TestBed, Write, writes_by_resource};
@@ -46,6 +60,12 @@ struct Mode {
     half_rate: usize,
     balance: usize,
     stored: usize,
+    /// Runs in the dependency burst. Carrying costs writes per object and
+    /// member, not per run, so a few runs per member show it: 60 (about 20
+    /// per member, overlapping, so each copy is met already there many
+    /// times) keep quick mode quick; full mode takes as many as quick
+    /// mode's main burst, over which that fixed cost is spread thinner.
+    deps: usize,
 }
 
 const QUICK: Mode = Mode {
@@ -54,6 +74,7 @@ const QUICK: Mode = Mode {
     half_rate: 100,
     balance: 90,
     stored: 600,
+    deps: 60,
 };
 const FULL: Mode = Mode {
     name: "full",
@@ -61,6 +82,7 @@ const FULL: Mode = Mode {
     half_rate: 1000,
     balance: 600,
     stored: 10_000,
+    deps: 300,
 };
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -166,19 +188,33 @@ async fn watch_all(bed: &TestBed, ns: &str, seen: Shared) -> Vec<tokio::task::Jo
     tasks
 }
 
+/// The spec of the main bursts' runs: an inline Task, nothing to carry.
+fn inline_spec() -> Value {
+    json!({"taskSpec": {"steps": [{"name": "s", "image": "alpine", "script": "true"}]}})
+}
+
+/// Create FederatedTaskRuns named `names` in `ns`, each with the TaskRun
+/// spec `spec`, on any member; at `pace` apart if given, else at once
+/// ([`CONCURRENCY`] in flight). How long creating took.
 async fn create_runs(
     hub: &Client,
     ns: &str,
     names: &[String],
     pace: Option<Duration>,
     seen: &Shared,
+    spec: &Value,
 ) -> Duration {
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), ns);
     let began = Instant::now();
     let placement = json!({"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}});
     let one = |name: String, at: Option<Instant>| {
-        let (api, seen, placement, ns) =
-            (api.clone(), seen.clone(), placement.clone(), ns.to_owned());
+        let (api, seen, placement, ns, spec) = (
+            api.clone(),
+            seen.clone(),
+            placement.clone(),
+            ns.to_owned(),
+            spec.clone(),
+        );
         async move {
             if let Some(at) = at {
                 tokio::time::sleep_until(at.into()).await;
@@ -186,7 +222,7 @@ async fn create_runs(
             let run: FederatedTaskRun = serde_json::from_value(json!({
                 "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
                 "metadata": {"name": name, "namespace": ns},
-                "spec": {"template": {"spec": {"taskSpec": {"steps": [{"name": "s", "image": "alpine", "script": "true"}]}}}, "placement": placement},
+                "spec": {"template": {"spec": spec}, "placement": placement},
             }))
             .expect("a valid FederatedTaskRun");
             match api.create(&PostParams::default(), &run).await {
@@ -334,16 +370,33 @@ async fn wait_for(what: &str, timeout: Duration, total: usize, mut count: impl F
     }
 }
 
-/// Writes by all API servers (hub and members), by resource, subresource and verb.
-async fn all_writes(bed: &TestBed) -> BTreeMap<Write, u64> {
-    let mut total = BTreeMap::new();
+/// Writes by each API server (hub and members), by cluster, then by
+/// resource, subresource and verb.
+async fn writes_by_cluster(bed: &TestBed) -> BTreeMap<String, BTreeMap<Write, u64>> {
+    let mut by_cluster = BTreeMap::new();
     for cluster in bed.clusters() {
         let client = bed.client(&cluster.name).await.unwrap();
-        for (key, n) in writes_by_resource(&client).await {
-            *total.entry(key).or_default() += n;
+        by_cluster.insert(cluster.name.clone(), writes_by_resource(&client).await);
+    }
+    by_cluster
+}
+
+/// The writes of all clusters together.
+fn summed<'a>(
+    clusters: impl IntoIterator<Item = &'a BTreeMap<Write, u64>>,
+) -> BTreeMap<Write, u64> {
+    let mut total = BTreeMap::new();
+    for writes in clusters {
+        for (key, n) in writes {
+            *total.entry(key.clone()).or_default() += n;
         }
     }
     total
+}
+
+/// Writes by all API servers (hub and members), by resource, subresource and verb.
+async fn all_writes(bed: &TestBed) -> BTreeMap<Write, u64> {
+    summed(writes_by_cluster(bed).await.values())
 }
 
 fn delta(after: &BTreeMap<Write, u64>, before: &BTreeMap<Write, u64>) -> BTreeMap<Write, u64> {
@@ -352,6 +405,335 @@ fn delta(after: &BTreeMap<Write, u64>, before: &BTreeMap<Write, u64>) -> BTreeMa
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
         .filter(|(_, v)| *v > 0)
         .collect()
+}
+
+/// Whose the ServiceAccount writes in a window are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ServiceAccounts {
+    /// The member's controller-manager's: the `default` one in the
+    /// namespace tekfed makes there (the main burst, whose runs name none).
+    Members,
+    /// tekfed's: the copies of the ServiceAccount the runs name (the
+    /// dependency burst, whose namespace is on the members beforehand, so
+    /// the controller-manager has nothing to write there).
+    Carried,
+}
+
+/// Writes tekfed spent, by kind of write, and the user's creates of the
+/// federated runs (not counted): all of `writes`, less those creates, what
+/// Tekton and the member's own controllers write (run status and updates,
+/// pods, bindings, events, ServiceAccounts unless tekfed carried them) and
+/// the heartbeats (per cluster and time, not run).
+fn tekfed_writes(
+    writes: &BTreeMap<Write, u64>,
+    service_accounts: ServiceAccounts,
+) -> (BTreeMap<String, u64>, u64) {
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    let mut user_creates = 0;
+    for (w, n) in writes {
+        let user =
+            w.resource == "federatedtaskruns" && w.subresource.is_empty() && w.verb == "POST";
+        let tekton = (matches!(w.resource.as_str(), "taskruns" | "pipelineruns")
+            && (w.subresource == "status" || w.verb == "PUT"))
+            || w.resource == "pods"
+            || (w.resource == "serviceaccounts"
+                && (service_accounts == ServiceAccounts::Members || !w.subresource.is_empty()));
+        let heartbeat = w.resource == "memberreports"
+            || w.resource == "memberclusters"
+            || w.resource == "leases"
+            || w.resource == "events";
+        if user {
+            user_creates += n;
+        }
+        if user || tekton || heartbeat {
+            continue;
+        }
+        *by_kind.entry(w.to_string()).or_default() += n;
+    }
+    (by_kind, user_creates)
+}
+
+/// tekfed's label on everything it puts on a member.
+const MANAGED: &str = "app.kubernetes.io/managed-by=tekfed";
+
+/// The member resources a dependency-burst run needs, with how many
+/// objects of each: a FederatedTask whose step uses a FederatedStepAction
+/// (both on no member until a run needs them), a ServiceAccount with a git
+/// Secret and an image pull Secret, a ConfigMap and a Secret workspace.
+fn carried_kinds() -> [(ApiResource, u64); 5] {
+    [
+        (ApiResource::erase::<Secret>(&()), 3),
+        (ApiResource::erase::<ConfigMap>(&()), 1),
+        (ApiResource::erase::<ServiceAccount>(&()), 1),
+        (tekton_resource("Task"), 1),
+        (tekton_resource("StepAction"), 1),
+    ]
+}
+
+/// The hub objects behind [`carried_kinds`], as (resource, object).
+fn dependencies_on_the_hub() -> Vec<(ApiResource, Value)> {
+    // Kept on no member by their own placement: only runs take them there.
+    let nowhere = json!({"clusterSelector": {"matchLabels": {"tekfed.io/keep": "never"}}});
+    let secret = ApiResource::erase::<Secret>(&());
+    vec![
+        (
+            secret.clone(),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "git-credentials", "annotations": {"tekton.dev/git-0": "https://github.com"}},
+                   "type": "kubernetes.io/basic-auth",
+                   "stringData": {"username": "ci-bot", "password": "not-a-real-token"}}),
+        ),
+        (
+            secret.clone(),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "registry"},
+                   "type": "kubernetes.io/dockerconfigjson",
+                   "stringData": {".dockerconfigjson": "{\"auths\":{\"registry.example\":{\"auth\":\"Y2k6cHc=\"}}}"}}),
+        ),
+        (
+            secret,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "signing-key"},
+                   "stringData": {"key.pem": "-----BEGIN KEY-----"}}),
+        ),
+        (
+            ApiResource::erase::<ServiceAccount>(&()),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": "builder"},
+                   "secrets": [{"name": "git-credentials"}],
+                   "imagePullSecrets": [{"name": "registry"}]}),
+        ),
+        (
+            ApiResource::erase::<ConfigMap>(&()),
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "build-settings"},
+                   "data": {"GOFLAGS": "-mod=vendor"}}),
+        ),
+        (
+            ApiResource::erase::<FederatedStepAction>(&()),
+            json!({"apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedStepAction",
+                   "metadata": {"name": "git-clone"},
+                   "spec": {"template": {"spec": {"image": "alpine/git", "script": "git clone $URL ."}},
+                            "placement": nowhere}}),
+        ),
+        (
+            ApiResource::erase::<FederatedTask>(&()),
+            json!({"apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTask",
+                   "metadata": {"name": "build"},
+                   "spec": {"template": {"spec": {
+                       "workspaces": [{"name": "settings"}, {"name": "signing"}],
+                       "steps": [{"name": "clone", "ref": {"name": "git-clone"}}]}},
+                            "placement": nowhere}}),
+        ),
+    ]
+}
+
+/// The spec of a dependency-burst run: everything it uses is on the hub.
+fn dependent_spec() -> Value {
+    json!({
+        "taskRef": {"name": "build"},
+        "serviceAccountName": "builder",
+        "workspaces": [
+            {"name": "settings", "configMap": {"name": "build-settings"}},
+            {"name": "signing", "secret": {"secretName": "signing-key"}},
+        ],
+    })
+}
+
+/// How many of tekfed's copies of the carried kinds are in `ns` on the members.
+async fn copies_on_members(bed: &TestBed, ns: &str) -> usize {
+    let mut n = 0;
+    for member in bed.members() {
+        let client = bed.client(&member).await.unwrap();
+        for (resource, _) in carried_kinds() {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+            n += api
+                .list_metadata(&ListParams::default().labels(MANAGED))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+        }
+    }
+    n
+}
+
+/// What the dependency burst measured.
+struct DependencyBurst {
+    runs: usize,
+    /// Objects each run needs (all runs need the same ones).
+    objects: u64,
+    /// Members that ran at least one of the runs.
+    members_used: usize,
+    /// tekfed's writes in the window, counted as for the main burst.
+    by_kind: BTreeMap<String, u64>,
+    user_creates: u64,
+    /// Writes on the members to the carried kinds, by kind of write.
+    member_writes: BTreeMap<String, u64>,
+    /// Of those: applies (creates, updates, patches) and deletes.
+    applied: u64,
+    removed: u64,
+    /// First create → last run shown Succeeded on the hub.
+    runs_seconds: f64,
+    /// Last run shown Succeeded → no copy left on any member; `None` when
+    /// some were still there at the end of the window.
+    removal_seconds: Option<f64>,
+    /// First create → the writes were counted.
+    window_seconds: f64,
+}
+
+/// How long after the last run finished the window waits for the copies
+/// to leave (the sweep runs every 10 s and when a run finishes).
+const REMOVAL_WAIT: Duration = Duration::from_secs(60);
+
+/// `runs` FederatedTaskRuns at once, each needing the same seven hub
+/// objects, in a fresh namespace labelled so Secrets may travel. The window
+/// whose writes are counted opens just before the first create and closes
+/// 3 s (writes settle, as for the main burst) after every copy has left
+/// every member, or [`REMOVAL_WAIT`] after the last run finished if some
+/// have not: the carrying during the runs and the removals after them are
+/// both in it. The namespace is made on the members too, beforehand, and
+/// the hub objects a few seconds before the window: neither the user's
+/// creates nor the member controller-manager's writes for a new namespace
+/// (its `default` ServiceAccount and `kube-root-ca.crt` ConfigMap) are in
+/// it, so every ServiceAccount or ConfigMap written on a member there is
+/// tekfed's. (The main burst's window has tekfed make its namespace on the
+/// members: 3 writes over its runs.)
+async fn dependency_burst(
+    bed: &TestBed,
+    hub: &Client,
+    runs: usize,
+) -> anyhow::Result<DependencyBurst> {
+    let members = bed.members();
+    let clusters: Vec<&str> = std::iter::once(HUB)
+        .chain(members.iter().map(String::as_str))
+        .collect();
+    let ns = bed.namespace("bench-deps", &clusters).await?;
+    Api::<Namespace>::all(hub.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {LABEL_CARRY_SECRETS: "true"}}})),
+        )
+        .await?;
+    let objects = dependencies_on_the_hub();
+    for (resource, object) in &objects {
+        let api: Api<DynamicObject> = Api::namespaced_with(hub.clone(), &ns, resource);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(object.clone())?,
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "creating {} {} on the hub: {e}",
+                resource.kind,
+                object["metadata"]["name"]
+            )
+        })?;
+    }
+    // The member's controller-manager fills the new namespace in.
+    let mut filled = 0;
+    let waited = Instant::now();
+    while filled < members.len() && waited.elapsed() < Duration::from_secs(60) {
+        filled = 0;
+        for member in &members {
+            let client = bed.client(member).await?;
+            let sa = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                .get_opt("default")
+                .await?;
+            let ca = Api::<ConfigMap>::namespaced(client, &ns)
+                .get_opt("kube-root-ca.crt")
+                .await?;
+            filled += usize::from(sa.is_some() && ca.is_some());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The hub's watches see the objects and its template reconciles settle.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(waited.elapsed())).await;
+
+    let seen: Shared = Arc::default();
+    let watches = watch_all(bed, &ns, seen.clone()).await;
+    let before = writes_by_cluster(bed).await;
+    let names: Vec<String> = (0..runs).map(|i| format!("deps-{i:05}")).collect();
+    let began = Instant::now();
+    create_runs(hub, &ns, &names, None, &seen, &dependent_spec()).await;
+    wait_for(
+        "every dependency run shown Succeeded on the hub",
+        Duration::from_secs(60 + runs as u64 / 5),
+        names.len(),
+        || {
+            let s = seen.lock().unwrap();
+            names.iter().filter(|n| s.hub_done.contains_key(*n)).count()
+        },
+    )
+    .await;
+    let (last_done, members_used) = {
+        let s = seen.lock().unwrap();
+        let last = names
+            .iter()
+            .filter_map(|n| s.hub_done.get(n))
+            .max()
+            .copied();
+        let used: std::collections::BTreeSet<&String> =
+            names.iter().filter_map(|n| s.cluster.get(n)).collect();
+        (last.unwrap_or_else(Instant::now), used.len())
+    };
+    for w in watches {
+        w.abort();
+    }
+    let mut removal_seconds = None;
+    while last_done.elapsed() < REMOVAL_WAIT {
+        if copies_on_members(bed, &ns).await == 0 {
+            removal_seconds = Some(last_done.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if removal_seconds.is_none() {
+        eprintln!(
+            "bench: copies still on the members {REMOVAL_WAIT:?} after the last dependency run finished"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = writes_by_cluster(bed).await;
+    let window_seconds = began.elapsed().as_secs_f64();
+
+    let all = delta(&summed(after.values()), &summed(before.values()));
+    let (by_kind, user_creates) = tekfed_writes(&all, ServiceAccounts::Carried);
+    let kinds = carried_kinds();
+    let mut member_writes: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut applied, mut removed) = (0, 0);
+    let empty = BTreeMap::new();
+    for member in &members {
+        let writes = delta(
+            after.get(member).unwrap_or(&empty),
+            before.get(member).unwrap_or(&empty),
+        );
+        for (w, n) in writes {
+            if !w.subresource.is_empty() || !kinds.iter().any(|(r, _)| r.plural == w.resource) {
+                continue;
+            }
+            if w.verb == "DELETE" {
+                removed += n;
+            } else {
+                applied += n;
+            }
+            *member_writes.entry(w.to_string()).or_default() += n;
+        }
+    }
+    Ok(DependencyBurst {
+        runs,
+        objects: kinds.iter().map(|(_, n)| n).sum(),
+        members_used,
+        by_kind,
+        user_creates,
+        member_writes,
+        applied,
+        removed,
+        runs_seconds: last_done.duration_since(began).as_secs_f64(),
+        removal_seconds,
+        window_seconds,
+    })
 }
 
 /// Resident memory (bytes) and CPU seconds of a process, from /proc.
@@ -400,7 +782,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         QUICK
     };
-    // --burst N: another burst size (to profile how the hub scales).
+    // --burst N: another burst size (to profile how the hub scales); the
+    // dependency burst takes at most as many runs.
     if let Some(n) = args
         .iter()
         .position(|a| a == "--burst")
@@ -408,6 +791,7 @@ async fn main() -> anyhow::Result<()> {
     {
         mode.burst = n;
         mode.stored = mode.stored.max(n + mode.half_rate + mode.balance);
+        mode.deps = mode.deps.min(n);
     }
     let json_path = args
         .iter()
@@ -478,7 +862,7 @@ async fn main() -> anyhow::Result<()> {
     let profiling = args.iter().any(|a| a == "--profile");
     let profile = profiling.then(|| start_perf(hub_pid, "target/bench/hub.perf.data"));
     let burst_began = Instant::now();
-    let create_time = create_runs(&hub, &ns, &names, None, &seen).await;
+    let create_time = create_runs(&hub, &ns, &names, None, &seen, &inline_spec()).await;
     let timeout = Duration::from_secs(60 + mode.burst as u64 / 5);
     wait_for(
         "every burst run released on a member",
@@ -530,30 +914,7 @@ async fn main() -> anyhow::Result<()> {
     sampler.abort();
     let burst_peak_rss = *peak_rss.lock().unwrap();
 
-    // Writes tekfed spent: all of them, less the user's creates of the
-    // federated runs, what Tekton and the member's own controllers write
-    // (run status and updates, pods, bindings, events, ServiceAccounts)
-    // and the heartbeats (per cluster and time, not run).
-    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
-    let mut user_creates = 0;
-    for (w, n) in &writes {
-        let user =
-            w.resource == "federatedtaskruns" && w.subresource.is_empty() && w.verb == "POST";
-        let tekton = (matches!(w.resource.as_str(), "taskruns" | "pipelineruns")
-            && (w.subresource == "status" || w.verb == "PUT"))
-            || matches!(w.resource.as_str(), "pods" | "serviceaccounts");
-        let heartbeat = w.resource == "memberreports"
-            || w.resource == "memberclusters"
-            || w.resource == "leases"
-            || w.resource == "events";
-        if user {
-            user_creates += n;
-        }
-        if user || tekton || heartbeat {
-            continue;
-        }
-        *by_kind.entry(w.to_string()).or_default() += n;
-    }
+    let (by_kind, user_creates) = tekfed_writes(&writes, ServiceAccounts::Members);
     let tekfed_writes: u64 = by_kind.values().sum();
     let writes_per_run = tekfed_writes as f64 / mode.burst as f64;
     // The same measure again, with the federation running beside it (its
@@ -609,7 +970,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| format!("half-{i:05}"))
         .collect();
     let pace = Duration::from_secs_f64(2.0 / tekfed_rate);
-    create_runs(&hub, &ns, &half, Some(pace), &seen).await;
+    create_runs(&hub, &ns, &half, Some(pace), &seen, &inline_spec()).await;
     wait_for("every half-rate run released", timeout, half.len(), || {
         let s = seen.lock().unwrap();
         half.iter().filter(|n| s.released.contains_key(*n)).count()
@@ -640,8 +1001,11 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     let bal: Vec<String> = (0..mode.balance).map(|i| format!("cap-{i:05}")).collect();
-    create_runs(&hub, &ns, &bal, None, &seen).await;
-    wait_for("every capacity run done", timeout, bal.len(), || {
+    create_runs(&hub, &ns, &bal, None, &seen, &inline_spec()).await;
+    // At most 14 run at once here: a second per run, and never less than
+    // the burst's (which a small --burst makes too short for these).
+    let bal_timeout = timeout.max(Duration::from_secs(60 + bal.len() as u64));
+    wait_for("every capacity run done", bal_timeout, bal.len(), || {
         let s = seen.lock().unwrap();
         bal.iter().filter(|n| s.hub_done.contains_key(*n)).count()
     })
@@ -669,10 +1033,12 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| format!("fill-{i:05}"))
         .collect();
     if !filler.is_empty() {
-        create_runs(&hub, &ns, &filler, None, &seen).await;
+        create_runs(&hub, &ns, &filler, None, &seen, &inline_spec()).await;
         wait_for(
             "every filler run done",
-            Duration::from_secs(60 + filler.len() as u64 / 5),
+            // A second per run: only how long before giving up (on a busy
+            // machine, a debug build, five a second was too few).
+            Duration::from_secs(60 + filler.len() as u64),
             filler.len(),
             || {
                 let s = seen.lock().unwrap();
@@ -704,6 +1070,9 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .items
         .len();
+
+    // --- runs with dependencies to carry (last: nothing above sees them) ----
+    let deps = dependency_burst(&bed, &hub, mode.deps).await?;
 
     // --- report -----------------------------------------------------------------
     let mut t = Vec::new();
@@ -797,6 +1166,89 @@ async fn main() -> anyhow::Result<()> {
     );
     print_table(
         "1. Dispatch throughput and latency (hub + 3 members, each with real Tekton)",
+        &t,
+    );
+
+    let deps_writes: u64 = deps.by_kind.values().sum();
+    let deps_writes_per_run = deps_writes as f64 / deps.runs as f64;
+    // Each object once per member that ran these runs, and once away again.
+    let copies = (deps.objects * deps.members_used as u64).max(1) as f64;
+    let mut t = Vec::new();
+    row(
+        &mut t,
+        "runs",
+        format!(
+            "{} at once, each needing a Task, its StepAction, a ServiceAccount with a Secret and an image pull Secret, a ConfigMap and a Secret workspace ({} objects, all on the hub only); ran on {} members",
+            deps.runs, deps.objects, deps.members_used
+        ),
+    );
+    row(
+        &mut t,
+        "window",
+        format!(
+            "first create -> every copy gone from the members (at most {}s after the last run finished) + 3s: {:.1}s (runs shown Succeeded after {:.1}s)",
+            REMOVAL_WAIT.as_secs(),
+            deps.window_seconds,
+            deps.runs_seconds
+        ),
+    );
+    row(
+        &mut t,
+        "writes per run, no dependencies",
+        format!("{writes_per_run:.2} (the burst in 1, {} runs)", mode.burst),
+    );
+    row(
+        &mut t,
+        &format!("writes per run, with {} dependencies carried", deps.objects),
+        format!("{deps_writes_per_run:.2} (counted as in 1, over the window)"),
+    );
+    for (k, n) in &deps.by_kind {
+        row(
+            &mut t,
+            &format!("  {k}"),
+            format!("{:.2}/run", *n as f64 / deps.runs as f64),
+        );
+    }
+    row(
+        &mut t,
+        "  (not counted: user's creates)",
+        format!("{}", deps.user_creates),
+    );
+    row(
+        &mut t,
+        "writes on the members to the carried kinds",
+        format!(
+            "{} applied + {} removed = {:.2} + {:.2} per object per member that ran the runs; one apply and one removal each when what is already there costs no write ({:.2}/run here: per member, not per run, so a larger burst spreads it thinner)",
+            deps.applied,
+            deps.removed,
+            deps.applied as f64 / copies,
+            deps.removed as f64 / copies,
+            (deps.applied + deps.removed) as f64 / deps.runs as f64
+        ),
+    );
+    for (k, n) in &deps.member_writes {
+        row(
+            &mut t,
+            &format!("  {k}"),
+            format!(
+                "{n} ({:.2} per member)",
+                *n as f64 / deps.members_used.max(1) as f64
+            ),
+        );
+    }
+    row(
+        &mut t,
+        "copies gone from the members after the last run finished",
+        match deps.removal_seconds {
+            Some(s) => format!("{s:.1}s"),
+            None => format!(
+                "not all within {}s: later removals are not counted",
+                REMOVAL_WAIT.as_secs()
+            ),
+        },
+    );
+    print_table(
+        "1b. Writes per run with dependencies to carry (one more burst, same bed, at the end)",
         &t,
     );
 
@@ -915,6 +1367,36 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
     put(&mut results, "write_efficiency", json!(efficiency));
+    put(
+        &mut results,
+        "writes_per_run_with_dependencies",
+        json!(deps_writes_per_run),
+    );
+    put(
+        &mut results,
+        "dependency_burst",
+        json!({
+            "runs": deps.runs,
+            "objects_per_run": deps.objects,
+            "members_used": deps.members_used,
+            "window": format!("first create -> every copy gone from the members (at most {}s after the last run finished) + 3s", REMOVAL_WAIT.as_secs()),
+            "window_seconds": deps.window_seconds,
+            "runs_succeeded_seconds": deps.runs_seconds,
+            "copies_gone_seconds_after_last_run": deps.removal_seconds,
+            "writes_per_run_no_dependencies": writes_per_run,
+            "writes_per_run": deps_writes_per_run,
+            "writes_per_run_by_kind": deps
+                .by_kind
+                .iter()
+                .map(|(k, n)| (k.clone(), *n as f64 / deps.runs as f64))
+                .collect::<BTreeMap<_, _>>(),
+            "member_writes_to_carried_kinds": deps.member_writes,
+            "applied": deps.applied,
+            "removed": deps.removed,
+            "applied_per_object_per_member": deps.applied as f64 / copies,
+            "removed_per_object_per_member": deps.removed as f64 / copies,
+        }),
+    );
     put(
         &mut results,
         "status_latency_ms",

@@ -31,8 +31,24 @@ fn resources() -> BTreeMap<&'static str, ApiResource> {
             ApiResource::erase::<FederatedPipelineRun>(&()),
         ),
         (
+            "FederatedStepAction",
+            ApiResource::erase::<tekfed_api::FederatedStepAction>(&()),
+        ),
+        (
             "Namespace",
             ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()),
+        ),
+        (
+            "Secret",
+            ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+        ),
+        (
+            "ServiceAccount",
+            ApiResource::erase::<k8s_openapi::api::core::v1::ServiceAccount>(&()),
+        ),
+        (
+            "ConfigMap",
+            ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
         ),
     ])
 }

@@ -24,3 +24,13 @@ pub struct Unreachable {
     pub reason: &'static str,
     pub message: String,
 }
+
+impl Unreachable {
+    /// One line for a status: which cluster, and why it cannot be reached.
+    pub fn describe(&self, cluster: &str) -> String {
+        format!(
+            "cluster {cluster} is not reachable ({}): {}",
+            self.reason, self.message
+        )
+    }
+}

@@ -209,12 +209,9 @@ async fn carry_plain(
     if deps.carried.get(&key).is_some_and(|v| *v == version) {
         return Ok(());
     }
-    let conn = members.connection(cluster).map_err(|why| {
-        format!(
-            "cluster {cluster} is not reachable ({}): {}",
-            why.reason, why.message
-        )
-    })?;
+    let conn = members
+        .connection(cluster)
+        .map_err(|why| why.describe(cluster))?;
     ensure_namespace(&conn, cluster, namespace).await?;
     let resource = plain_resource(dep.kind);
     let member: Api<DynamicObject> =
@@ -268,12 +265,9 @@ pub async fn remove(
     dep: &Dep,
 ) -> Result<(), String> {
     let (cluster, namespace) = (place.0.as_str(), place.1.as_str());
-    let conn = members.connection(cluster).map_err(|why| {
-        format!(
-            "cluster {cluster} is not reachable ({}): {}",
-            why.reason, why.message
-        )
-    })?;
+    let conn = members
+        .connection(cluster)
+        .map_err(|why| why.describe(cluster))?;
     let removed = if dep.kind.is_template() {
         // The member watch has tekfed's Tekton objects: only a copy made
         // for runs goes (one the placement selects is the template's).

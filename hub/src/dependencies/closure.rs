@@ -323,13 +323,64 @@ impl<L: Lookup> Walk<'_, L> {
         for volume in array(spec.get("volumes")) {
             self.volume(volume);
         }
+        let containers = array(spec.get("steps"))
+            .chain(array(spec.get("sidecars")))
+            .chain(spec.get("stepTemplate"));
+        for container in containers {
+            self.env(container);
+        }
+    }
+
+    /// A step's, sidecar's or step template's `env[].valueFrom` and
+    /// `envFrom` references.
+    fn env(&mut self, container: &Value) {
+        let optional = |v: &Value| v.get("optional").and_then(Value::as_bool) == Some(true);
+        for var in array(container.get("env")) {
+            let Some(from) = var.get("valueFrom") else {
+                continue;
+            };
+            if let Some(r) = from.get("configMapKeyRef")
+                && let Some(name) = string(r, "name")
+            {
+                self.config_map(name, optional(r));
+            }
+            if let Some(r) = from.get("secretKeyRef")
+                && let Some(name) = string(r, "name")
+            {
+                self.secret(name, optional(r));
+            }
+        }
+        for source in array(container.get("envFrom")) {
+            if let Some(r) = source.get("configMapRef")
+                && let Some(name) = string(r, "name")
+            {
+                self.config_map(name, optional(r));
+            }
+            if let Some(r) = source.get("secretRef")
+                && let Some(name) = string(r, "name")
+            {
+                self.secret(name, optional(r));
+            }
+        }
+    }
+
+    /// A name Tekton substitutes on the member (`$(params.x)`): not
+    /// tekfed's to resolve; said in the status.
+    fn substituted(&mut self, what: &str, name: &str) -> bool {
+        if name.contains("$(") {
+            self.closure
+                .remote
+                .insert(format!("{what} {name} (substituted by Tekton)"));
+            return true;
+        }
+        false
     }
 
     fn service_account(&mut self, name: Option<&Value>) {
         let Some(name) = name.and_then(Value::as_str).filter(|n| !n.is_empty()) else {
             return;
         };
-        if name == "default" {
+        if name == "default" || self.substituted("ServiceAccount", name) {
             return;
         }
         let dep = Dep::new(DepKind::ServiceAccount, name);
@@ -390,6 +441,9 @@ impl<L: Lookup> Walk<'_, L> {
     }
 
     fn config_map(&mut self, name: &str, optional: bool) {
+        if self.substituted("ConfigMap", name) {
+            return;
+        }
         let dep = Dep::new(DepKind::ConfigMap, name);
         if self.lookup.config_map(name) {
             self.closure.needs.insert(dep);
@@ -399,6 +453,9 @@ impl<L: Lookup> Walk<'_, L> {
     }
 
     fn secret(&mut self, name: &str, optional: bool) {
+        if self.substituted("Secret", name) {
+            return;
+        }
         match self.lookup.secret(name) {
             Some(true) => {
                 self.closure.needs.insert(Dep::new(DepKind::Secret, name));
@@ -676,6 +733,30 @@ mod tests {
         let c = closure(RunKind::TaskRun, &run, &hub);
         assert_eq!(c, Closure::default());
         assert!(c.resolved_message().contains("nothing"));
+    }
+
+    #[test]
+    fn env_references_count_and_parameter_names_are_left_to_tekton() {
+        let mut hub = Hub::default();
+        hub.secrets.insert("password".into(), true);
+        hub.config_maps.insert("env".into());
+        let run = spec(json!({
+            "taskSpec": {
+                "steps": [{"name": "s", "image": "alpine",
+                           "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "password", "key": "p"}}},
+                                   {"name": "Q", "valueFrom": {"configMapKeyRef": {"name": "maybe", "key": "q", "optional": true}}}],
+                           "envFrom": [{"configMapRef": {"name": "env"}}]}],
+                "volumes": [{"name": "v", "secret": {"secretName": "$(params.SCNAME)"}}],
+            },
+        }));
+        let c = closure(RunKind::TaskRun, &run, &hub);
+        assert_eq!(c.needs, deps(&[(Secret, "password"), (ConfigMap, "env")]));
+        assert!(c.missing.is_empty(), "{:?}", c.missing);
+        assert!(
+            c.resolved_message().contains("Secret $(params.SCNAME)"),
+            "{}",
+            c.resolved_message()
+        );
     }
 
     #[test]

@@ -126,13 +126,15 @@ impl Dependencies {
         };
         let hub = &self.hub;
         tokio::join!(
-            full(Api::all(hub.clone()), w.tasks),
-            full(Api::all(hub.clone()), w.pipelines),
-            full(Api::all(hub.clone()), w.step_actions),
-            full(Api::all(hub.clone()), w.service_accounts),
-            metadata(Api::all(hub.clone()), w.config_maps),
-            metadata(Api::all(hub.clone()), w.secrets),
-            metadata(Api::all(hub.clone()), w.namespaces),
+            reflect(Api::all(hub.clone()), w.tasks),
+            reflect(Api::all(hub.clone()), w.pipelines),
+            reflect(Api::all(hub.clone()), w.step_actions),
+            reflect(Api::all(hub.clone()), w.service_accounts),
+            // ConfigMaps, Secrets, namespaces: metadata only (a
+            // `PartialObjectMeta` watch); data is read only to carry it.
+            reflect(Api::all(hub.clone()), w.config_maps),
+            reflect(Api::all(hub.clone()), w.secrets),
+            reflect(Api::all(hub.clone()), w.namespaces),
         );
     }
 
@@ -275,7 +277,10 @@ fn carry_label(labels: &BTreeMap<String, String>, key: &str) -> bool {
     labels.get(key).is_some_and(|v| v == "true")
 }
 
-async fn full<K>(api: Api<K>, writer: reflector::store::Writer<K>)
+/// Feed one store from its watch until the hub stops, without the
+/// fields tekfed never reads (`managedFields`; kubectl's last applied
+/// configuration, which holds a Secret's data in clear).
+async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
     K: Send + Sync + 'static,
@@ -283,31 +288,10 @@ where
     let kind = K::kind(&()).into_owned();
     watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|o| o.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .for_each(|e| {
-            if let Err(e) = e {
-                tracing::warn!(%kind, error = %watch_failure(&e), "hub watch failed; retrying");
-            }
-            std::future::ready(())
-        })
-        .await;
-}
-
-async fn metadata<K>(
-    api: Api<PartialObjectMeta<K>>,
-    writer: reflector::store::Writer<PartialObjectMeta<K>>,
-) where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-    K: Send + Sync + 'static,
-{
-    let kind = K::kind(&()).into_owned();
-    watcher(api, watcher::Config::default())
-        .default_backoff()
         .modify(|o| {
-            o.metadata.managed_fields = None;
-            // The last applied configuration of a Secret holds its data.
-            if let Some(a) = o.metadata.annotations.as_mut() {
+            let meta = o.meta_mut();
+            meta.managed_fields = None;
+            if let Some(a) = meta.annotations.as_mut() {
                 a.remove("kubectl.kubernetes.io/last-applied-configuration");
             }
         })

@@ -42,12 +42,7 @@ async fn check_and_apply<K: Federated>(
     let failed = |message: String| (PropagationState::Failed, Some(message), "failed");
     let conn = match members.connection(cluster) {
         Ok(conn) => conn,
-        Err(why) => {
-            return failed(format!(
-                "cluster {cluster} is not reachable ({}): {}",
-                why.reason, why.message
-            ));
-        }
+        Err(why) => return failed(why.describe(cluster)),
     };
     let owner = owner(obj);
     let name = obj.name_any();
@@ -195,12 +190,9 @@ pub async fn remove_copy<K: Federated>(
     cluster: &str,
     members: &Members,
 ) -> Result<(), String> {
-    let conn = members.connection(cluster).map_err(|why| {
-        format!(
-            "cluster {cluster} is not reachable ({}): {}",
-            why.reason, why.message
-        )
-    })?;
+    let conn = members
+        .connection(cluster)
+        .map_err(|why| why.describe(cluster))?;
     let owner = owner(obj);
     let name = obj.name_any();
     let api: Api<DynamicObject> = Api::namespaced_with(
