@@ -202,7 +202,7 @@ async fn carry_plain(
     dep: &Dep,
 ) -> Result<(), String> {
     let (cluster, namespace) = (place.0.as_str(), place.1.as_str());
-    let Some((version, _)) = deps.source_version(namespace, dep) else {
+    let Some(version) = deps.source_version(namespace, dep) else {
         return Err(format!("{dep} is no longer on the hub"));
     };
     let key = (place.clone(), dep.clone());

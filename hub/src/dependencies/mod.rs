@@ -163,24 +163,25 @@ impl Dependencies {
         closure::closure(kind, spec, &view)
     }
 
-    /// The hub object's resourceVersion and uid: what a carried copy is
-    /// compared with.
-    pub(crate) fn source_version(&self, namespace: &str, dep: &Dep) -> Option<(String, String)> {
-        fn of<K: Resource>(obj: Option<Arc<K>>) -> Option<(String, String)> {
-            let obj = obj?;
-            Some((obj.resource_version()?, obj.uid()?))
-        }
+    /// A plain hub object's (ServiceAccount, ConfigMap, Secret)
+    /// resourceVersion: what a carried copy is compared with. `None` when
+    /// it is gone, or for a Tekton kind (compared by content instead).
+    pub(crate) fn source_version(&self, namespace: &str, dep: &Dep) -> Option<String> {
         fn key<K: Resource<DynamicType = ()>>(name: &str, namespace: &str) -> ObjectRef<K> {
             ObjectRef::new(name).within(namespace)
         }
         let name = dep.name.as_str();
         match dep.kind {
-            DepKind::Secret => of(self.secrets.get(&key(name, namespace))),
-            DepKind::ConfigMap => of(self.config_maps.get(&key(name, namespace))),
-            DepKind::ServiceAccount => of(self.service_accounts.get(&key(name, namespace))),
-            DepKind::StepAction => of(self.step_actions.get(&key(name, namespace))),
-            DepKind::Task => of(self.tasks.get(&key(name, namespace))),
-            DepKind::Pipeline => of(self.pipelines.get(&key(name, namespace))),
+            DepKind::Secret => self.secrets.get(&key(name, namespace))?.resource_version(),
+            DepKind::ConfigMap => self
+                .config_maps
+                .get(&key(name, namespace))?
+                .resource_version(),
+            DepKind::ServiceAccount => self
+                .service_accounts
+                .get(&key(name, namespace))?
+                .resource_version(),
+            DepKind::StepAction | DepKind::Task | DepKind::Pipeline => None,
         }
     }
 
