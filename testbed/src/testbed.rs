@@ -63,6 +63,22 @@ impl TestBed {
     /// [`TestBed::start`] in the folder `dir` (created; a temporary one
     /// when `None`).
     pub async fn start_in(members: usize, dir: Option<PathBuf>) -> Result<Self, TestBedError> {
+        Self::start_with(members, dir, true).await
+    }
+
+    /// [`TestBed::start`] with a hub that has none of tekfed's CRDs and
+    /// admission policies, for a test that installs them itself (the hub
+    /// chart). Deleting CRDs after the fact is not the same: their
+    /// cleanup finalizer can keep them for minutes on a busy machine.
+    pub async fn start_without_tekfed_api(members: usize) -> Result<Self, TestBedError> {
+        Self::start_with(members, None, false).await
+    }
+
+    async fn start_with(
+        members: usize,
+        dir: Option<PathBuf>,
+        tekfed_api: bool,
+    ) -> Result<Self, TestBedError> {
         let bin_dir = bins::bin_dir()?;
         let io = |what: &str| {
             let what = what.to_owned();
@@ -183,7 +199,7 @@ impl TestBed {
             started_in: Duration::ZERO,
         };
         bed.wait_ready().await?;
-        bed.install_crds().await?;
+        bed.install_crds(tekfed_api).await?;
         let members: Vec<ClusterInfo> = bed
             .clusters
             .iter()
@@ -384,11 +400,15 @@ impl TestBed {
         processes.iter_mut().try_for_each(Process::check_alive)
     }
 
-    async fn install_crds(&self) -> Result<(), TestBedError> {
+    async fn install_crds(&self, tekfed_api: bool) -> Result<(), TestBedError> {
         let tekton = tekton_crds(&self.bin_dir)?;
         for cluster in &self.clusters {
             let crds = if cluster.name == HUB {
-                tekfed_api::manifests::crds()
+                if tekfed_api {
+                    tekfed_api::manifests::crds()
+                } else {
+                    Vec::new()
+                }
             } else {
                 tekton.clone()
             };
@@ -411,7 +431,10 @@ impl TestBed {
                 wait_established(&api, &name, &cluster.name).await?;
             }
         }
-        self.install_admission_policies().await
+        if tekfed_api {
+            self.install_admission_policies().await?;
+        }
+        Ok(())
     }
 
     /// The hub's admission policies (`api/manifests/admission-policies.yaml`),

@@ -22,7 +22,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, PostParams};
+use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use tekfed_api::{FederatedPipelineRun, FederatedTask, MemberCluster, RunPhase};
@@ -593,46 +593,25 @@ where
         .is_some()
 }
 
-/// The test bed installs tekfed's CRDs and admission policies on the hub;
-/// remove them so that what the hub has after `helm install` came from
-/// the chart.
-async fn remove_tekfed_api(hub: &Client) {
+/// The bed's hub starts without tekfed's API, so that what it has after
+/// `helm install` came from the chart.
+async fn assert_no_tekfed_api(hub: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(hub.clone());
-    let names: Vec<String> = tekfed_api::manifests::crds()
-        .into_iter()
-        .filter_map(|c| c.metadata.name)
-        .collect();
-    for name in &names {
-        crds.delete(name, &DeleteParams::default()).await.unwrap();
+    for crd in tekfed_api::manifests::crds() {
+        let name = crd.metadata.name.unwrap_or_default();
+        assert!(
+            crds.get_opt(&name).await.unwrap().is_none(),
+            "the bed's hub already has CRD {name}"
+        );
     }
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(hub.clone());
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(hub.clone());
     for policy in tekfed_api::admission::policies() {
         let name = policy.metadata.name.unwrap_or_default();
-        policies
-            .delete(&name, &DeleteParams::default())
-            .await
-            .unwrap();
+        assert!(
+            policies.get_opt(&name).await.unwrap().is_none(),
+            "the bed's hub already has admission policy {name}"
+        );
     }
-    for binding in tekfed_api::admission::bindings() {
-        let name = binding.metadata.name.unwrap_or_default();
-        bindings
-            .delete(&name, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
-    eventually("the test bed's tekfed CRDs to be gone", WAIT, || {
-        let (crds, names) = (crds.clone(), names.clone());
-        async move {
-            for name in &names {
-                if crds.get_opt(name).await.ok()?.is_some() {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
 }
 
 async fn create_namespace(client: &Client, name: &str) {
@@ -657,10 +636,10 @@ async fn create_namespace(client: &Client, name: &str) {
 async fn both_charts_install_and_their_service_accounts_can_run_a_federation() {
     let began = Instant::now();
     let helm = Helm::new();
-    let bed = TestBed::start(1).await.unwrap();
+    let bed = TestBed::start_without_tekfed_api(1).await.unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let member = bed.client(MEMBER).await.unwrap();
-    remove_tekfed_api(&hub).await;
+    assert_no_tekfed_api(&hub).await;
     let refused_before = (refused(&hub).await, refused(&member).await);
 
     // The hub chart, into a namespace of the test's: the CRDs from crds/,
