@@ -13,6 +13,8 @@
 #   tekton-examples/          its examples/v1 (the end-to-end tests run some)
 #   kwok, kwok-stages/*.yaml  from sigs.k8s.io/kwok (KWOK_VERSION) and its
 #                             kustomize/stage (node and pod stages)
+#   kwok-crds/*.yaml          its Logs CRD (kustomize/crd/bases), through
+#                             which kwok serves container logs
 #
 # Each member of the test bed runs the real Tekton controller and webhook,
 # kube-scheduler (binds pods), kube-controller-manager (the `default`
@@ -20,8 +22,10 @@
 # fake Node), since no kubelet or container runtime runs here.
 #
 # Cache: ${TEKFED_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tekfed}/<versions>/
-# A folder that is complete is reused as it is. The last line printed is
-# the bin folder, so callers can do: BIN=$(hack/k8s-bins.sh | tail -n1).
+# A folder that is complete is reused as it is; a part added later (each
+# has a .complete of its own) is added to it without rebuilding the rest.
+# The last line printed is the bin folder, so callers can do:
+# BIN=$(hack/k8s-bins.sh | tail -n1).
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
@@ -35,7 +39,7 @@ bin_dir="$cache_root/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-tekton-$TEKTON_VERSION-
 say() { printf '[k8s-bins] %s\n' "$*" >&2; }
 die() { printf '[k8s-bins] error: %s\n' "$*" >&2; exit 1; }
 
-if [ -f "$bin_dir/.complete" ]; then
+if [ -f "$bin_dir/.complete" ] && [ -f "$bin_dir/kwok-crds/.complete" ]; then
   say "reusing $bin_dir"
   echo "$bin_dir"
   exit 0
@@ -222,6 +226,19 @@ if [ ! -x "$bin_dir/kwok" ] || [ ! -f "$bin_dir/kwok-stages/.complete" ]; then
   done
   chmod -R u+w "$bin_dir/kwok-stages"
   touch "$bin_dir/kwok-stages/.complete"
+fi
+
+# kwok serves a container's log from the file a Logs object names (one per
+# pod, written by the test bed); it watches them once the CRD is installed.
+if [ ! -f "$bin_dir/kwok-crds/.complete" ]; then
+  dir=$(download "sigs.k8s.io/kwok@$KWOK_VERSION" Dir)
+  crd="$dir/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml"
+  [ -f "$crd" ] || die "sigs.k8s.io/kwok@$KWOK_VERSION has no kustomize/crd/bases/kwok.x-k8s.io_logs.yaml"
+  mkdir -p "$bin_dir/kwok-crds"
+  cp "$crd" "$bin_dir/kwok-crds/"
+  chmod -R u+w "$bin_dir/kwok-crds"
+  touch "$bin_dir/kwok-crds/.complete"
+  say "kwok's Logs CRD in $bin_dir/kwok-crds"
 fi
 
 "$bin_dir/kube-apiserver" --version >&2

@@ -92,6 +92,14 @@ impl RunKind {
             Self::PipelineRun => "PipelineRun",
         }
     }
+
+    /// The federated kind's name: `FederatedTaskRun` or `FederatedPipelineRun`.
+    pub fn federated_kind(self) -> &'static str {
+        match self {
+            Self::TaskRun => "FederatedTaskRun",
+            Self::PipelineRun => "FederatedPipelineRun",
+        }
+    }
 }
 
 /// What the member's agent reports of an assignment.

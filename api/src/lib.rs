@@ -13,6 +13,7 @@
 //!   to one member (or to all selected ones with `mode: All`).
 //! - [`assignment`]: `RunAssignment` and `MemberReport`, the records an
 //!   agent and the hub exchange in the cluster's own hub namespace.
+//! - [`logs`]: the aggregated API the hub serves run logs in.
 //! - [`dependencies`]: what a run needs carried to its cluster, and the
 //!   labels that let a Secret travel.
 //! - [`common`]: what those share: template, placement, overrides,
@@ -27,6 +28,7 @@ pub mod admission;
 pub mod assignment;
 pub mod common;
 pub mod dependencies;
+pub mod logs;
 pub mod manifests;
 pub mod member_cluster;
 pub mod rbac;

@@ -40,6 +40,12 @@ pub const DRAIN_ANNOTATION: &str = "tekfed.io/drain";
 pub struct MemberClusterSpec {
     /// The hub Secret that holds this member's kubeconfig.
     pub secret_ref: SecretRef,
+    /// The hub Secret holding the kubeconfig of the member identity that
+    /// reads run logs there (pods and `pods/log`, nothing else; `kubectl
+    /// tekfed join` creates it). Without it the hub serves no logs of this
+    /// member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_secret_ref: Option<SecretRef>,
     /// Taints: runs and templates that do not tolerate them stay off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]

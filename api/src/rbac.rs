@@ -8,6 +8,8 @@
 //! - [`agent_on_member`], [`agent_tekton_version`], [`leader_election`]:
 //!   the agent on its member (join `--install-agent`, and the
 //!   `tekfed-member-agent` chart).
+//! - [`logs_on_member`]: the identity the hub reads run logs with on each
+//!   member (join's ClusterRole; no chart).
 //! - [`agent_on_hub`]: the agent's hub identity, in its cluster's hub
 //!   namespace (join's Role; no chart).
 //! - [`leader_election`] is also the hub's, in the `tekfed-hub` chart.
@@ -91,6 +93,19 @@ pub fn hub_on_member() -> Vec<Rule> {
             &["get", "create", "patch", "delete"],
         ),
     ]
+}
+
+/// The ClusterRole on a member of the identity the hub reads run logs
+/// with (ServiceAccount `tekfed-system/tekfed-logs`, which `kubectl
+/// tekfed join` creates, kept apart from [`hub_on_member`]): pods and
+/// their logs, read-only, nothing else.
+pub fn logs_on_member() -> Vec<Rule> {
+    vec![rule(
+        "Run logs served on the hub (kubectl tekfed logs): a run's pods are found by Tekton's labels and their step containers' logs read. Read-only; no Secrets, no exec, nothing else.",
+        &[""],
+        &["pods", "pods/log"],
+        &["get", "list", "watch"],
+    )]
 }
 
 /// The agent's ClusterRole on its member. It creates nothing there: the
@@ -296,6 +311,7 @@ mod tests {
             agent_tekton_version(),
             leader_election("lease"),
             agent_on_hub(),
+            logs_on_member(),
         ]
         .concat()
     }
@@ -331,6 +347,7 @@ mod tests {
             agent_tekton_version(),
             leader_election("lease"),
             agent_on_hub(),
+            logs_on_member(),
         ] {
             assert!(touching(rules).is_empty());
         }
@@ -341,6 +358,23 @@ mod tests {
         for rule in policy_rules(hub_on_member()) {
             let resources = rule.resources.unwrap_or_default();
             assert!(!resources.iter().any(|r| r == "pods"), "{resources:?}");
+        }
+    }
+
+    /// The log reader reads pods and their logs and does nothing else.
+    #[test]
+    fn the_log_reader_only_reads_pods_and_their_logs() {
+        for rule in policy_rules(logs_on_member()) {
+            assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]));
+            for resource in rule.resources.unwrap_or_default() {
+                assert!(
+                    ["pods", "pods/log"].contains(&resource.as_str()),
+                    "{resource}"
+                );
+            }
+            for verb in rule.verbs {
+                assert!(["get", "list", "watch"].contains(&verb.as_str()), "{verb}");
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 mod dev;
 mod drain;
 mod join;
+mod logs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,6 +134,30 @@ Examples:\n  kubectl tekfed drain member-2\n  kubectl tekfed drain member-2 --ti
         #[arg(long)]
         cancel_remaining: bool,
     },
+    /// Print a federated run's step logs, read through the hub, in execution order, each line prefixed [task : step].
+    #[command(
+        after_help = "Only your hub credentials are needed: the hub reads the logs on the member the run went to. You need `get` on the run and on its `log` subresource in group logs.tekfed.io (the tekfed-hub chart's tekfed-logs-reader ClusterRole grants the latter; it is aggregated into `view`).\n\nExamples:\n  kubectl tekfed logs fpr/build-42 -n ci\n  kubectl tekfed logs -f fpr/build-42 --task test\n  kubectl tekfed logs ftr/smoke --cluster member-2 --step run\n  kubectl get --raw '/apis/logs.tekfed.io/v1alpha1/namespaces/ci/federatedpipelineruns/build-42/log?follow=true'"
+    )]
+    Logs {
+        /// The run: fpr/NAME (FederatedPipelineRun), ftr/NAME (FederatedTaskRun), or NAME.
+        #[arg(value_parser = logs::parse_run)]
+        run: (Option<tekfed_api::RunKind>, String),
+        /// The run's namespace (default: the context's namespace).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// Keep printing until the run finishes, including steps and tasks that start later.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only this task (a pipeline task's name).
+        #[arg(long)]
+        task: Option<String>,
+        /// Only this step.
+        #[arg(long)]
+        step: Option<String>,
+        /// For a run with placement mode All: which cluster's copy.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
     /// One table of members (ready, schedulable, load, assigned, heartbeat age) and the run queue.
     #[command(after_help = "Example:\n  kubectl tekfed status --context hub")]
     Status,
@@ -257,6 +282,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
         }
         Command::Status => status(&target.client().await?).await,
+        Command::Logs {
+            run,
+            namespace,
+            follow,
+            task,
+            step,
+            cluster,
+        } => {
+            let options = tekfed_api::logs::LogOptions {
+                follow,
+                task,
+                step,
+                cluster,
+            };
+            logs::logs(&target.client().await?, namespace, run, options).await
+        }
     }
 }
 

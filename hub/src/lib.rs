@@ -44,6 +44,7 @@ pub mod backoff;
 pub mod clusters;
 pub mod dependencies;
 pub mod errors;
+pub mod logs;
 pub mod metrics;
 pub mod overrides;
 pub mod ownership;

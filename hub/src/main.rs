@@ -61,6 +61,19 @@ struct Args {
     /// Where to serve Prometheus metrics (`/metrics`); port 0 picks a free one.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
+    /// Where to serve run logs, the aggregated API `logs.tekfed.io` that
+    /// `kubectl tekfed logs` reads (APIService `v1alpha1.logs.tekfed.io`),
+    /// when --logs-cert and --logs-key are given. Served by every replica,
+    /// leader or not. Port 0 picks a free one.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    logs_addr: std::net::SocketAddr,
+    /// PEM serving certificate of the log API (the APIService's caBundle
+    /// must verify it). Without it, no logs are served.
+    #[arg(long, requires = "logs_key")]
+    logs_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, requires = "logs_cert")]
+    logs_key: Option<PathBuf>,
     /// Take part in leader election: only the holder of a
     /// coordination.k8s.io Lease runs the controllers, so two replicas
     /// can run.
@@ -118,7 +131,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Metrics are served from the start, leader or not.
     let metrics = Arc::new(tekfed_hub::metrics::Metrics::default());
     let serving = tekfed_hub::metrics::serve(args.metrics_addr, metrics.clone());
-    let serving = async { Ok(serving.await?) };
+    let logs = match (&args.logs_cert, &args.logs_key) {
+        (Some(cert), Some(key)) => Some(tekfed_hub::logs::LogServerOptions {
+            addr: args.logs_addr,
+            cert: cert.clone(),
+            key: key.clone(),
+            namespace: args.namespace.clone(),
+        }),
+        _ => None,
+    };
+    let log_client = client.clone();
+    let serving = async move {
+        match logs {
+            Some(options) => {
+                tokio::try_join!(
+                    async { serving.await.map_err(anyhow::Error::from) },
+                    async {
+                        tekfed_hub::logs::serve(log_client, options)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    },
+                )?;
+                Ok(())
+            }
+            None => Ok(serving.await?),
+        }
+    };
     let elector = args.leader_elect.then(|| {
         let settings = LeaseSettings {
             namespace: args

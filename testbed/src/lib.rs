@@ -13,6 +13,7 @@
 
 pub mod bins;
 pub mod federation;
+pub mod logs;
 pub mod member;
 pub mod pki;
 mod process;
@@ -22,7 +23,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use testbed::{ClusterInfo, HUB, TestBed};
+pub use testbed::{
+    ClusterInfo, HUB, HUB_API_NAMESPACE, HUB_API_SERVER_NAME, HUB_API_SERVICE, TestBed,
+};
 
 /// How often the harness and the tests poll for a condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);

@@ -19,7 +19,9 @@
 //! - `kwok`, which plays the pods bound to a fake Node `kwok-node`: its own
 //!   stages make a pod Running and delete a pod being deleted, and
 //!   `testbed/kwok/tekton-pods.yaml` ends a TaskRun's pod as a test asks
-//!   (see that file for the annotations).
+//!   (see that file for the annotations). It also serves the kubelet's
+//!   container logs, so `kubectl logs` works: a step prints what its
+//!   environment variable `TEKFED_TEST_LOG` says (see [`crate::logs`]).
 //!
 //! Nothing here knows about tekfed: it is the member cluster a tekfed user
 //! would have.
@@ -102,6 +104,8 @@ impl TestBed {
         self.install_tekton_config(&client, &member.name, webhook_port)
             .await?;
         create_node(&client, &member.name).await?;
+        crate::logs::prepare(&client, self.bin_dir(), self.dir(), &member.name).await?;
+        let kubelet_port = free_port()?;
 
         let bin = |name: &str| self.bin_dir().join(name);
         let kc = kubeconfig.to_string_lossy().into_owned();
@@ -128,7 +132,7 @@ impl TestBed {
             ],
             &[],
         )?;
-        let kwok_config = self.write_kwok_config(name)?;
+        let kwok_config = self.write_kwok_config(name, kubelet_port)?;
         self.spawn(
             &format!("kwok-{name}"),
             &bin("kwok"),
@@ -138,6 +142,7 @@ impl TestBed {
             ],
             &[],
         )?;
+        crate::logs::spawn_watcher(self.config(name).await?, self.dir(), name)?;
         // Every knative server needs a port of its own; the health server
         // sharedmain starts on :8080 cannot be moved, and a second one only
         // logs "address already in use" (the process goes on).
@@ -208,7 +213,7 @@ impl TestBed {
             &[format!("-kubeconfig={kc}"), "-disable-ha".into()],
             &as_refs(&webhook_env),
         )?;
-        self.wait_member_ready(&client, name).await
+        self.wait_member_ready(&client, name, kubelet_port).await
     }
 
     /// Tekton's namespace, ConfigMaps and webhook plumbing on a member.
@@ -284,8 +289,11 @@ impl TestBed {
         Ok(())
     }
 
-    /// kwok's configuration and stages for one member, written to a file.
-    fn write_kwok_config(&self, member: &str) -> Result<PathBuf, TestBedError> {
+    /// kwok's configuration and stages for one member, written to a file;
+    /// kwok serves the kubelet API (container logs) on `kubelet_port`.
+    fn write_kwok_config(&self, member: &str, kubelet_port: u16) -> Result<PathBuf, TestBedError> {
+        let (log_options, cluster_logs) =
+            crate::logs::kwok_config(self.dir(), member, kubelet_port);
         let mut text = String::from(
             "apiVersion: config.kwok.x-k8s.io/v1alpha1\n\
              kind: KwokConfiguration\n\
@@ -295,9 +303,11 @@ impl TestBed {
              \x20 podPlayStageParallelism: 8\n\
              \x20 nodePlayStageParallelism: 2\n\
              \x20 nodeLeaseParallelism: 2\n\
-             \x20 podsOnNodeSyncParallelism: 2\n\
-             \x20 serverAddress: \"\"\n",
+             \x20 podsOnNodeSyncParallelism: 2\n",
         );
+        text.push_str(&log_options);
+        text.push_str("---\n");
+        text.push_str(&cluster_logs);
         let stages = self.bin_dir().join("kwok-stages");
         for stage in [
             "node-initialize",
@@ -323,7 +333,12 @@ impl TestBed {
         Ok(path)
     }
 
-    async fn wait_member_ready(&self, client: &Client, member: &str) -> Result<(), TestBedError> {
+    async fn wait_member_ready(
+        &self,
+        client: &Client,
+        member: &str,
+        kubelet_port: u16,
+    ) -> Result<(), TestBedError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let tasks: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), "default", &tekton("Task", "tasks"));
@@ -357,13 +372,15 @@ impl TestBed {
                     .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             });
             let account = accounts.get_opt("default").await.ok().flatten().is_some();
+            // kwok's kubelet API (container logs) is up.
+            let kubelet = std::net::TcpStream::connect(("127.0.0.1", kubelet_port)).is_ok();
             let refused_by_webhook = matches!(&validation,
                 Err(kube::Error::Api(s)) if s.message.contains("validation.webhook.pipeline.tekton.dev"));
-            if defaulting.is_ok() && refused_by_webhook && node_ready && account {
+            if defaulting.is_ok() && refused_by_webhook && node_ready && account && kubelet {
                 return Ok(());
             }
             let last = format!(
-                "defaulting probe: {}; validation probe: {}; node Ready: {node_ready}; default ServiceAccount: {account}",
+                "defaulting probe: {}; validation probe: {}; node Ready: {node_ready}; default ServiceAccount: {account}; kwok serving on {kubelet_port}: {kubelet}",
                 match &defaulting {
                     Ok(_) => "accepted".to_owned(),
                     Err(e) => e.to_string(),

@@ -8,6 +8,16 @@
 //! controller and webhook, a scheduler, a controller-manager and kwok
 //! playing the pods (see [`crate::member`]).
 //! One kubeconfig holds a context per cluster: `hub`, `member-1`, ….
+//!
+//! The hub's API server is also an aggregator, as a real one is: it
+//! proxies an API group registered by an `APIService` to an extension API
+//! server (the hub process's own logs API) over TLS, with the front-proxy
+//! client certificate and the caller's identity in `X-Remote-*` headers
+//! (see [`TestBed::register_hub_api`]). What it sends, as seen on this
+//! bed: the availability check and discovery (`GET /apis` with the
+//! aggregated-discovery Accept, then `/apis/<group>/<version>`) as user
+//! `system:kube-aggregator`, `/openapi/v2` as `system:aggregator`, and a
+//! user's request with their name, groups and percent-encoded extras.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,8 +25,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceSpec};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
+    APIService, APIServiceSpec, ServiceReference,
+};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -28,8 +42,20 @@ use crate::{POLL_INTERVAL, TestBedError, bins, pki};
 pub const HUB: &str = "hub";
 /// Field manager the test bed installs CRDs with.
 const MANAGER: &str = "tekfed-testbed";
+/// The front-proxy CA's file in the test bed's folder.
+const FRONT_PROXY_CA_FILE: &str = "front-proxy-ca.crt";
 /// How long a server may take to become ready on a busy 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// The hub namespace of the Service an extension API server registered
+/// with [`TestBed::register_hub_api`] stands behind (the hub's own).
+pub const HUB_API_NAMESPACE: &str = "tekfed-system";
+/// That Service's name.
+pub const HUB_API_SERVICE: &str = "tekfed-hub";
+/// The name the aggregator expects in the extension API server's serving
+/// certificate: it verifies `<service>.<namespace>.svc`, whatever address
+/// it dials. (Spelt out, as consts cannot be formatted; the log API
+/// test, `tests/tests/logs.rs`, fails if it drifts from the two above.)
+pub const HUB_API_SERVER_NAME: &str = "tekfed-hub.tekfed-system.svc";
 
 /// One cluster of the test bed.
 #[derive(Clone, Debug)]
@@ -109,6 +135,9 @@ impl TestBed {
         write("ca.key", &pki.ca_key_pem)?;
         let serving_cert = write("serving.crt", &pki.serving.cert_pem)?;
         let serving_key = write("serving.key", &pki.serving.key_pem)?;
+        let front_proxy_ca = write(FRONT_PROXY_CA_FILE, &pki.front_proxy_ca_pem)?;
+        let front_proxy_cert = write("front-proxy-client.crt", &pki.front_proxy_client.cert_pem)?;
+        let front_proxy_key = write("front-proxy-client.key", &pki.front_proxy_client.key_pem)?;
 
         // etcd, shared by every API server under a prefix of its own.
         let [etcd_port, etcd_peer] = [free_port()?, free_port()?];
@@ -145,7 +174,7 @@ impl TestBed {
             let sa_key = write(&format!("{name}-sa.key"), &sa_private)?;
             let sa_pub = write(&format!("{name}-sa.pub"), &sa_public)?;
             let cert_dir = dir.join(format!("{name}-certs"));
-            let args = [
+            let mut args = vec![
                 format!("--etcd-servers={etcd_url}"),
                 format!("--etcd-prefix=/{name}"),
                 format!("--cert-dir={}", cert_dir.display()),
@@ -171,6 +200,26 @@ impl TestBed {
                 "--endpoint-reconciler-type=none".to_owned(),
                 "--profiling=false".to_owned(),
             ];
+            // Only the hub serves an aggregated API (the hub process's logs).
+            // Without `--enable-aggregator-routing` the aggregator resolves
+            // an APIService's Service as kube-proxy would see it: an
+            // ExternalName Service for 127.0.0.1 is dialled at 127.0.0.1 and
+            // the APIService's port, which is all a test bed without
+            // kube-proxy can route (EndpointSlices refuse loopback addresses).
+            if name == HUB {
+                args.extend([
+                    format!(
+                        "--requestheader-client-ca-file={}",
+                        front_proxy_ca.display()
+                    ),
+                    format!("--requestheader-allowed-names={}", pki::FRONT_PROXY_CLIENT),
+                    "--requestheader-username-headers=X-Remote-User".to_owned(),
+                    "--requestheader-group-headers=X-Remote-Group".to_owned(),
+                    "--requestheader-extra-headers-prefix=X-Remote-Extra-".to_owned(),
+                    format!("--proxy-client-cert-file={}", front_proxy_cert.display()),
+                    format!("--proxy-client-key-file={}", front_proxy_key.display()),
+                ]);
+            }
             processes.push(Process::spawn(
                 &format!("kube-apiserver ({name})"),
                 &bin_dir.join("kube-apiserver"),
@@ -225,6 +274,98 @@ impl TestBed {
     /// The test bed's own folder (logs, certificates, etcd data).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The front-proxy CA (PEM): an extension API server behind the hub
+    /// trusts a client certificate it signed to assert the caller's
+    /// identity in `X-Remote-*` headers. The hub's API server also
+    /// publishes it, with the header names, in ConfigMap
+    /// `kube-system/extension-apiserver-authentication`.
+    pub fn front_proxy_ca(&self) -> PathBuf {
+        self.dir.join(FRONT_PROXY_CA_FILE)
+    }
+
+    /// Register an extension API server listening on `127.0.0.1:port` as
+    /// the hub's API `group`/`version`: an ExternalName Service
+    /// [`HUB_API_SERVICE`] for `127.0.0.1` in [`HUB_API_NAMESPACE`]
+    /// (created if absent) and the `APIService` `<version>.<group>` naming
+    /// it. The aggregator verifies the server's certificate against
+    /// `ca_bundle_pem` for the name [`HUB_API_SERVER_NAME`]. Returns once
+    /// the objects exist; the API is served once the `APIService` is
+    /// `Available`, which the aggregator decides by calling the server.
+    pub async fn register_hub_api(
+        &self,
+        group: &str,
+        version: &str,
+        port: u16,
+        ca_bundle_pem: &str,
+    ) -> Result<(), TestBedError> {
+        let client = self.client(HUB).await?;
+        let apply = PatchParams::apply(MANAGER).force();
+        let kube_error = |what: String| move |source| TestBedError::Kube { what, source };
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(HUB_API_NAMESPACE.to_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .patch(HUB_API_NAMESPACE, &apply, &Patch::Apply(&namespace))
+            .await
+            .map_err(kube_error(format!(
+                "creating namespace {HUB_API_NAMESPACE} on the hub"
+            )))?;
+        // No port on the Service: for an ExternalName Service the aggregator
+        // dials the APIService's port.
+        let service = Service {
+            metadata: ObjectMeta {
+                name: Some(HUB_API_SERVICE.to_owned()),
+                namespace: Some(HUB_API_NAMESPACE.to_owned()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("ExternalName".to_owned()),
+                external_name: Some("127.0.0.1".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Api::<Service>::namespaced(client.clone(), HUB_API_NAMESPACE)
+            .patch(HUB_API_SERVICE, &apply, &Patch::Apply(&service))
+            .await
+            .map_err(kube_error(format!(
+                "creating Service {HUB_API_NAMESPACE}/{HUB_API_SERVICE} on the hub"
+            )))?;
+        let name = format!("{version}.{group}");
+        let api_service = APIService {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: Some(APIServiceSpec {
+                group: Some(group.to_owned()),
+                version: Some(version.to_owned()),
+                service: Some(ServiceReference {
+                    namespace: Some(HUB_API_NAMESPACE.to_owned()),
+                    name: Some(HUB_API_SERVICE.to_owned()),
+                    port: Some(i32::from(port)),
+                }),
+                ca_bundle: Some(ByteString(ca_bundle_pem.as_bytes().to_vec())),
+                // Discovery lists the group after the built-in ones (the
+                // `*.k8s.io` groups are at 18000); the only version needs
+                // no more than a positive priority.
+                group_priority_minimum: 1000,
+                version_priority: 15,
+                insecure_skip_tls_verify: None,
+            }),
+            status: None,
+        };
+        Api::<APIService>::all(client)
+            .patch(&name, &apply, &Patch::Apply(&api_service))
+            .await
+            .map_err(kube_error(format!("creating APIService {name} on the hub")))?;
+        Ok(())
     }
 
     /// Every cluster, the hub first.

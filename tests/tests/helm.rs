@@ -148,6 +148,21 @@ fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+/// The one object of `kind` named `name`.
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = objects(docs, kind)
+        .into_iter()
+        .filter(|d| d["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {kind} {name}, found {}",
+        found.len()
+    );
+    found[0]
+}
+
 fn strings(value: &Value) -> Vec<&str> {
     value
         .as_array()
@@ -276,7 +291,7 @@ fn the_hub_chart_renders_what_users_rely_on() {
         "tekfed-hub"
     );
 
-    let service = one(&docs, "Service");
+    let service = named(&docs, "Service", "tekfed-hub-metrics");
     assert_eq!(
         service["spec"]["ports"][0],
         json!({"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"})
@@ -286,7 +301,60 @@ fn the_hub_chart_renders_what_users_rely_on() {
         deployment["spec"]["selector"]["matchLabels"]
     );
 
-    let cluster_role = one(&docs, "ClusterRole");
+    // Run logs: the hub serves logs.tekfed.io behind a Service and an
+    // APIService whose caBundle verifies the serving certificate the hub
+    // mounts; it may delegate authentication and authorization.
+    for wanted in [
+        "--logs-addr=0.0.0.0:8443",
+        "--logs-cert=/etc/tekfed/logs-tls/tls.crt",
+        "--logs-key=/etc/tekfed/logs-tls/tls.key",
+    ] {
+        assert!(args.contains(&wanted), "hub args {args:?} lack {wanted}");
+    }
+    let logs_service = named(&docs, "Service", "tekfed-hub-logs");
+    assert_eq!(
+        logs_service["spec"]["ports"][0],
+        json!({"name": "logs", "port": 443, "targetPort": "logs", "protocol": "TCP"})
+    );
+    let api_service = named(&docs, "APIService", tekfed_api::logs::API_SERVICE);
+    assert_eq!(
+        api_service["spec"]["service"],
+        json!({"namespace": "tekfed-system", "name": "tekfed-hub-logs", "port": 443})
+    );
+    assert!(api_service["spec"]["insecureSkipTLSVerify"].is_null());
+    let tls = named(&docs, "Secret", "tekfed-hub-logs-tls");
+    assert_eq!(api_service["spec"]["caBundle"], tls["data"]["ca.crt"]);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        "tekfed-hub-logs-tls"
+    );
+    let delegator = named(&docs, "ClusterRoleBinding", "tekfed-hub-auth-delegator");
+    assert_eq!(delegator["roleRef"]["name"], "system:auth-delegator");
+    let reader = named(&docs, "RoleBinding", "tekfed-hub-auth-reader");
+    assert_eq!(reader["metadata"]["namespace"], "kube-system");
+    assert_eq!(
+        reader["roleRef"]["name"],
+        "extension-apiserver-authentication-reader"
+    );
+    let logs_role = named(&docs, "ClusterRole", "tekfed-hub-logs-reader");
+    assert_eq!(
+        logs_role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    assert!(grants(
+        &logs_role["rules"],
+        "logs.tekfed.io",
+        "federatedpipelineruns/log",
+        "get"
+    ));
+    let no_logs = helm.render(HUB_CHART, &["--set", "logs.enabled=false"]);
+    assert!(objects(&no_logs, "APIService").is_empty());
+    let no_logs_args =
+        strings(&one(&no_logs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+            .join(" ");
+    assert!(!no_logs_args.contains("--logs-"), "{no_logs_args}");
+
+    let cluster_role = named(&docs, "ClusterRole", "tekfed-hub");
     assert_least_privilege(cluster_role);
     let rules = &cluster_role["rules"];
     assert!(grants(rules, "tekfed.io", "memberclusters/status", "patch"));
@@ -688,22 +756,47 @@ async fn both_charts_install_and_their_service_accounts_can_run_a_federation() {
 
     // The hub's pod, but for the kubelet: the installed arguments, as the
     // chart's ServiceAccount (metrics on a free local port instead).
+    // The log API's serving certificate as the pod would mount it, from
+    // the Secret the chart made.
     let container = installed_container(&hub, &hub_ns, HUB_CHART).await;
+    let tls = Api::<Secret>::namespaced(hub.clone(), &hub_ns)
+        .get("tekfed-hub-logs-tls")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let tls_dir = bed.dir().join("hub-logs-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    for file in ["tls.crt", "tls.key"] {
+        std::fs::write(tls_dir.join(file), &tls[file].0).unwrap();
+    }
     let mut args: Vec<String> = strings(&container["args"])
         .into_iter()
-        .filter(|a| !a.starts_with("--metrics-addr="))
-        .map(str::to_owned)
+        .filter(|a| !a.starts_with("--metrics-addr=") && !a.starts_with("--logs-addr="))
+        .map(|a| a.replace("/etc/tekfed/logs-tls", &tls_dir.to_string_lossy()))
         .collect();
     assert!(args.contains(&format!("--namespace={hub_ns}")), "{args:?}");
     let kubeconfig = service_account_kubeconfig(&bed, HUB, &hub_ns, HUB_CHART).await;
     args.extend([
         "--metrics-addr=127.0.0.1:0".to_owned(),
+        "--logs-addr=127.0.0.1:0".to_owned(),
         format!("--kubeconfig={}", kubeconfig.display()),
     ]);
     let env = env_of(&container);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     bed.spawn("tekfed-hub", &binary("tekfed-hub"), &args, &env)
         .unwrap();
+    // With the chart's identity the hub reads the front-proxy settings
+    // from kube-system and serves run logs (a failure there would end it).
+    eventually(
+        "the hub to serve run logs as the chart's ServiceAccount",
+        WAIT,
+        || {
+            let log = bed.log_of("tekfed-hub");
+            async move { log.contains("serving run logs").then_some(()) }
+        },
+    )
+    .await;
 
     // A member, its kubeconfig Secret in the hub's namespace, as join does.
     let secret = Secret {

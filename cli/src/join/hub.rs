@@ -17,18 +17,32 @@ use super::objects::{
     ensure, ensure_kubeconfig_secret, exists, fields, labels_differ, secret_kubeconfig,
 };
 use super::tokens::token_for;
-use super::{AGENT, HUB_SA, Joining, SYSTEM_NAMESPACE};
+use super::{AGENT, HUB_SA, Joining, LOGS_SA, SYSTEM_NAMESPACE};
 
-/// The Secret on the hub, in `tekfed-system`, holding the member's
-/// kubeconfig: its server `member_endpoint`, CA, and a token of the hub's
-/// identity there (`tekfed-hub`; no key of the user's). Returns its name.
-pub(super) async fn member_kubeconfig(
+/// The names of a member's two kubeconfig Secrets on the hub.
+pub(super) struct MemberSecrets {
+    /// The hub's identity there (`tekfed-hub`).
+    pub hub: String,
+    /// The log reader (`tekfed-logs`).
+    pub logs: String,
+}
+
+/// The Secret name on the hub of member `name`'s log reader kubeconfig.
+pub(super) fn logs_secret(name: &str) -> String {
+    format!("tekfed-member-{name}-logs")
+}
+
+/// The Secrets on the hub, in `tekfed-system`, holding the member's
+/// kubeconfigs: its server `member_endpoint`, CA, and a token of the hub's
+/// identity there (`tekfed-hub`), and one of the log reader
+/// (`tekfed-logs`); no key of the user's.
+pub(super) async fn member_kubeconfigs(
     h: &Client,
     m: &Client,
     member_endpoint: &Endpoint,
     token_ttl: Duration,
     j: &mut Joining<'_>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<MemberSecrets> {
     ensure::<Namespace>(
         &Api::all(h.clone()),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}),
@@ -37,31 +51,39 @@ pub(super) async fn member_kubeconfig(
         &mut j.report,
     )
     .await?;
-    let secret_name = format!("tekfed-member-{}", j.name);
+    let names = MemberSecrets {
+        hub: format!("tekfed-member-{}", j.name),
+        logs: logs_secret(j.name),
+    };
     let secrets: Api<Secret> = Api::namespaced(h.clone(), SYSTEM_NAMESPACE);
-    let existing = secret_kubeconfig(&secrets, &secret_name).await?;
-    let token = token_for(
-        m,
-        member_endpoint,
-        SYSTEM_NAMESPACE,
-        HUB_SA,
-        existing.as_deref(),
-        token_ttl,
-    )
-    .await?;
-    let kubeconfig = token_kubeconfig(j.name, member_endpoint, HUB_SA, &token);
-    ensure_kubeconfig_secret(
-        &secrets,
-        &secret_name,
-        &j.labels,
-        &kubeconfig,
-        j.on_hub(&format!(
-            "Secret {SYSTEM_NAMESPACE}/{secret_name} (member kubeconfig: server, CA, token of {HUB_SA})"
-        )),
-        &mut j.report,
-    )
-    .await?;
-    Ok(secret_name)
+    for (secret_name, account, what) in [
+        (&names.hub, HUB_SA, "member kubeconfig"),
+        (&names.logs, LOGS_SA, "member log reader kubeconfig"),
+    ] {
+        let existing = secret_kubeconfig(&secrets, secret_name).await?;
+        let token = token_for(
+            m,
+            member_endpoint,
+            SYSTEM_NAMESPACE,
+            account,
+            existing.as_deref(),
+            token_ttl,
+        )
+        .await?;
+        let kubeconfig = token_kubeconfig(j.name, member_endpoint, account, &token);
+        ensure_kubeconfig_secret(
+            &secrets,
+            secret_name,
+            &j.labels,
+            &kubeconfig,
+            j.on_hub(&format!(
+                "Secret {SYSTEM_NAMESPACE}/{secret_name} ({what}: server, CA, token of {account})"
+            )),
+            &mut j.report,
+        )
+        .await?;
+    }
+    Ok(names)
 }
 
 /// The MemberCluster: created, or its labels (tekfed's and `extra`) and
@@ -69,7 +91,7 @@ pub(super) async fn member_kubeconfig(
 /// the operator's and kept.
 pub(super) async fn member_cluster(
     h: &Client,
-    secret_name: &str,
+    secrets: &MemberSecrets,
     extra: &[(String, String)],
     j: &mut Joining<'_>,
 ) -> anyhow::Result<()> {
@@ -79,7 +101,8 @@ pub(super) async fn member_cluster(
         labels[k] = json!(v);
     }
     let api: Api<MemberCluster> = Api::all(h.clone());
-    let secret_ref = json!({"name": secret_name, "namespace": SYSTEM_NAMESPACE});
+    let secret_ref = json!({"name": secrets.hub, "namespace": SYSTEM_NAMESPACE});
+    let logs_ref = json!({"name": secrets.logs, "namespace": SYSTEM_NAMESPACE});
     let what = j.on_hub(&format!("MemberCluster {name}"));
     match api
         .get_opt(name)
@@ -90,7 +113,7 @@ pub(super) async fn member_cluster(
             let mc: MemberCluster = serde_json::from_value(json!({
                 "apiVersion": "tekfed.io/v1alpha1", "kind": "MemberCluster",
                 "metadata": {"name": name, "labels": labels},
-                "spec": {"secretRef": secret_ref},
+                "spec": {"secretRef": secret_ref, "logsSecretRef": logs_ref},
             }))?;
             api.create(&PostParams::default(), &mc)
                 .await
@@ -99,9 +122,12 @@ pub(super) async fn member_cluster(
         }
         Some(existing) => {
             let current = serde_json::to_value(&existing)?;
-            let desired =
-                json!({"metadata": {"labels": labels}, "spec": {"secretRef": secret_ref}});
-            if labels_differ(&current, &desired) || current["spec"]["secretRef"] != secret_ref {
+            let desired = json!({"metadata": {"labels": labels},
+                                 "spec": {"secretRef": secret_ref, "logsSecretRef": logs_ref}});
+            if labels_differ(&current, &desired)
+                || current["spec"]["secretRef"] != secret_ref
+                || current["spec"]["logsSecretRef"] != logs_ref
+            {
                 api.patch(name, &PatchParams::default(), &Patch::Merge(&desired))
                     .await
                     .with_context(|| format!("updating {what}"))?;

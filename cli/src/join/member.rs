@@ -16,7 +16,7 @@ use super::objects::{
     ensure, ensure_kubeconfig_secret, exists, fields, labels_differ, secret_kubeconfig,
 };
 use super::tokens::token_for;
-use super::{AGENT_SECRET, HUB_SA, Joining, MANAGED_BY, SYSTEM_NAMESPACE};
+use super::{AGENT_SECRET, HUB_SA, Joining, LOGS_SA, MANAGED_BY, SYSTEM_NAMESPACE};
 
 /// Namespace `tekfed-system`, and in it the ServiceAccount the hub uses on
 /// this member, bound to a ClusterRole of [`rbac::hub_on_member`].
@@ -56,6 +56,41 @@ pub(super) async fn hub_identity(m: &Client, j: &mut Joining<'_>) -> anyhow::Res
                "subjects": [{"kind": "ServiceAccount", "name": HUB_SA, "namespace": SYSTEM_NAMESPACE}]}),
         fields(&["roleRef", "subjects"]),
         j.on_member(&format!("ClusterRoleBinding {HUB_SA}")),
+        &mut j.report,
+    )
+    .await?;
+    logs_identity(m, j).await
+}
+
+/// The identity the hub reads run logs with on this member, apart from
+/// its own: ServiceAccount `tekfed-logs` bound to a ClusterRole of
+/// [`rbac::logs_on_member`] (pods and their logs, read-only).
+async fn logs_identity(m: &Client, j: &mut Joining<'_>) -> anyhow::Result<()> {
+    let labels = j.labels.clone();
+    ensure::<ServiceAccount>(
+        &Api::namespaced(m.clone(), SYSTEM_NAMESPACE),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": LOGS_SA, "namespace": SYSTEM_NAMESPACE, "labels": labels}}),
+        labels_differ,
+        j.on_member(&format!("ServiceAccount {SYSTEM_NAMESPACE}/{LOGS_SA}")),
+        &mut j.report,
+    )
+    .await?;
+    ensure::<ClusterRole>(
+        &Api::all(m.clone()),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": LOGS_SA, "labels": labels},
+               "rules": rbac::policy_rules(rbac::logs_on_member())}),
+        fields(&["rules"]),
+        j.on_member(&format!("ClusterRole {LOGS_SA} (read pods and their logs, nothing else)")),
+        &mut j.report,
+    )
+    .await?;
+    ensure::<ClusterRoleBinding>(
+        &Api::all(m.clone()),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": LOGS_SA, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": LOGS_SA},
+               "subjects": [{"kind": "ServiceAccount", "name": LOGS_SA, "namespace": SYSTEM_NAMESPACE}]}),
+        fields(&["roleRef", "subjects"]),
+        j.on_member(&format!("ClusterRoleBinding {LOGS_SA}")),
         &mut j.report,
     )
     .await?;

@@ -8,8 +8,9 @@
 //!    ClusterRole that reaches Tekton's objects and namespaces and nothing
 //!    else;
 //! 2. on the hub ([`hub`]), the member's kubeconfig Secret (server, CA and
-//!    a token of `tekfed-hub`; no key of the user's) and the
-//!    `MemberCluster`;
+//!    a token of `tekfed-hub`; no key of the user's), a second one for
+//!    the log reader `tekfed-logs` (pods and `pods/log` only), and the
+//!    `MemberCluster` naming both;
 //! 3. on the hub, the agent's identity: the cluster's namespace
 //!    `tekfed-cluster-<name>` and a ServiceAccount with a Role confined to
 //!    it;
@@ -47,6 +48,9 @@ pub use unjoin::{UnjoinOptions, unjoin};
 pub const SYSTEM_NAMESPACE: &str = "tekfed-system";
 /// The hub's ServiceAccount (and ClusterRole) on a member.
 const HUB_SA: &str = "tekfed-hub";
+/// The ServiceAccount (and ClusterRole) on a member the hub reads run logs
+/// with: pods and `pods/log`, nothing else.
+const LOGS_SA: &str = "tekfed-logs";
 /// The Secret on a member holding the agent's hub kubeconfig.
 const AGENT_SECRET: &str = "tekfed-hub-kubeconfig";
 /// The agent's ServiceAccount, ClusterRole and Deployment on a member, and
@@ -157,9 +161,9 @@ pub async fn join(options: JoinOptions) -> anyhow::Result<()> {
     member::hub_identity(m, &mut j).await?;
     // 2. On the hub: the member's kubeconfig (a token of that identity), and
     //    the MemberCluster naming it.
-    let secret_name =
-        hub::member_kubeconfig(h, m, &member_endpoint, options.token_ttl, &mut j).await?;
-    hub::member_cluster(h, &secret_name, &options.labels, &mut j).await?;
+    let secrets =
+        hub::member_kubeconfigs(h, m, &member_endpoint, options.token_ttl, &mut j).await?;
+    hub::member_cluster(h, &secrets, &options.labels, &mut j).await?;
     // 3. On the hub: the agent's identity, confined to its cluster's namespace.
     let agent_sa = hub::agent_identity(h, &mut j).await?;
     // 4. On the member: the agent's hub kubeconfig (a token of that identity).

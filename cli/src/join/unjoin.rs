@@ -15,10 +15,10 @@ use tekfed_api::{MemberCluster, RunAssignment, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
 
 use super::agent::TEKTON_VERSION_ROLE;
-use super::hub::agent_account;
+use super::hub::{agent_account, logs_secret};
 use super::kubeconfig::{connect, hub_context, read_kubeconfig};
 use super::objects::{Report, remove};
-use super::{AGENT, HUB_SA, MANAGED_BY, SYSTEM_NAMESPACE};
+use super::{AGENT, HUB_SA, LOGS_SA, MANAGED_BY, SYSTEM_NAMESPACE};
 
 /// What `unjoin` is asked to do.
 pub struct UnjoinOptions {
@@ -94,13 +94,15 @@ async fn unjoin_hub(h: &Client, name: &str, report: &mut Report) -> anyhow::Resu
         report,
     )
     .await?;
-    remove(
-        &Api::<Secret>::namespaced(h.clone(), SYSTEM_NAMESPACE),
-        &format!("tekfed-member-{name}"),
-        format!("hub: Secret {SYSTEM_NAMESPACE}/tekfed-member-{name}"),
-        report,
-    )
-    .await?;
+    for secret in [format!("tekfed-member-{name}"), logs_secret(name)] {
+        remove(
+            &Api::<Secret>::namespaced(h.clone(), SYSTEM_NAMESPACE),
+            &secret,
+            format!("hub: Secret {SYSTEM_NAMESPACE}/{secret}"),
+            report,
+        )
+        .await?;
+    }
     let agent_sa = agent_account(name);
     remove(
         &Api::<ServiceAccount>::namespaced(h.clone(), SYSTEM_NAMESPACE),
@@ -191,7 +193,7 @@ async fn unjoin_member(m: &Client, name: &str, report: &mut Report) -> anyhow::R
             on_member(&format!("Namespace {ns_name} (kept)")),
         );
     }
-    for cr in [HUB_SA, AGENT] {
+    for cr in [HUB_SA, LOGS_SA, AGENT] {
         remove(
             &Api::<ClusterRoleBinding>::all(m.clone()),
             cr,
