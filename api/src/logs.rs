@@ -13,6 +13,8 @@
 //! (a SubjectAccessReview), so whoever cannot read a run cannot read its
 //! logs.
 
+use serde::{Deserialize, Serialize};
+
 use crate::RunKind;
 
 /// The aggregated API group the hub serves logs in.
@@ -23,6 +25,48 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_SERVICE: &str = "v1alpha1.logs.tekfed.io";
 /// The subresource, after the run's name.
 pub const SUBRESOURCE: &str = "log";
+/// The subresource with the run's TaskRuns and their steps' states, as
+/// their pods on the member show them (`kubectl tekfed describe`).
+pub const STEPS_SUBRESOURCE: &str = "steps";
+
+/// What `…/steps` answers: the run's TaskRuns on one cluster, in
+/// execution order, with their steps' states.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSteps {
+    pub cluster: String,
+    pub task_runs: Vec<TaskRunSteps>,
+}
+
+/// One TaskRun (one pod) of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRunSteps {
+    /// The pipeline task (PipelineRun) or the TaskRun's name.
+    pub task: String,
+    pub task_run: String,
+    pub pod: String,
+    /// The pod's phase (`Pending`, `Running`, `Succeeded`, `Failed`).
+    pub phase: String,
+    pub steps: Vec<StepStatus>,
+}
+
+/// One step, from its container's state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    pub name: String,
+    /// `Waiting`, `Running` or `Terminated`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
 
 /// The plural of the federated kind, as the log path names it.
 pub fn plural(kind: RunKind) -> &'static str {
@@ -73,6 +117,20 @@ impl LogOptions {
         }
         parts.join("&")
     }
+}
+
+/// The path of a run's steps on the hub API server, for `cluster` if given.
+pub fn steps_path(kind: RunKind, namespace: &str, name: &str, cluster: Option<&str>) -> String {
+    let mut path = format!(
+        "/apis/{GROUP}/{VERSION}/namespaces/{}/{}/{}/{STEPS_SUBRESOURCE}",
+        encode(namespace),
+        plural(kind),
+        encode(name)
+    );
+    if let Some(cluster) = cluster {
+        path.push_str(&format!("?cluster={}", encode(cluster)));
+    }
+    path
 }
 
 /// The path of a run's log on the hub API server.
@@ -126,6 +184,10 @@ mod tests {
         for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
             assert_eq!(kind_of_plural(plural(kind)), Some(kind));
         }
+        assert_eq!(
+            steps_path(RunKind::TaskRun, "ci", "t", Some("member-1")),
+            "/apis/logs.tekfed.io/v1alpha1/namespaces/ci/federatedtaskruns/t/steps?cluster=member-1"
+        );
         assert_eq!(kind_of_plural("pods"), None);
     }
 }

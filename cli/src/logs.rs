@@ -35,8 +35,19 @@ pub fn parse_run(text: &str) -> Result<(Option<RunKind>, String), String> {
     Ok((kind, name.to_owned()))
 }
 
+/// The API resource of a federated run kind.
+pub fn run_resource(kind: RunKind) -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: tekfed_api::GROUP.into(),
+        version: tekfed_api::VERSION.into(),
+        api_version: format!("{}/{}", tekfed_api::GROUP, tekfed_api::VERSION),
+        kind: kind.federated_kind().into(),
+        plural: tekfed_api::logs::plural(kind).into(),
+    }
+}
+
 /// The run's kind, looked up on the hub when the user gave a bare name.
-async fn resolve(
+pub async fn resolve(
     client: &Client,
     namespace: &str,
     kind: Option<RunKind>,
@@ -47,14 +58,8 @@ async fn resolve(
     }
     let mut found = Vec::new();
     for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
-        let resource = kube::api::ApiResource {
-            group: tekfed_api::GROUP.into(),
-            version: tekfed_api::VERSION.into(),
-            api_version: format!("{}/{}", tekfed_api::GROUP, tekfed_api::VERSION),
-            kind: kind.federated_kind().into(),
-            plural: tekfed_api::logs::plural(kind).into(),
-        };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &run_resource(kind));
         if api
             .get_metadata_opt(name)
             .await
@@ -104,7 +109,7 @@ pub async fn logs(
 }
 
 /// What an error from the hub means for the user.
-fn explain(error: kube::Error, kind: RunKind, namespace: &str, name: &str) -> anyhow::Error {
+pub fn explain(error: kube::Error, kind: RunKind, namespace: &str, name: &str) -> anyhow::Error {
     let kube::Error::Api(status) = &error else {
         return anyhow!(error).context(format!(
             "reading the log of {} {namespace}/{name}",

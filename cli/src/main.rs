@@ -2,6 +2,7 @@
 //! when on PATH): `join`, `unjoin`, `cordon`, `uncordon`, `drain`,
 //! `status`, `crds`, and `dev up|down` for a local federation.
 
+mod describe;
 #[cfg(feature = "dev")]
 mod dev;
 mod drain;
@@ -133,6 +134,20 @@ Examples:\n  kubectl tekfed drain member-2\n  kubectl tekfed drain member-2 --ti
         /// At the timeout, cancel the runs still running there.
         #[arg(long)]
         cancel_remaining: bool,
+    },
+    /// Describe a federated run: where it ran and why there, why it waits, moves, conditions, its TaskRuns' steps, Events.
+    #[command(
+        after_help = "Steps come from the run's pods on its member, read through the hub (as for `logs`: you need get on \
+the run and on federated*runs/steps in logs.tekfed.io, which the chart's tekfed-hub-logs-reader role grants).\n\n\
+Examples:\n  kubectl tekfed describe fpr/build-42 -n ci\n  kubectl tekfed describe ftr/smoke"
+    )]
+    Describe {
+        /// The run: fpr/NAME (FederatedPipelineRun), ftr/NAME (FederatedTaskRun), or NAME.
+        #[arg(value_parser = logs::parse_run)]
+        run: (Option<tekfed_api::RunKind>, String),
+        /// The run's namespace (default: the context's namespace).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
     },
     /// Print a federated run's step logs, read through the hub, in execution order, each line prefixed [task : step].
     #[command(
@@ -282,6 +297,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
         }
         Command::Status => status(&target.client().await?).await,
+        Command::Describe { run, namespace } => {
+            describe::describe(&target.client().await?, namespace, run).await
+        }
         Command::Logs {
             run,
             namespace,

@@ -31,7 +31,7 @@ use tekfed_api::{
     ClusterRef, PlacementMode, RunPlacement, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 use tekfed_hub::placement::Member;
-use tekfed_hub::runs::scheduler::{ClusterView, Decision, RunRequest, Scheduler};
+use tekfed_hub::runs::scheduler::{ClusterView, Decision, RunRequest, Scheduled, Scheduler};
 
 const CLUSTERS: usize = 1_000;
 const RUNS_FULL: usize = 100_000;
@@ -85,7 +85,8 @@ fn main() -> anyhow::Result<()> {
     let mut order: Vec<&RunRequest> = queue.iter().collect();
     order.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.key.cmp(&b.key)));
     let mut latencies_ns = Vec::with_capacity(order.len());
-    for (run, (key, expected)) in order.iter().zip(&decisions) {
+    for (run, scheduled) in order.iter().zip(&decisions) {
+        let (key, expected) = (&scheduled.key, &scheduled.decision);
         let t = Instant::now();
         let decision = scheduler.decide(&run.placement);
         if let Decision::Assign(to) = &decision {
@@ -367,12 +368,15 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn of(clusters: &[ClusterView], decisions: &[(String, Decision)]) -> Self {
+    fn of(clusters: &[ClusterView], decisions: &[Scheduled]) -> Self {
         let mut per_cluster: BTreeMap<&str, usize> = BTreeMap::new();
         let (mut assigned, mut copies) = (0, 0);
         let mut by_reason = BTreeMap::new();
         let mut digest = 0xcbf2_9ce4_8422_2325_u64;
-        for (key, d) in decisions {
+        for Scheduled {
+            key, decision: d, ..
+        } in decisions
+        {
             for byte in format!("{key} {d:?}\n").bytes() {
                 digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
             }

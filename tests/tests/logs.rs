@@ -315,6 +315,36 @@ async fn logs_of_a_federated_run_are_read_from_the_hub_with_hub_rbac() {
         ]
     );
 
+    // describe: where and why, the member run, each TaskRun's steps, Events.
+    let (ok, out) = tekfed(&bed, &["describe", "fpr/build-1", "-n", &ns]);
+    assert!(ok, "{out}");
+    for wanted in [
+        "Kind:       FederatedPipelineRun",
+        "Phase:      Succeeded",
+        "Cluster:    member-1",
+        "scheduled to member-1 as the least loaded; candidates: member-1 (",
+        "Member run on member-1:",
+        "Task runs on member-1:",
+        "Scheduled",
+    ] {
+        assert!(out.contains(wanted), "{wanted:?} not in:\n{out}");
+    }
+    for task in ["build", "test", "deploy"] {
+        let header = out
+            .lines()
+            .position(|l| l.starts_with(&format!("  {task} (build-1-{task}, pod ")))
+            .unwrap_or_else(|| panic!("no TaskRun {task} in:\n{out}"));
+        let steps: Vec<&str> = out.lines().skip(header + 1).take(2).collect();
+        for (line, step) in steps.iter().zip(["first", "second"]) {
+            assert!(
+                line.trim_start().starts_with(step)
+                    && line.contains("Terminated")
+                    && line.contains("(exit 0)"),
+                "{task}/{step}: {line}\n{out}"
+            );
+        }
+    }
+
     // A TaskRun: lines prefixed with the step, as `tkn taskrun logs` does.
     let task_runs: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     let tr: FederatedTaskRun = serde_json::from_value(json!({

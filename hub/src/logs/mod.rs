@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use crate::clusters::controller::DEFAULT_SECRET_KEY;
 use crate::clusters::registry::client_from_kubeconfig;
 use crate::errors::one_line;
-use auth::{FrontProxy, User, may_get};
+use auth::{FrontProxy, may_get};
 use plan::{Filter, Next, PodView, next, pod_selector, prefix_lines};
 
 /// How often a followed run's pods and status are looked at again.
@@ -122,6 +122,10 @@ pub async fn serve(hub: Client, options: LogServerOptions) -> Result<(), SetupEr
         .route(
             &format!("{base}/namespaces/{{namespace}}/{{plural}}/{{name}}/log"),
             get(logs),
+        )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/{{plural}}/{{name}}/steps"),
+            get(steps),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -236,16 +240,18 @@ async fn discovery(Extension(peer): Extension<Peer>) -> Response {
     if !peer.front_proxy {
         return unauthorized();
     }
-    let resource = |plural: &str, kind: &str| {
-        serde_json::json!({"name": format!("{plural}/log"), "singularName": "", "namespaced": true,
+    let resource = |name: String, kind: &str| {
+        serde_json::json!({"name": name, "singularName": "", "namespaced": true,
                            "kind": kind, "verbs": ["get"]})
     };
     let body = serde_json::json!({
         "kind": "APIResourceList", "apiVersion": "v1",
         "groupVersion": format!("{GROUP}/{VERSION}"),
         "resources": [
-            resource("federatedtaskruns", "FederatedTaskRunLog"),
-            resource("federatedpipelineruns", "FederatedPipelineRunLog"),
+            resource("federatedtaskruns/log".into(), "FederatedTaskRunLog"),
+            resource("federatedpipelineruns/log".into(), "FederatedPipelineRunLog"),
+            resource("federatedtaskruns/steps".into(), "RunSteps"),
+            resource("federatedpipelineruns/steps".into(), "RunSteps"),
         ],
     });
     ([(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
@@ -268,23 +274,14 @@ async fn logs(
     Query(query): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if !peer.front_proxy {
-        return unauthorized();
-    }
-    let Some(user) = server.front_proxy.user(&headers) else {
-        return unauthorized();
-    };
-    let Some(kind) = kind_of_plural(&plural) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{plural} has no log here: use federatedtaskruns or federatedpipelineruns"),
-        );
-    };
-    match server
-        .answer(&user, kind, &plural, &namespace, &name, query)
+    let kind = match server
+        .authorize(peer, &headers, &plural, &namespace, &name)
         .await
     {
+        Ok(kind) => kind,
+        Err(refusal) => return refusal,
+    };
+    match server.answer(kind, &namespace, &name, query).await {
         Ok(body) => (
             [(CONTENT_TYPE, "text/plain; charset=utf-8")],
             Body::from_stream(body),
@@ -294,31 +291,77 @@ async fn logs(
     }
 }
 
+/// The run's TaskRuns and their steps' states on its cluster.
+async fn steps(
+    State(server): State<Arc<Server>>,
+    Extension(peer): Extension<Peer>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    Query(query): Query<LogQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let kind = match server
+        .authorize(peer, &headers, &plural, &namespace, &name)
+        .await
+    {
+        Ok(kind) => kind,
+        Err(refusal) => return refusal,
+    };
+    let answer = async {
+        let run = server.run(kind, &namespace, &name).await?;
+        let cluster =
+            pick_cluster(&run, query.cluster.as_deref()).map_err(|p| p.response(&name))?;
+        let member = server.log_reader(&cluster).await?;
+        let pods = Api::<Pod>::namespaced(member, &namespace)
+            .list(&ListParams::default().labels(&pod_selector(kind, &name)))
+            .await
+            .map_err(|e| {
+                status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!("cannot list the run's pods on {cluster}: {}", one_line(&e)),
+                )
+            })?;
+        let body =
+            serde_json::to_string(&plan::run_steps(&cluster, &pods.items)).unwrap_or_default();
+        Ok::<_, Response>(([(CONTENT_TYPE, "application/json")], body).into_response())
+    };
+    answer.await.unwrap_or_else(|refusal| refusal)
+}
+
 /// A stream of log bytes.
 type LogStream = tokio_stream::wrappers::ReceiverStream<Result<Bytes, std::io::Error>>;
 
 impl Server {
-    /// Check the user may read the run, find its cluster, and start
-    /// streaming; or the error response.
-    async fn answer(
-        self: &Arc<Self>,
-        user: &User,
-        kind: RunKind,
+    /// The caller is the hub API server naming a user who may `get` the
+    /// run; the run's kind. Or the refusal.
+    async fn authorize(
+        &self,
+        peer: Peer,
+        headers: &HeaderMap,
         plural: &str,
         namespace: &str,
         name: &str,
-        query: LogQuery,
-    ) -> Result<LogStream, Response> {
-        let unavailable = |message: String| {
+    ) -> Result<RunKind, Response> {
+        if !peer.front_proxy {
+            return Err(unauthorized());
+        }
+        let user = self.front_proxy.user(headers).ok_or_else(unauthorized)?;
+        let kind = kind_of_plural(plural).ok_or_else(|| {
             status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                message,
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{plural} has no log here: use federatedtaskruns or federatedpipelineruns"),
             )
-        };
-        let (allowed, reason) = may_get(&self.hub, user, plural, namespace, name)
+        })?;
+        let (allowed, reason) = may_get(&self.hub, &user, plural, namespace, name)
             .await
-            .map_err(|e| unavailable(format!("cannot check access: {}", one_line(&e))))?;
+            .map_err(|e| {
+                status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!("cannot check access: {}", one_line(&e)),
+                )
+            })?;
         if !allowed {
             let why = if reason.is_empty() {
                 String::new()
@@ -329,12 +372,23 @@ impl Server {
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 format!(
-                    "{plural}.{} \"{name}\" is forbidden: User \"{}\" cannot get {plural} in the namespace \"{namespace}\", so not its log either{why}",
+                    "{plural}.{} \"{name}\" is forbidden: User \"{}\" cannot get {plural} in the namespace \"{namespace}\", so not its log or steps either{why}",
                     tekfed_api::GROUP,
                     user.name
                 ),
             ));
         }
+        Ok(kind)
+    }
+
+    /// Find the run's cluster and start streaming; or the error response.
+    async fn answer(
+        self: &Arc<Self>,
+        kind: RunKind,
+        namespace: &str,
+        name: &str,
+        query: LogQuery,
+    ) -> Result<LogStream, Response> {
         let follow = query
             .follow
             .as_deref()

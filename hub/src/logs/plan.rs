@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use tekfed_api::RunKind;
+use tekfed_api::logs::{RunSteps, StepStatus, TaskRunSteps};
 
 /// Tekton's pod label naming a PipelineRun's task.
 const LABEL_PIPELINE_TASK: &str = "tekton.dev/pipelineTask";
@@ -191,6 +192,75 @@ pub fn next(
         Next::Wait
     } else {
         Next::Done
+    }
+}
+
+/// The run's TaskRuns on `cluster` and their steps' states, from their
+/// pods, in execution order (`kubectl tekfed describe`).
+pub fn run_steps(cluster: &str, pods: &[Pod]) -> RunSteps {
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    let created = |p: &Pod| {
+        p.creation_timestamp()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default()
+    };
+    pods.sort_by_key(|p| (created(p), p.name_any()));
+    let task_runs = pods
+        .into_iter()
+        .map(|pod| {
+            let view = PodView::from_pod(pod);
+            let statuses = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default();
+            let steps = view
+                .steps
+                .iter()
+                .map(|step| {
+                    let state = statuses
+                        .iter()
+                        .find(|s| s.name == step.container)
+                        .and_then(|s| s.state.clone())
+                        .unwrap_or_default();
+                    let mut out = StepStatus {
+                        name: step.step.clone(),
+                        state: format!("{:?}", step.state),
+                        ..Default::default()
+                    };
+                    if let Some(t) = state.terminated {
+                        out.reason = t.reason;
+                        out.exit_code = Some(t.exit_code);
+                        out.started_at = t.started_at.map(|t| t.0.to_string());
+                        out.finished_at = t.finished_at.map(|t| t.0.to_string());
+                    } else if let Some(r) = state.running {
+                        out.started_at = r.started_at.map(|t| t.0.to_string());
+                    } else if let Some(w) = state.waiting {
+                        out.reason = w.reason;
+                    }
+                    out
+                })
+                .collect();
+            TaskRunSteps {
+                task: view.task.clone(),
+                task_run: pod
+                    .labels()
+                    .get(LABEL_TASK_RUN)
+                    .cloned()
+                    .unwrap_or_default(),
+                pod: view.name.clone(),
+                phase: pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_else(|| "Pending".into()),
+                steps,
+            }
+        })
+        .collect();
+    RunSteps {
+        cluster: cluster.to_owned(),
+        task_runs,
     }
 }
 
@@ -434,6 +504,58 @@ mod tests {
         prefix_lines("x ", &mut none, &mut out);
         assert!(out.is_empty());
         assert_eq!(none, b"no newline");
+    }
+
+    #[test]
+    fn a_run_s_task_runs_and_step_states_come_from_its_pods_in_order() {
+        let pod = |name: &str,
+                   created: &str,
+                   task: &str,
+                   phase: &str,
+                   state: serde_json::Value|
+         -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "creationTimestamp": created,
+                             "labels": {"tekton.dev/pipelineTask": task, "tekton.dev/taskRun": format!("pr-{task}")}},
+                "spec": {"containers": [{"name": "step-only", "image": "x"}]},
+                "status": {"phase": phase, "containerStatuses": [
+                    {"name": "step-only", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": state}]},
+            }))
+            .unwrap()
+        };
+        let steps = run_steps(
+            "member-2",
+            &[
+                pod(
+                    "b",
+                    "2026-01-01T00:00:02Z",
+                    "test",
+                    "Running",
+                    serde_json::json!({"running": {"startedAt": "2026-01-01T00:00:03Z"}}),
+                ),
+                pod(
+                    "a",
+                    "2026-01-01T00:00:01Z",
+                    "build",
+                    "Failed",
+                    serde_json::json!({"terminated": {"exitCode": 2, "reason": "Error"}}),
+                ),
+            ],
+        );
+        assert_eq!(steps.cluster, "member-2");
+        let tasks: Vec<&str> = steps.task_runs.iter().map(|t| t.task.as_str()).collect();
+        assert_eq!(tasks, ["build", "test"]);
+        let build = &steps.task_runs[0];
+        assert_eq!(
+            (build.task_run.as_str(), build.phase.as_str()),
+            ("pr-build", "Failed")
+        );
+        assert_eq!(build.steps[0].state, "Terminated");
+        assert_eq!(build.steps[0].exit_code, Some(2));
+        assert_eq!(build.steps[0].reason.as_deref(), Some("Error"));
+        let test = &steps.task_runs[1].steps[0];
+        assert_eq!(test.state, "Running");
+        assert_eq!(test.started_at.as_deref(), Some("2026-01-01T00:00:03Z"));
     }
 
     #[test]

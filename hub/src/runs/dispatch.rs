@@ -267,15 +267,16 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
     let mut scheduler = Scheduler::new(views.collect::<Vec<_>>());
     let decisions = scheduler.schedule(&queue);
     let by_key: HashMap<&str, &Entry> = all.iter().map(|e| (e.key.as_str(), e)).collect();
-    let writes = decisions.into_iter().filter_map(|(key, decision)| {
-        let entry = *by_key.get(key.as_str())?;
+    let writes = decisions.into_iter().filter_map(|scheduled| {
+        let entry = *by_key.get(scheduled.key.as_str())?;
         let generation = None;
-        match decision {
+        match scheduled.decision {
             Decision::Assign(clusters) => {
                 let mut status = run_status::scheduled(
                     entry.status.as_ref(),
                     entry.placement.mode,
                     &clusters,
+                    &scheduled.candidates,
                     generation,
                     now(),
                 );

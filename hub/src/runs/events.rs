@@ -81,11 +81,19 @@ pub fn transitions(old: Option<&RunStatus>, new: &RunStatus) -> Vec<RunEvent> {
     if let Some(cluster) = cluster
         && old.and_then(|o| o.cluster.as_deref()) != Some(cluster)
     {
-        let why = condition(Some(new), SCHEDULED)
+        // The condition's message says where and why (the candidates'
+        // loads); older statuses only name the cluster.
+        let note = condition(Some(new), SCHEDULED)
             .filter(|c| c.status == "True" && !c.message.is_empty())
-            .map(|c| format!(": {}", c.message))
-            .unwrap_or_default();
-        events.push(normal("Scheduled", format!("scheduled to {cluster}{why}")));
+            .map(|c| {
+                if c.message.starts_with("scheduled to ") {
+                    c.message.clone()
+                } else {
+                    format!("scheduled to {cluster}: {}", c.message)
+                }
+            })
+            .unwrap_or_else(|| format!("scheduled to {cluster}"));
+        events.push(normal("Scheduled", note));
     }
     let before: Vec<&str> = old.map_or(Vec::new(), |o| {
         o.clusters.iter().map(|c| c.cluster.as_str()).collect()
@@ -185,6 +193,20 @@ mod tests {
         let events = transitions(Some(&queued), &scheduled);
         assert_eq!(reasons(&events), ["Scheduled"]);
         assert_eq!(events[0].note, "scheduled to member-2: least loaded (1/5)");
+        let explained = RunStatus {
+            conditions: vec![cond(
+                SCHEDULED,
+                "True",
+                "Scheduled",
+                "scheduled to member-2 as the least loaded; candidates: member-2 (1 runs, chosen)",
+            )],
+            ..scheduled.clone()
+        };
+        assert_eq!(
+            transitions(Some(&queued), &explained)[0].note,
+            "scheduled to member-2 as the least loaded; candidates: member-2 (1 runs, chosen)",
+            "the candidates' loads, and where, said once"
+        );
 
         let running = RunStatus {
             phase: Some(RunPhase::Running),

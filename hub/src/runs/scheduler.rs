@@ -151,18 +151,17 @@ impl Scheduler {
         }
     }
 
-    /// The decision for one run, without recording it.
-    pub fn decide(&self, placement: &RunPlacement) -> Decision {
-        let matcher = match Matcher::new(Selection::from(placement)) {
-            Ok(matcher) => matcher,
-            Err(e) => return Decision::Queue(QueueReason::InvalidPlacement(e.to_string())),
-        };
+    /// The clusters a placement selects (names, labels, tolerated taints),
+    /// in name order, whatever their state.
+    fn selected(&self, placement: &RunPlacement) -> Result<Vec<&ClusterView>, QueueReason> {
+        let matcher = Matcher::new(Selection::from(placement))
+            .map_err(|e| QueueReason::InvalidPlacement(e.to_string()))?;
         // A run is new everywhere: a NoSchedule taint keeps it off.
         let holders = BTreeSet::new();
         let selects = |c: &&ClusterView| matcher.selects(&c.member, &holders);
         // Named clusters are looked up rather than found by testing the
         // whole fleet; both ways give name order.
-        let selected: Vec<&ClusterView> = if matcher.named().is_empty() {
+        Ok(if matcher.named().is_empty() {
             self.clusters.values().filter(selects).collect()
         } else {
             matcher
@@ -171,6 +170,14 @@ impl Scheduler {
                 .filter_map(|n| self.clusters.get(*n))
                 .filter(selects)
                 .collect()
+        })
+    }
+
+    /// The decision for one run, without recording it.
+    pub fn decide(&self, placement: &RunPlacement) -> Decision {
+        let selected = match self.selected(placement) {
+            Ok(selected) => selected,
+            Err(reason) => return Decision::Queue(reason),
         };
         if selected.is_empty() {
             return Decision::Queue(QueueReason::NoClusterMatches);
@@ -202,24 +209,79 @@ impl Scheduler {
         }
     }
 
+    /// Why a run went where it went, as of the decision: every cluster
+    /// the placement selects with its load (runs of capacity) or why it
+    /// was passed over, lightest first, at most [`CANDIDATES_SHOWN`].
+    pub fn candidates(&self, placement: &RunPlacement, chosen: &[String]) -> String {
+        let Ok(mut selected) = self.selected(placement) else {
+            return String::new();
+        };
+        selected.sort_by(|a, b| a.lighter_than(b));
+        let describe = |c: &ClusterView| {
+            let load = match c.max_concurrent_runs {
+                Some(max) => format!("{} of {max} runs", c.load()),
+                None => format!("{} runs", c.load()),
+            };
+            let state = if chosen.contains(&c.member.name) {
+                format!("{load}, chosen")
+            } else if c.unschedulable {
+                "cordoned".to_owned()
+            } else if !c.ready {
+                "not Ready".to_owned()
+            } else if !c.has_room() {
+                format!("full, {load}")
+            } else {
+                load
+            };
+            format!("{} ({state})", c.member.name)
+        };
+        let mut parts: Vec<String> = selected
+            .iter()
+            .take(CANDIDATES_SHOWN)
+            .map(|c| describe(c))
+            .collect();
+        if selected.len() > CANDIDATES_SHOWN {
+            parts.push(format!("{} more", selected.len() - CANDIDATES_SHOWN));
+        }
+        parts.join(", ")
+    }
+
     /// Decide every queued run in first-in first-out order (creation time,
     /// then key), counting each assignment before the next decision.
-    pub fn schedule(&mut self, queue: &[RunRequest]) -> Vec<(String, Decision)> {
+    pub fn schedule(&mut self, queue: &[RunRequest]) -> Vec<Scheduled> {
         let mut order: Vec<&RunRequest> = queue.iter().collect();
         order.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.key.cmp(&b.key)));
         order
             .into_iter()
             .map(|run| {
                 let decision = self.decide(&run.placement);
+                let mut candidates = String::new();
                 if let Decision::Assign(clusters) = &decision {
+                    candidates = self.candidates(&run.placement, clusters);
                     for c in clusters {
                         self.assign(c);
                     }
                 }
-                (run.key.clone(), decision)
+                Scheduled {
+                    key: run.key.clone(),
+                    decision,
+                    candidates,
+                }
             })
             .collect()
     }
+}
+
+/// How many candidates a scheduling message lists (the rest are counted).
+pub const CANDIDATES_SHOWN: usize = 8;
+
+/// One run's decision and, when assigned, the candidates it was chosen from
+/// ([`Scheduler::candidates`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    pub key: String,
+    pub decision: Decision,
+    pub candidates: String,
 }
 
 #[cfg(test)]
@@ -266,10 +328,10 @@ mod tests {
             .collect()
     }
 
-    fn assigned_to(decisions: &[(String, Decision)]) -> BTreeMap<String, usize> {
+    fn assigned_to(decisions: &[Scheduled]) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for (_, d) in decisions {
-            if let Decision::Assign(clusters) = d {
+        for d in decisions {
+            if let Decision::Assign(clusters) = &d.decision {
                 for c in clusters {
                     *counts.entry(c.clone()).or_default() += 1;
                 }
@@ -389,8 +451,8 @@ mod tests {
         assert_eq!(counts["large"], 20);
         let queued: Vec<&String> = decisions
             .iter()
-            .filter(|(_, d)| *d == Decision::Queue(QueueReason::AllFull))
-            .map(|(k, _)| k)
+            .filter(|d| d.decision == Decision::Queue(QueueReason::AllFull))
+            .map(|d| &d.key)
             .collect();
         assert_eq!(queued.len(), 5);
         // First in, first out: the five queued are the five created last.
@@ -403,11 +465,9 @@ mod tests {
         let mut queue = runs(3, &anywhere());
         queue.reverse();
         let decisions = s.schedule(&queue);
-        assert_eq!(
-            decisions[0],
-            ("ci/run-00000".into(), Decision::Assign(vec!["only".into()]))
-        );
-        assert_eq!(decisions[1].1, Decision::Queue(QueueReason::AllFull));
+        assert_eq!(decisions[0].key, "ci/run-00000");
+        assert_eq!(decisions[0].decision, Decision::Assign(vec!["only".into()]));
+        assert_eq!(decisions[1].decision, Decision::Queue(QueueReason::AllFull));
     }
 
     #[test]
@@ -420,11 +480,49 @@ mod tests {
             cluster("c", 0, None),
         ]);
         assert_eq!(
-            s.schedule(&runs(1, &all))[0].1,
+            s.schedule(&runs(1, &all))[0].decision,
             Decision::Assign(vec!["a".into(), "b".into(), "c".into()])
         );
         // b is now full: a second All run waits rather than running on only some.
         assert_eq!(s.decide(&all), Decision::Queue(QueueReason::AllFull));
+    }
+
+    #[test]
+    fn a_decision_says_which_candidates_it_weighed_and_why_others_lost() {
+        let mut s = Scheduler::new([
+            cluster("busy", 40, None),
+            cluster("light", 3, Some(10)),
+            ClusterView {
+                unschedulable: true,
+                ..cluster("cordoned", 0, None)
+            },
+            ClusterView {
+                ready: false,
+                ..cluster("silent", 0, None)
+            },
+            cluster("full", 2, Some(2)),
+        ]);
+        let decided = s.schedule(&runs(1, &anywhere()));
+        assert_eq!(decided[0].decision, Decision::Assign(vec!["light".into()]));
+        assert_eq!(
+            decided[0].candidates,
+            "cordoned (cordoned), silent (not Ready), light (3 of 10 runs, chosen), busy (40 runs), full (full, 2 of 2 runs)"
+        );
+        // Many candidates: the lightest are named, the rest counted.
+        let many = Scheduler::new((0..12).map(|i| cluster(&format!("m{i:02}"), i, None)));
+        let text = many.candidates(&anywhere(), &["m00".into()]);
+        assert!(
+            text.starts_with("m00 (0 runs, chosen), m01 (1 runs)"),
+            "{text}"
+        );
+        assert!(text.ends_with(", 4 more"), "{text}");
+        // Queued runs carry no candidates.
+        let mut none = Scheduler::new([]);
+        assert!(
+            none.schedule(&runs(1, &anywhere()))[0]
+                .candidates
+                .is_empty()
+        );
     }
 
     #[test]

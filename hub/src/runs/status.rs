@@ -245,6 +245,7 @@ pub fn scheduled(
     previous: Option<&RunStatus>,
     mode: PlacementMode,
     clusters: &[String],
+    candidates: &str,
     generation: Option<i64>,
     now: Time,
 ) -> RunStatus {
@@ -274,12 +275,27 @@ pub fn scheduled(
             type_: SCHEDULED.into(),
             status: "True".into(),
             reason: "Scheduled".into(),
-            message: format!("scheduled to {} by load", clusters.join(", ")),
+            message: scheduled_message(mode, clusters, candidates),
             observed_generation: generation,
             last_transition_time: now,
         },
     );
     status
+}
+
+/// The `Scheduled=True` message: where, and the candidates it was
+/// chosen from with their loads.
+fn scheduled_message(mode: PlacementMode, clusters: &[String], candidates: &str) -> String {
+    let how = match mode {
+        PlacementMode::One => "the least loaded",
+        PlacementMode::All => "every selected cluster (mode All)",
+    };
+    let mut message = format!("scheduled to {} as {how}", clusters.join(", "));
+    if !candidates.is_empty() {
+        message.push_str("; candidates: ");
+        message.push_str(candidates);
+    }
+    message
 }
 
 /// The status of a run waiting for room, with why.
@@ -448,6 +464,7 @@ mod tests {
             None,
             PlacementMode::One,
             &["member-2".into()],
+            "",
             Some(1),
             at(5),
         );
@@ -455,6 +472,18 @@ mod tests {
         assert_eq!(s.cluster.as_deref(), Some("member-2"));
         assert_eq!(decided_clusters(Some(&s)), vec!["member-2".to_string()]);
         assert_eq!(s.conditions[0].status, "True");
+        let with_loads = scheduled(
+            None,
+            PlacementMode::One,
+            &["member-2".into()],
+            "member-2 (1 of 10 runs, chosen), member-1 (4 of 10 runs)",
+            None,
+            at(5),
+        );
+        assert_eq!(
+            with_loads.conditions[0].message,
+            "scheduled to member-2 as the least loaded; candidates: member-2 (1 of 10 runs, chosen), member-1 (4 of 10 runs)"
+        );
         assert_eq!(
             decided_clusters(Some(&queued(None, "AllClustersFull", "full", None, at(1)))),
             Vec::<String>::new()
@@ -463,7 +492,7 @@ mod tests {
 
     #[test]
     fn one_cluster_mirrors_tekton() {
-        let base = scheduled(None, PlacementMode::One, &["m".into()], Some(1), at(5));
+        let base = scheduled(None, PlacementMode::One, &["m".into()], "", Some(1), at(5));
         let running = fold(
             PlacementMode::One,
             &base,
@@ -506,7 +535,7 @@ mod tests {
 
     #[test]
     fn no_assignment_yet_is_still_scheduled() {
-        let base = scheduled(None, PlacementMode::One, &["m".into()], Some(1), at(5));
+        let base = scheduled(None, PlacementMode::One, &["m".into()], "", Some(1), at(5));
         assert_eq!(
             fold(PlacementMode::One, &base, &[("m".into(), None)], at(6)).phase,
             Some(RunPhase::Scheduled)
@@ -519,6 +548,7 @@ mod tests {
             None,
             PlacementMode::All,
             &["a".into(), "b".into()],
+            "",
             Some(1),
             at(5),
         );
@@ -588,7 +618,14 @@ mod tests {
 
     #[test]
     fn a_revoked_unstarted_run_goes_back_to_the_queue_with_the_move_recorded() {
-        let on_1 = scheduled(None, PlacementMode::One, &["member-1".into()], None, at(1));
+        let on_1 = scheduled(
+            None,
+            PlacementMode::One,
+            &["member-1".into()],
+            "",
+            None,
+            at(1),
+        );
         for on_lost in [OnClusterLost::Fail, OnClusterLost::Reschedule] {
             let moved = revoked(
                 &on_1,
@@ -638,7 +675,14 @@ mod tests {
 
     #[test]
     fn a_started_run_on_a_lost_cluster_fails_unless_it_asks_to_be_rescheduled() {
-        let mut running = scheduled(None, PlacementMode::One, &["member-1".into()], None, at(1));
+        let mut running = scheduled(
+            None,
+            PlacementMode::One,
+            &["member-1".into()],
+            "",
+            None,
+            at(1),
+        );
         running.phase = Some(RunPhase::Running);
         let lost = revoked_assignment(true, "ClusterLost");
         let failed = revoked(&running, "member-1", 1, &lost, OnClusterLost::Fail, at(9));
