@@ -295,6 +295,53 @@ impl TestBed {
     }
 }
 
+impl TestBed {
+    /// Run `cluster`'s agent with the hub identity `kubectl tekfed join`
+    /// left on the member (Secret `tekfed-system/tekfed-hub-kubeconfig`),
+    /// heartbeating every second, as the agent chart would run it.
+    pub async fn start_joined_agent(&self, cluster: &str) -> Result<u32, TestBedError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client(cluster).await?, "tekfed-system");
+        let secret = secrets
+            .get("tekfed-hub-kubeconfig")
+            .await
+            .map_err(|source| TestBedError::Kube {
+                what: format!("reading the agent's hub kubeconfig join left on {cluster}"),
+                source,
+            })?;
+        let kubeconfig = secret
+            .data
+            .and_then(|d| d.get("kubeconfig").cloned())
+            .map(|b| b.0)
+            .unwrap_or_default();
+        let path = self.dir().join(format!("{cluster}-hub.kubeconfig"));
+        std::fs::write(&path, kubeconfig).map_err(|source| TestBedError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })?;
+        let args: Vec<String> = [
+            "--cluster-name",
+            cluster,
+            "--kubeconfig",
+            &self.kubeconfig().to_string_lossy(),
+            "--context",
+            cluster,
+            "--hub-kubeconfig",
+            &path.to_string_lossy(),
+            "--heartbeat-interval",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.spawn(
+            &format!("agent-{cluster}"),
+            &binary("tekfed-agent"),
+            &args,
+            &[("RUST_LOG", "info")],
+        )
+    }
+}
+
 /// The shared test bed as a whole federation for run tests: all three
 /// members registered (label `tekfed.io/test-member=<name>`), the hub and
 /// an agent per member, every member Ready. Each member's own Tekton runs

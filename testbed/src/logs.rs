@@ -85,8 +85,6 @@ const MANAGER: &str = "tekfed-testbed";
 /// How often the watcher retries a pod it could not serve, and checks that
 /// the test bed is still there.
 const TICK: Duration = Duration::from_secs(1);
-/// How long kwok's `Logs` CRD may take to be served.
-const CRD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a pod's logs may take to be served once its `Logs` object is
 /// made (the pod must be bound first); then the watcher tries again.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -132,28 +130,7 @@ pub(crate) async fn prepare(
         what: format!("installing CRD {name} on {member}"),
         source,
     })?;
-    let deadline = Instant::now() + CRD_TIMEOUT;
-    loop {
-        let established = crds
-            .get_opt(&name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|crd| crd.status?.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
-        if established {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(TestBedError::Timeout {
-                what: format!("CRD {name} to be Established on {member}"),
-            });
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    crate::testbed::wait_established(&crds, &name, member).await
 }
 
 /// kwok's configuration for a member's logs: the options (indented for

@@ -675,7 +675,7 @@ impl Drop for TestBed {
     }
 }
 
-async fn wait_established(
+pub(crate) async fn wait_established(
     api: &Api<CustomResourceDefinition>,
     name: &str,
     cluster: &str,

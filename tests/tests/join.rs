@@ -16,7 +16,7 @@ use serde_json::json;
 use tekfed_api::{FederatedTaskRun, MemberCluster, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
 use tekfed_testbed::federation::{create_task_runs, wait_all_succeeded, wait_condition};
-use tekfed_testbed::{HUB, TestBed, binary, eventually_logged, kubectl_tekfed};
+use tekfed_testbed::{HUB, TestBed, eventually_logged, kubectl_tekfed};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -268,34 +268,7 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
 
     // Agents run with the hub kubeconfig join left on each member.
     for member in &members {
-        let secrets: Api<Secret> =
-            Api::namespaced(bed.client(member).await.unwrap(), "tekfed-system");
-        let secret = secrets.get("tekfed-hub-kubeconfig").await.unwrap();
-        let kubeconfig = secret.data.unwrap()["kubeconfig"].0.clone();
-        let path = bed.dir().join(format!("{member}-hub.kubeconfig"));
-        std::fs::write(&path, kubeconfig).unwrap();
-        let args: Vec<String> = [
-            "--cluster-name",
-            member,
-            "--kubeconfig",
-            &bed.kubeconfig().to_string_lossy(),
-            "--context",
-            member,
-            "--hub-kubeconfig",
-            &path.to_string_lossy(),
-            "--heartbeat-interval",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        bed.spawn(
-            &format!("agent-{member}"),
-            &binary("tekfed-agent"),
-            &args,
-            &[("RUST_LOG", "info")],
-        )
-        .unwrap();
+        bed.start_joined_agent(member).await.unwrap();
     }
     wait_condition(&bed, &members, "Ready", WAIT).await.unwrap();
     let ns = bed.namespace("joined", &[HUB]).await.unwrap();

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -74,33 +73,7 @@ async fn federation_serving_logs(bed: &TestBed) {
         out.contains("ClusterRole tekfed-logs") && out.contains("tekfed-member-member-1-logs"),
         "join creates the log reader: {out}"
     );
-    let secrets: Api<Secret> = Api::namespaced(bed.client(MEMBER).await.unwrap(), "tekfed-system");
-    let secret = secrets.get("tekfed-hub-kubeconfig").await.unwrap();
-    let path = bed.dir().join("agent-hub.kubeconfig");
-    std::fs::write(&path, &secret.data.unwrap()["kubeconfig"].0).unwrap();
-    let kubeconfig = bed.kubeconfig().to_string_lossy().into_owned();
-    let args: Vec<String> = [
-        "--cluster-name",
-        MEMBER,
-        "--kubeconfig",
-        &kubeconfig,
-        "--context",
-        MEMBER,
-        "--hub-kubeconfig",
-        &path.to_string_lossy(),
-        "--heartbeat-interval",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    bed.spawn(
-        "agent",
-        &binary("tekfed-agent"),
-        &args,
-        &[("RUST_LOG", "info")],
-    )
-    .unwrap();
+    bed.start_joined_agent(MEMBER).await.unwrap();
 
     let (ca, cert, key) = serving_certificate();
     let (cert_path, key_path) = (bed.dir().join("logs.crt"), bed.dir().join("logs.key"));
