@@ -1,12 +1,14 @@
 # tekfed: the two commands are `make demo` and `make test`.
 SHELL := /bin/bash
+# A script that fails in `x=$(script | tail -n1)` must fail the recipe.
+.SHELLFLAGS := -o pipefail -c
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
 .PHONY: help test demo demo-down bench bench-full bins crds lint fmt testbed
 
 help:
-	@echo "make test     build the Kubernetes test binaries and helm (cached), then run every test"
+	@echo "make test     build the Kubernetes test binaries, helm and tkn (cached), then run every test"
 	@echo "make demo     start a local federation (hub + 3 members), show a burst spreading and a drain; it stays up"
 	@echo "make demo-down  stop the demo's federation"
 	@echo "make bench    quick benchmarks (about 3 minutes once built); make bench-full for the README's figures (about 8 min)"
@@ -22,8 +24,10 @@ bins:
 test:
 	@bin_dir=$$(bash hack/k8s-bins.sh | tail -n1) && \
 	  helm_dir=$$(bash hack/helm-bin.sh | tail -n1) && \
+	  tkn_dir=$$(bash hack/tkn-bin.sh | tail -n1) && \
 	  $(CARGO) build --workspace --bins --examples --locked && \
-	  TEKFED_K8S_BIN_DIR="$$bin_dir" TEKFED_HELM="$$helm_dir/helm" $(CARGO) test --workspace --locked
+	  TEKFED_K8S_BIN_DIR="$$bin_dir" TEKFED_HELM="$$helm_dir/helm" TEKFED_TKN="$$tkn_dir/tkn" \
+	    $(CARGO) test --workspace --locked
 
 crds:
 	$(CARGO) run -q -p tekfed-api --example crdgen

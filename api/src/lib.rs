@@ -31,6 +31,7 @@ pub mod dependencies;
 pub mod logs;
 pub mod manifests;
 pub mod member_cluster;
+pub mod native;
 pub mod rbac;
 pub mod runs;
 pub mod tekton;

@@ -40,6 +40,10 @@ pub fn manifests() -> Vec<(String, String)> {
     let bindings = admission::bindings();
     let docs: Vec<String> = (policies.iter().map(yaml))
         .chain(bindings.iter().map(yaml))
+        .chain([
+            yaml(&crate::native::mutating_policy()),
+            yaml(&crate::native::mutating_binding()),
+        ])
         .collect();
     files.push((
         "admission-policies.yaml".into(),

@@ -46,6 +46,7 @@ pub mod dependencies;
 pub mod errors;
 pub mod logs;
 pub mod metrics;
+pub mod native;
 pub mod overrides;
 pub mod ownership;
 pub mod placement;

@@ -199,6 +199,29 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
     let sweep =
         dependencies::sweep::sweep(run_ctx.clone(), task_runs.store(), pipeline_runs.store());
     let deps = run_ctx.deps.clone();
+    // Native Tekton runs, when the hub cluster has Tekton's CRDs.
+    let native = tekfed_hub::native::served(&client).await;
+    if native {
+        tracing::info!(
+            "the hub serves Tekton's TaskRun and PipelineRun: federating those managed by tekfed.io/hub"
+        );
+    } else {
+        tracing::info!(
+            "no Tekton CRDs on the hub: native runs are off (Federated*Runs work as ever)"
+        );
+    }
+    let native_runs = |kind| {
+        let client = client.clone();
+        async move {
+            if native {
+                tekfed_hub::native::run(client, kind).await
+            } else {
+                std::future::pending().await
+            }
+        }
+    };
+    let native_task_runs = native_runs(tekfed_api::RunKind::TaskRun);
+    let native_pipeline_runs = native_runs(tekfed_api::RunKind::PipelineRun);
     let ctx = Arc::new(TemplateContext::new(
         client,
         members,
@@ -226,5 +249,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         _ = deps.watch() => {}
         _ = dispatcher => {}
         _ = sweep => {}
+        _ = native_task_runs => {}
+        _ = native_pipeline_runs => {}
     }
 }

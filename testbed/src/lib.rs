@@ -200,6 +200,27 @@ pub fn binary(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The Tekton CLI `tkn` that `make test` built (`hack/tkn-bin.sh`) and named
+/// in `TEKFED_TKN`: tests that read runs as a Tekton user would run the real
+/// client rather than a stand-in. Unlike [`binary`] it cannot be built from
+/// here, since it is a Go program.
+pub fn tkn() -> PathBuf {
+    let Some(path) = std::env::var_os("TEKFED_TKN") else {
+        panic!(
+            "TEKFED_TKN is not set. Run the tests with `make test`, which builds tkn \
+             (hack/tkn-bin.sh) and sets it, or set it yourself: \
+             TEKFED_TKN=\"$(bash hack/tkn-bin.sh | tail -n1)/tkn\""
+        );
+    };
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "TEKFED_TKN={} is not a file; run `make test` (hack/tkn-bin.sh builds it)",
+        path.display()
+    );
+    path
+}
+
 /// One kind of write an API server counts.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Write {

@@ -544,12 +544,15 @@ impl TestBed {
     async fn install_crds(&self, tekfed_api: bool) -> Result<(), TestBedError> {
         let tekton = tekton_crds(&self.bin_dir)?;
         for cluster in &self.clusters {
+            // The hub has Tekton's CRDs too (no Tekton runs there): its
+            // TaskRuns and PipelineRuns managed by tekfed.io/hub are
+            // federated (native runs).
             let crds = if cluster.name == HUB {
+                let mut crds = tekton.clone();
                 if tekfed_api {
-                    tekfed_api::manifests::crds()
-                } else {
-                    Vec::new()
+                    crds.extend(tekfed_api::manifests::crds());
                 }
+                crds
             } else {
                 tekton.clone()
             };
@@ -611,6 +614,33 @@ impl TestBed {
                 .await
                 .map_err(kube_error(format!("installing admission binding {name}")))?;
         }
+        // The native-runs mutating policy, probed below like the others.
+        use k8s_openapi::api::admissionregistration::v1::{
+            MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding,
+        };
+        let (policy, binding) = (
+            tekfed_api::native::mutating_policy(),
+            tekfed_api::native::mutating_binding(),
+        );
+        let name = tekfed_api::native::MUTATING_POLICY;
+        Api::<MutatingAdmissionPolicy>::all(client.clone())
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&policy),
+            )
+            .await
+            .map_err(kube_error(format!("installing admission policy {name}")))?;
+        Api::<MutatingAdmissionPolicyBinding>::all(client.clone())
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&binding),
+            )
+            .await
+            .map_err(kube_error(format!("installing admission binding {name}")))?;
+        self.probe_native_runs_policy(&client).await?;
+
         // Probe with a dry-run object the overrides policy refuses.
         let probe: tekfed_api::FederatedTask = serde_json::from_value(serde_json::json!({
             "apiVersion": "tekfed.io/v1alpha1",
@@ -641,6 +671,58 @@ impl TestBed {
                 }
                 _ => tokio::time::sleep(POLL_INTERVAL).await,
             }
+        }
+    }
+
+    /// Wait until a dry-run TaskRun in a namespace that opted in comes back
+    /// with `managedBy` set: a mutating policy is loaded asynchronously,
+    /// and one not loaded yet lets runs through unchanged.
+    async fn probe_native_runs_policy(&self, client: &Client) -> Result<(), TestBedError> {
+        let ns = "tekfed-native-probe";
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {tekfed_api::native::LABEL_FEDERATE: "true"}},
+        }))
+        .expect("a valid Namespace");
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                ns,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&namespace),
+            )
+            .await
+            .map_err(|source| TestBedError::Kube {
+                what: format!("creating namespace {ns}"),
+                source,
+            })?;
+        let runs: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            ns,
+            &tekfed_runtime::connect::tekton_resource("TaskRun"),
+        );
+        let probe: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+            "metadata": {"name": "probe", "namespace": ns},
+            "spec": {"taskRef": {"name": "probe"}},
+        }))
+        .expect("a valid TaskRun");
+        let dry_run = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(run) = runs.create(&dry_run, &probe).await
+                && run.data["spec"]["managedBy"] == tekfed_api::native::MANAGED_BY_HUB
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(TestBedError::Timeout {
+                    what: "the hub to apply the native-runs admission policy".into(),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 }
