@@ -46,6 +46,10 @@ pub const LABEL_FEDERATE: &str = "tekfed.io/federate";
 /// native run's kind (`TaskRun` or `PipelineRun`). Its name is the native
 /// run's, and it is owned by it.
 pub const LABEL_NATIVE: &str = "tekfed.io/native";
+/// On a hub TaskRun that mirrors a child TaskRun of a native PipelineRun
+/// (its status copied from the member, so `tkn pipelinerun describe`
+/// finds it): the PipelineRun's name. tekfed does not federate these.
+pub const LABEL_MIRROR_OF: &str = "tekfed.io/mirror-of";
 /// The mutating admission policy (and its binding).
 pub const MUTATING_POLICY: &str = "tekfed-native-runs";
 

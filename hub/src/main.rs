@@ -211,10 +211,10 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         );
     }
     let native_runs = |kind| {
-        let client = client.clone();
+        let (client, members) = (client.clone(), run_ctx.members.clone());
         async move {
             if native {
-                tekfed_hub::native::run(client, kind).await
+                tekfed_hub::native::run(client, members, kind).await
             } else {
                 std::future::pending().await
             }

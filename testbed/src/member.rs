@@ -101,7 +101,7 @@ impl TestBed {
             source,
         })?;
         let webhook_port = free_port()?;
-        self.install_tekton_config(&client, &member.name, webhook_port)
+        self.install_tekton_config(&client, &member.name, Some(webhook_port))
             .await?;
         create_node(&client, &member.name).await?;
         crate::logs::prepare(&client, self.bin_dir(), self.dir(), &member.name).await?;
@@ -143,58 +143,8 @@ impl TestBed {
             &[],
         )?;
         crate::logs::spawn_watcher(self.config(name).await?, self.dir(), name)?;
-        // Every knative server needs a port of its own; the health server
-        // sharedmain starts on :8080 cannot be moved, and a second one only
-        // logs "address already in use" (the process goes on).
-        let ports = |prefix: &str| -> Result<Vec<(String, String)>, TestBedError> {
-            Ok(vec![
-                ("PROBES_PORT".into(), free_port()?.to_string()),
-                ("PROFILING_PORT".into(), free_port()?.to_string()),
-                ("METRICS_PROMETHEUS_PORT".into(), free_port()?.to_string()),
-                (
-                    "CONFIG_LEADERELECTION_NAME".into(),
-                    format!("config-leader-election-{prefix}"),
-                ),
-            ])
-        };
-        let common = [
-            ("SYSTEM_NAMESPACE", TEKTON_NAMESPACE),
-            ("METRICS_DOMAIN", "tekton.dev/pipeline"),
-            ("KUBERNETES_MIN_VERSION", "v1.28.0"),
-            ("CONFIG_DEFAULTS_NAME", "config-defaults"),
-            ("CONFIG_LOGGING_NAME", "config-logging"),
-            ("CONFIG_OBSERVABILITY_NAME", "config-observability"),
-            ("CONFIG_FEATURE_FLAGS_NAME", "feature-flags"),
-            ("CONFIG_SPIRE", "config-spire"),
-        ];
-        let env_of = |own: Vec<(String, String)>| -> Vec<(String, String)> {
-            common
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .chain(own)
-                .collect()
-        };
-        // Image flags are required and name images no one pulls here.
-        let image = |flag: &str| [format!("-{flag}"), format!("tekfed.test/{flag}:none")];
-        let mut args = vec![format!("-kubeconfig={kc}"), "-disable-ha".into()];
-        for flag in [
-            "entrypoint-image",
-            "nop-image",
-            "sidecarlogresults-image",
-            "workingdirinit-image",
-            "shell-image",
-            "shell-image-win",
-        ] {
-            args.extend(image(flag));
-        }
-        let controller_env = env_of(ports("controller")?);
-        self.spawn(
-            &format!("tekton-controller-{name}"),
-            &bin("tekton-controller"),
-            &args,
-            &as_refs(&controller_env),
-        )?;
-        let mut webhook_env = env_of(ports("webhook")?);
+        self.spawn_tekton_controller(name, &kc)?;
+        let mut webhook_env = tekton_env(tekton_ports("webhook")?);
         webhook_env.extend([
             ("WEBHOOK_PORT".into(), webhook_port.to_string()),
             (
@@ -216,12 +166,54 @@ impl TestBed {
         self.wait_member_ready(&client, name, kubelet_port).await
     }
 
-    /// Tekton's namespace, ConfigMaps and webhook plumbing on a member.
+    /// Tekton's controller for cluster `name` (its kubeconfig `kc`).
+    fn spawn_tekton_controller(&self, name: &str, kc: &str) -> Result<u32, TestBedError> {
+        // Image flags are required and name images no one pulls here.
+        let image = |flag: &str| [format!("-{flag}"), format!("tekfed.test/{flag}:none")];
+        let mut args = vec![format!("-kubeconfig={kc}"), "-disable-ha".into()];
+        for flag in [
+            "entrypoint-image",
+            "nop-image",
+            "sidecarlogresults-image",
+            "workingdirinit-image",
+            "shell-image",
+            "shell-image-win",
+        ] {
+            args.extend(image(flag));
+        }
+        let controller_env = tekton_env(tekton_ports("controller")?);
+        self.spawn(
+            &format!("tekton-controller-{name}"),
+            &self.bin_dir().join("tekton-controller"),
+            &args,
+            &as_refs(&controller_env),
+        )
+    }
+
+    /// The real Tekton controller on the hub too (no webhook, no pods
+    /// played there): for tests that show it leaves the runs tekfed
+    /// manages (`spec.managedBy: tekfed.io/hub`) alone while it runs the
+    /// others.
+    pub async fn start_hub_tekton_controller(&self) -> Result<u32, TestBedError> {
+        let client = self.client(crate::HUB).await?;
+        self.install_tekton_config(&client, crate::HUB, None)
+            .await?;
+        let kubeconfig = self.dir().join(format!("{}.kubeconfig", crate::HUB));
+        let text = self.cluster_kubeconfig(crate::HUB)?;
+        std::fs::write(&kubeconfig, text).map_err(|source| TestBedError::Io {
+            what: format!("writing {}", kubeconfig.display()),
+            source,
+        })?;
+        self.spawn_tekton_controller(crate::HUB, &kubeconfig.to_string_lossy())
+    }
+
+    /// Tekton's namespace, ConfigMaps and (with a webhook port) webhook
+    /// plumbing on a cluster.
     async fn install_tekton_config(
         &self,
         client: &Client,
         member: &str,
-        webhook_port: u16,
+        webhook_port: Option<u16>,
     ) -> Result<(), TestBedError> {
         let config = self.bin_dir().join("tekton-config");
         let kube_error = |what: String| move |source| TestBedError::Kube { what, source };
@@ -255,6 +247,9 @@ impl TestBed {
                 .await
                 .map_err(kube_error(format!("creating ConfigMap {name} on {member}")))?;
         }
+        let Some(webhook_port) = webhook_port else {
+            return Ok(());
+        };
 
         // The webhook's Service resolves to this machine: the API server
         // routes an ExternalName Service to that name and the port the
@@ -475,6 +470,39 @@ async fn apply_value(client: &Client, object: &Value, member: &str) -> Result<()
         source,
     })?;
     Ok(())
+}
+
+/// Ports of a knative server of its own: every one needs them; the health
+/// server sharedmain starts on :8080 cannot be moved, and a second one only
+/// logs "address already in use" (the process goes on).
+fn tekton_ports(prefix: &str) -> Result<Vec<(String, String)>, TestBedError> {
+    Ok(vec![
+        ("PROBES_PORT".into(), free_port()?.to_string()),
+        ("PROFILING_PORT".into(), free_port()?.to_string()),
+        ("METRICS_PROMETHEUS_PORT".into(), free_port()?.to_string()),
+        (
+            "CONFIG_LEADERELECTION_NAME".into(),
+            format!("config-leader-election-{prefix}"),
+        ),
+    ])
+}
+
+/// The environment of Tekton's controller and webhook, with `own` added.
+fn tekton_env(own: Vec<(String, String)>) -> Vec<(String, String)> {
+    [
+        ("SYSTEM_NAMESPACE", TEKTON_NAMESPACE),
+        ("METRICS_DOMAIN", "tekton.dev/pipeline"),
+        ("KUBERNETES_MIN_VERSION", "v1.28.0"),
+        ("CONFIG_DEFAULTS_NAME", "config-defaults"),
+        ("CONFIG_LOGGING_NAME", "config-logging"),
+        ("CONFIG_OBSERVABILITY_NAME", "config-observability"),
+        ("CONFIG_FEATURE_FLAGS_NAME", "feature-flags"),
+        ("CONFIG_SPIRE", "config-spire"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(own)
+    .collect()
 }
 
 fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {

@@ -22,6 +22,11 @@
 //!    the same way, beside 1's, and the writes to those kinds on the
 //!    members (about one apply per object per member, and one removal
 //!    after: what is already there costs no write);
+//!    1c. native runs: as many Tekton TaskRuns created on the hub with
+//!    `spec.managedBy: tekfed.io/hub` as in 1b, the same spec as 1: how
+//!    fast they are scheduled and shown Succeeded, and their writes per
+//!    run (each carried by a shadow FederatedTaskRun, its own status
+//!    written too) beside 1's;
 //! 2. status latency, member run finished → hub status shows it;
 //! 3. balance over equal members and over unequal `maxConcurrentRuns`;
 //! 5. hub RSS and CPU during the burst and at rest with the runs stored;
@@ -557,6 +562,118 @@ async fn copies_on_members(bed: &TestBed, ns: &str) -> usize {
     n
 }
 
+/// What the native-run burst measured.
+struct NativeBurst {
+    runs: usize,
+    /// First create → every shadow has a cluster.
+    scheduled_seconds: f64,
+    /// First create → every native run's own status says Succeeded.
+    done_seconds: f64,
+    /// tekfed's writes (hub and members), the user's creates left out.
+    writes_per_run: f64,
+    /// Of those, the native runs' own status writes on the hub.
+    native_status_writes_per_run: f64,
+}
+
+/// `runs` TaskRuns created on the hub with `spec.managedBy: tekfed.io/hub`
+/// at once ([`CONCURRENCY`] in flight): when all are scheduled (their
+/// shadows have a cluster) and shown Succeeded on the hub, and the writes
+/// of hub and members over the window, counted as in 1 except that the
+/// native runs' status writes on the hub (tekfed's here, not Tekton's) are
+/// in.
+async fn native_burst(bed: &TestBed, hub: &Client, runs: usize) -> anyhow::Result<NativeBurst> {
+    let ns = bed.namespace("bench-native", &[HUB]).await?;
+    let natives: Api<DynamicObject> =
+        Api::namespaced_with(hub.clone(), &ns, &tekton_resource("TaskRun"));
+    let shadows: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
+    let before = writes_by_cluster(bed).await;
+    let began = Instant::now();
+    let placement = r#"{"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/test-member", "operator": "Exists"}]}}"#;
+    futures::stream::iter((0..runs).map(|i| {
+        let (natives, ns) = (natives.clone(), ns.clone());
+        async move {
+            let run: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+                "metadata": {"name": format!("native-{i:05}"), "namespace": ns,
+                             "annotations": {tekfed_api::native::ANNOTATION_PLACEMENT: placement}},
+                "spec": {"managedBy": tekfed_api::native::MANAGED_BY_HUB,
+                         "taskSpec": {"steps": [{"name": "s", "image": "alpine", "script": "true"}]}},
+            }))
+            .expect("a valid TaskRun");
+            if let Err(e) = natives.create(&PostParams::default(), &run).await {
+                eprintln!("bench: creating native run {i}: {e}");
+            }
+        }
+    }))
+    .buffer_unordered(CONCURRENCY)
+    .collect::<Vec<()>>()
+    .await;
+    let (mut scheduled_at, mut done_at) = (None, None);
+    let deadline = Duration::from_secs(120 + runs as u64 / 2);
+    while done_at.is_none() && began.elapsed() < deadline {
+        if scheduled_at.is_none() {
+            let placed = shadows
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|r| r.status.as_ref().is_some_and(|s| s.cluster.is_some()))
+                .count();
+            if placed == runs {
+                scheduled_at = Some(began.elapsed());
+            }
+        }
+        let done = natives
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|r| r.data["status"]["conditions"][0]["status"] == "True")
+            .count();
+        if done == runs {
+            done_at = Some(began.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = done_at.ok_or_else(|| {
+        anyhow::anyhow!("native runs not all Succeeded on the hub after {deadline:?}")
+    })?;
+    let scheduled = scheduled_at.unwrap_or(done);
+    // Writes settle (the last status writes) before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = writes_by_cluster(bed).await;
+    let (mut tekfed, mut native_status) = (0, 0);
+    for (cluster, writes) in &after {
+        let writes = delta(writes, before.get(cluster).unwrap_or(&BTreeMap::new()));
+        if cluster == HUB {
+            for (w, n) in &writes {
+                let user = w.resource == "taskruns" && w.subresource.is_empty() && w.verb == "POST";
+                let heartbeat = matches!(
+                    w.resource.as_str(),
+                    "memberreports" | "memberclusters" | "leases" | "events"
+                );
+                if user || heartbeat {
+                    continue;
+                }
+                if w.resource == "taskruns" && w.subresource == "status" {
+                    native_status += n;
+                }
+                tekfed += n;
+            }
+        } else {
+            let (by_kind, _) = tekfed_writes(&writes, ServiceAccounts::Members);
+            tekfed += by_kind.values().sum::<u64>();
+        }
+    }
+    Ok(NativeBurst {
+        runs,
+        scheduled_seconds: scheduled.as_secs_f64(),
+        done_seconds: done.as_secs_f64(),
+        writes_per_run: tekfed as f64 / runs as f64,
+        native_status_writes_per_run: native_status as f64 / runs as f64,
+    })
+}
+
 /// What the dependency burst measured.
 struct DependencyBurst {
     runs: usize,
@@ -1073,6 +1190,7 @@ async fn main() -> anyhow::Result<()> {
 
     // --- runs with dependencies to carry (last: nothing above sees them) ----
     let deps = dependency_burst(&bed, &hub, mode.deps).await?;
+    let native = native_burst(&bed, &hub, mode.deps).await?;
 
     // --- report -----------------------------------------------------------------
     let mut t = Vec::new();
@@ -1255,6 +1373,51 @@ async fn main() -> anyhow::Result<()> {
     let mut t = Vec::new();
     row(
         &mut t,
+        "runs",
+        format!(
+            "{} Tekton TaskRuns created on the hub with spec.managedBy: tekfed.io/hub, at once ({CONCURRENCY} in flight)",
+            native.runs
+        ),
+    );
+    row(
+        &mut t,
+        "all scheduled (shadows have a cluster)",
+        format!(
+            "{:.1}s ({:.1} runs/s)",
+            native.scheduled_seconds,
+            native.runs as f64 / native.scheduled_seconds.max(0.001)
+        ),
+    );
+    row(
+        &mut t,
+        "all shown Succeeded in their own status on the hub",
+        format!(
+            "{:.1}s ({:.1} runs/s)",
+            native.done_seconds,
+            native.runs as f64 / native.done_seconds.max(0.001)
+        ),
+    );
+    row(
+        &mut t,
+        "writes per run, native",
+        format!(
+            "{:.2} (of which the native run's own status on the hub: {:.2})",
+            native.writes_per_run, native.native_status_writes_per_run
+        ),
+    );
+    row(
+        &mut t,
+        "writes per run, FederatedTaskRun",
+        format!("{writes_per_run:.2} (the burst in 1, {} runs)", mode.burst),
+    );
+    print_table(
+        "1c. Native runs beside FederatedTaskRuns (same bed, at the end)",
+        &t,
+    );
+
+    let mut t = Vec::new();
+    row(
+        &mut t,
         "member run done -> hub shows Succeeded p50/p95/p99",
         format!(
             "{:.0} / {:.0} / {:.0} ms",
@@ -1371,6 +1534,18 @@ async fn main() -> anyhow::Result<()> {
         &mut results,
         "writes_per_run_with_dependencies",
         json!(deps_writes_per_run),
+    );
+    put(
+        &mut results,
+        "native_burst",
+        json!({
+            "runs": native.runs,
+            "scheduled_seconds": native.scheduled_seconds,
+            "succeeded_seconds": native.done_seconds,
+            "writes_per_run": native.writes_per_run,
+            "native_status_writes_per_run": native.native_status_writes_per_run,
+            "writes_per_run_federated": writes_per_run,
+        }),
     );
     put(
         &mut results,

@@ -99,6 +99,9 @@ async fn native_runs_on_the_hub_are_federated_and_tkn_reads_and_cancels_them() {
     let tkn_bin = tekfed_testbed::tkn();
     let bed = TestBed::start(2).await.unwrap();
     federate(&bed, &[]).await.unwrap();
+    // Tekton's own controller runs on the hub too: it must leave the runs
+    // tekfed manages alone, and run the others.
+    bed.start_hub_tekton_controller().await.unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let ns = bed.namespace("native", &[HUB]).await.unwrap();
     let pipeline_runs = runs(&hub, &ns, "PipelineRun");
@@ -169,6 +172,23 @@ async fn native_runs_on_the_hub_are_federated_and_tkn_reads_and_cancels_them() {
     assert!(ok, "{out}");
     assert!(
         out.contains("Succeeded") && out.contains("digest") && out.contains("sha256:abc"),
+        "{out}"
+    );
+    // Its TaskRuns: mirrored on the hub from the member, so the table is there.
+    for task_run in ["build-compile", "build-test"] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(task_run) && l.contains("Succeeded")),
+            "{task_run}: {out}"
+        );
+    }
+    let (ok, out) = tkn(
+        &tkn_bin,
+        &bed,
+        &["taskrun", "describe", "build-compile", "-n", &ns],
+    );
+    assert!(
+        ok && out.contains("make") && out.contains("digest"),
         "{out}"
     );
 
@@ -247,10 +267,53 @@ async fn native_runs_on_the_hub_are_federated_and_tkn_reads_and_cancels_them() {
         "{out}"
     );
 
-    // The hub left the other alone: the opted-in run, created after it,
-    // is finished; this one got no finalizer, no status and no shadow.
-    let plain = plain_runs.get("triggered").await.unwrap();
-    assert!(plain.finalizers().is_empty() && plain.data["status"].is_null());
+    // The hub left the other to Tekton: no finalizer and no shadow of
+    // tekfed's, and the hub's own Tekton ran it (it fails there: the hub
+    // has no `default` ServiceAccount, and no pods are played).
+    let plain = eventually_logged(&bed, "the hub's Tekton to take the plain run", WAIT, || {
+        let plain_runs = plain_runs.clone();
+        async move {
+            let run = plain_runs.get("triggered").await.ok()?;
+            run.data["status"]["conditions"].is_array().then_some(run)
+        }
+    })
+    .await;
+    assert!(
+        !plain
+            .finalizers()
+            .iter()
+            .any(|f| f.starts_with("tekfed.io/"))
+    );
     let shadows: Api<tekfed_api::FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
     assert!(shadows.get_opt("triggered").await.unwrap().is_none());
+    // ...and the hub's Tekton made nothing for the runs tekfed manages:
+    // no pod and no TaskRun of its own for them on the hub.
+    for namespace in [&ns, &opted] {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(hub.clone(), namespace);
+        for pod in pods.list(&Default::default()).await.unwrap() {
+            assert_eq!(
+                pod.labels().get("tekton.dev/taskRun").map(String::as_str),
+                Some("triggered"),
+                "a pod on the hub for a run tekfed manages: {}",
+                pod.name_any()
+            );
+            assert_eq!(pod.namespace().as_deref(), Some(ns.as_str()));
+        }
+    }
+    let hub_task_runs = runs(&hub, &ns, "TaskRun")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    for run in hub_task_runs
+        .items
+        .iter()
+        .filter(|r| r.labels().contains_key("tekton.dev/pipelineRun"))
+    {
+        assert!(
+            run.labels()
+                .contains_key(tekfed_api::native::LABEL_MIRROR_OF),
+            "the hub's Tekton made a TaskRun for a PipelineRun tekfed manages: {}",
+            run.name_any()
+        );
+    }
 }

@@ -5,7 +5,8 @@
 
 use serde_json::{Map, Value, json};
 use tekfed_api::native::{
-    ANNOTATION_ON_CLUSTER_LOST, ANNOTATION_OVERRIDES, ANNOTATION_PLACEMENT, LABEL_NATIVE,
+    ANNOTATION_ON_CLUSTER_LOST, ANNOTATION_OVERRIDES, ANNOTATION_PLACEMENT, LABEL_MIRROR_OF,
+    LABEL_NATIVE, MANAGED_BY_HUB,
 };
 use tekfed_api::tekton::cancel_values;
 use tekfed_api::{ClusterOverrides, OnClusterLost, RunKind, RunPhase, RunPlacement, RunStatus};
@@ -104,9 +105,10 @@ pub fn cancel(kind: RunKind, native: &Value) -> Option<&str> {
 /// The native run's `status`: the member's Tekton status once there is
 /// one, else a `Succeeded` condition saying where tekfed has it (`tkn`
 /// lists the first condition; `Unknown` keeps it cancellable). A
-/// PipelineRun's `childReferences` are left out: its TaskRuns live on the
-/// member, and `tkn pipelinerun describe` fails on a child it cannot get.
-pub fn native_status(kind: RunKind, shadow: &RunStatus) -> Value {
+/// PipelineRun's `childReferences` keep only the TaskRuns mirrored on the
+/// hub (`mirrored`): `tkn pipelinerun describe` fails on a child it
+/// cannot get.
+pub fn native_status(kind: RunKind, shadow: &RunStatus, mirrored: &[String]) -> Value {
     let tekfed_final = shadow.phase.filter(|p| tekfed_api::tekton::is_final(*p));
     let member = shadow
         .member_status
@@ -133,8 +135,21 @@ pub fn native_status(kind: RunKind, shadow: &RunStatus) -> Value {
             s
         }
     };
-    if kind == RunKind::PipelineRun {
-        status.remove("childReferences");
+    if kind == RunKind::PipelineRun
+        && let Some(Value::Array(children)) = status.remove("childReferences")
+    {
+        let kept: Vec<Value> = children
+            .into_iter()
+            .filter(|c| {
+                c["kind"] == "TaskRun"
+                    && c["name"]
+                        .as_str()
+                        .is_some_and(|n| mirrored.iter().any(|m| m == n))
+            })
+            .collect();
+        if !kept.is_empty() {
+            status.insert("childReferences".into(), Value::Array(kept));
+        }
     }
     if kind == RunKind::TaskRun && !status.contains_key("podName") {
         // Required by Tekton's schema; the pod is on the member.
@@ -211,6 +226,49 @@ fn condition(kind: RunKind, shadow: &RunStatus) -> Value {
         condition["lastTransitionTime"] = json!(c.last_transition_time);
     }
     condition
+}
+
+/// The hub TaskRun that mirrors `member_task_run`, a child of the native
+/// PipelineRun `native` on its member: the member's spec, labels and
+/// status, managed by the hub (a Tekton controller on the hub leaves it
+/// alone), labelled [`LABEL_MIRROR_OF`], owned by the PipelineRun but not
+/// as its controller (Tekton's PipelineRun controller wakes the controller
+/// of a TaskRun that changes).
+pub fn child(native: &Value, member_task_run: &Value) -> Value {
+    let mut labels = member_task_run["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    labels.insert(LABEL_MIRROR_OF.into(), native["metadata"]["name"].clone());
+    // tekfed's labels on the member belong to the member's copy.
+    labels.retain(|k, _| !k.starts_with("tekfed.io/") || k == LABEL_MIRROR_OF);
+    let mut spec = member_task_run["spec"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    spec.insert("managedBy".into(), json!(MANAGED_BY_HUB));
+    let mut status = member_task_run["status"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if !status.contains_key("podName") {
+        status.insert("podName".into(), json!(""));
+    }
+    json!({
+        "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+        "metadata": {
+            "name": member_task_run["metadata"]["name"],
+            "namespace": native["metadata"]["namespace"],
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": native["apiVersion"], "kind": "PipelineRun",
+                "name": native["metadata"]["name"], "uid": native["metadata"]["uid"],
+                "controller": false, "blockOwnerDeletion": false,
+            }],
+        },
+        "spec": spec,
+        "status": status,
+    })
 }
 
 /// A refusal as the native run's status: failed, with the reason.
@@ -308,7 +366,7 @@ mod tests {
                             "message": "every matching member cluster is full", "lastTransitionTime": "2026-12-01T10:00:00Z"}],
         }))
         .unwrap();
-        let status = native_status(RunKind::TaskRun, &queued);
+        let status = native_status(RunKind::TaskRun, &queued, &[]);
         assert_eq!(
             status["conditions"][0]["status"], "Unknown",
             "cancellable while queued"
@@ -333,13 +391,15 @@ mod tests {
             member_status: Some(member.clone()),
             ..Default::default()
         };
-        let status = native_status(RunKind::PipelineRun, &done);
+        let status = native_status(RunKind::PipelineRun, &done, &[]);
         assert_eq!(status["results"], member["results"]);
         assert_eq!(status["startTime"], member["startTime"]);
         assert!(
             status.get("childReferences").is_none(),
-            "its TaskRuns are on the member"
+            "no TaskRun mirrored on the hub yet"
         );
+        let status = native_status(RunKind::PipelineRun, &done, &["build-1-compile".into()]);
+        assert_eq!(status["childReferences"], member["childReferences"]);
 
         // tekfed ended it (its cluster was lost) while the member's copy ran.
         let lost: RunStatus = serde_json::from_value(json!({
@@ -349,9 +409,34 @@ mod tests {
                             "message": "member-1 was lost", "lastTransitionTime": "2026-12-01T10:00:00Z"}],
         }))
         .unwrap();
-        let status = native_status(RunKind::PipelineRun, &lost);
+        let status = native_status(RunKind::PipelineRun, &lost, &[]);
         assert_eq!(status["conditions"][0]["reason"], "ClusterLost");
         assert_eq!(status["conditions"][0]["status"], "False");
+    }
+
+    #[test]
+    fn a_child_task_run_is_mirrored_with_the_member_s_status_and_managed_by_the_hub() {
+        let member = json!({
+            "metadata": {"name": "build-1-compile", "namespace": "ci",
+                         "labels": {"tekton.dev/pipelineRun": "build-1", "tekton.dev/pipelineTask": "compile",
+                                    "tekfed.io/uid": "x"}},
+            "spec": {"taskSpec": {"steps": [{"name": "make"}]}, "serviceAccountName": "default"},
+            "status": {"podName": "build-1-compile-pod", "conditions": [{"type": "Succeeded", "status": "True"}]},
+        });
+        let mirror = child(&native(json!({})), &member);
+        assert_eq!(mirror["metadata"]["name"], "build-1-compile");
+        assert_eq!(
+            mirror["metadata"]["labels"]["tekton.dev/pipelineTask"],
+            "compile"
+        );
+        assert_eq!(mirror["metadata"]["labels"][LABEL_MIRROR_OF], "build-1");
+        assert!(mirror["metadata"]["labels"].get("tekfed.io/uid").is_none());
+        assert_eq!(
+            mirror["metadata"]["ownerReferences"][0]["controller"],
+            false
+        );
+        assert_eq!(mirror["spec"]["managedBy"], MANAGED_BY_HUB);
+        assert_eq!(mirror["status"], member["status"]);
     }
 
     #[test]

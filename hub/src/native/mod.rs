@@ -34,10 +34,11 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tekfed_api::native::{LABEL_NATIVE, MANAGED_BY_HUB};
+use tekfed_api::native::{LABEL_MIRROR_OF, LABEL_NATIVE, MANAGED_BY_HUB};
 use tekfed_api::{RunKind, RunStatus};
 use tekfed_runtime::connect::tekton_resource;
 
+use crate::clusters::Members;
 use crate::errors::one_line;
 
 /// The finalizer on a native run: its shadow goes before it does.
@@ -60,6 +61,8 @@ fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 
 struct Context {
     hub: Client,
+    /// Where a native PipelineRun's child TaskRuns are read.
+    members: Arc<Members>,
     kind: RunKind,
     native: ApiResource,
     shadow: ApiResource,
@@ -93,13 +96,14 @@ pub async fn served(hub: &Client) -> bool {
 }
 
 /// Run the native-run controller of one kind until the hub stops.
-pub async fn run(hub: Client, kind: RunKind) {
+pub async fn run(hub: Client, members: Arc<Members>, kind: RunKind) {
     let native = tekton_resource(kind.tekton_kind());
     let shadow = federated_resource(kind);
     let natives: Api<DynamicObject> = Api::all_with(hub.clone(), &native);
     let shadows: Api<DynamicObject> = Api::all_with(hub.clone(), &shadow);
     let ctx = Arc::new(Context {
         hub,
+        members,
         kind,
         native: native.clone(),
         shadow: shadow.clone(),
@@ -136,8 +140,9 @@ async fn reconcile(
     run: Arc<DynamicObject>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    if !managed_by_hub(&run) && !run.finalizers().iter().any(|f| f == FINALIZER) {
-        // Tekton's, or another manager's: not ours.
+    let mirror = run.labels().contains_key(LABEL_MIRROR_OF);
+    if mirror || (!managed_by_hub(&run) && !run.finalizers().iter().any(|f| f == FINALIZER)) {
+        // Tekton's, another manager's, or a child TaskRun mirrored here.
         return Ok(Action::await_change());
     }
     let ns = run.namespace().unwrap_or_default();
@@ -227,8 +232,75 @@ async fn apply(run: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
         .cloned()
         .and_then(|s| serde_json::from_value(s).ok())
         .unwrap_or_default();
-    write_status(&natives, run, mirror::native_status(ctx.kind, &status)).await?;
+    let mirrored = match (ctx.kind, status.cluster.as_deref()) {
+        (RunKind::PipelineRun, Some(cluster)) if status.member_status.is_some() => {
+            mirror_children(ctx, run, &native, cluster).await?
+        }
+        _ => Vec::new(),
+    };
+    write_status(
+        &natives,
+        run,
+        mirror::native_status(ctx.kind, &status, &mirrored),
+    )
+    .await?;
     Ok(Action::await_change())
+}
+
+/// The native PipelineRun's child TaskRuns, read on its member, mirrored
+/// on the hub ([`mirror::child`]); the names mirrored. A member out of
+/// reach leaves the mirrors as they are.
+async fn mirror_children(
+    ctx: &Context,
+    run: &DynamicObject,
+    native: &Value,
+    cluster: &str,
+) -> Result<Vec<String>, Error> {
+    let (ns, name) = (run.namespace().unwrap_or_default(), run.name_any());
+    let hub_task_runs: Api<DynamicObject> =
+        Api::namespaced_with(ctx.hub.clone(), &ns, &tekton_resource("TaskRun"));
+    let selector = format!("{LABEL_MIRROR_OF}={name}");
+    let existing = hub_task_runs
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error("listing the mirrored TaskRuns"))?
+        .items;
+    let Ok(conn) = ctx.members.connection(cluster) else {
+        return Ok(existing.iter().map(|t| t.name_any()).collect());
+    };
+    let member_task_runs: Api<DynamicObject> =
+        Api::namespaced_with(conn.client.clone(), &ns, &tekton_resource("TaskRun"));
+    let children = match member_task_runs
+        .list(&kube::api::ListParams::default().labels(&format!("tekton.dev/pipelineRun={name}")))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::debug!(%cluster, %ns, %name, error = %one_line(&e), "reading the child TaskRuns");
+            return Ok(existing.iter().map(|t| t.name_any()).collect());
+        }
+    };
+    let mut mirrored = Vec::new();
+    for child in children {
+        let child_name = child.name_any();
+        let desired = mirror::child(native, &serde_json::to_value(&child).unwrap_or_default());
+        let current = match existing.iter().find(|t| t.name_any() == child_name) {
+            Some(current) => current.clone(),
+            None => {
+                let object: DynamicObject =
+                    serde_json::from_value(desired.clone()).expect("a mirror is an object");
+                match hub_task_runs.create(&PostParams::default(), &object).await {
+                    Ok(created) => created,
+                    // A TaskRun of that name that is not a mirror: left alone.
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => return Err(kube_error("mirroring a child TaskRun")(e)),
+                }
+            }
+        };
+        write_status(&hub_task_runs, &current, desired["status"].clone()).await?;
+        mirrored.push(child_name);
+    }
+    Ok(mirrored)
 }
 
 /// Replace the native run's status, unless it already says that.
@@ -256,6 +328,18 @@ async fn write_status(
 /// member run, by the shadow's own finalizer).
 async fn cleanup(run: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = (run.namespace().unwrap_or_default(), run.name_any());
+    if ctx.kind == RunKind::PipelineRun {
+        let hub_task_runs: Api<DynamicObject> =
+            Api::namespaced_with(ctx.hub.clone(), &ns, &tekton_resource("TaskRun"));
+        let selector = format!("{LABEL_MIRROR_OF}={name}");
+        hub_task_runs
+            .delete_collection(
+                &DeleteParams::default(),
+                &kube::api::ListParams::default().labels(&selector),
+            )
+            .await
+            .map_err(kube_error("deleting the mirrored TaskRuns"))?;
+    }
     let shadows: Api<DynamicObject> = Api::namespaced_with(ctx.hub.clone(), &ns, &ctx.shadow);
     if let Some(shadow) = shadows
         .get_opt(&name)
