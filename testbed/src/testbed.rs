@@ -544,15 +544,12 @@ impl TestBed {
     async fn install_crds(&self, tekfed_api: bool) -> Result<(), TestBedError> {
         let tekton = tekton_crds(&self.bin_dir)?;
         for cluster in &self.clusters {
-            // The hub has Tekton's CRDs too (no Tekton runs there): its
-            // TaskRuns and PipelineRuns managed by tekfed.io/hub are
-            // federated (native runs).
             let crds = if cluster.name == HUB {
-                let mut crds = tekton.clone();
                 if tekfed_api {
-                    crds.extend(tekfed_api::manifests::crds());
+                    tekfed_api::manifests::crds()
+                } else {
+                    Vec::new()
                 }
-                crds
             } else {
                 tekton.clone()
             };
@@ -639,7 +636,6 @@ impl TestBed {
             )
             .await
             .map_err(kube_error(format!("installing admission binding {name}")))?;
-        self.probe_native_runs_policy(&client).await?;
 
         // Probe with a dry-run object the overrides policy refuses.
         let probe: tekfed_api::FederatedTask = serde_json::from_value(serde_json::json!({
@@ -672,6 +668,35 @@ impl TestBed {
                 _ => tokio::time::sleep(POLL_INTERVAL).await,
             }
         }
+    }
+
+    /// Tekton's CRDs on the hub too (no Tekton runs there unless a test
+    /// starts its controller, `start_hub_tekton_controller`): the hub
+    /// federates the TaskRuns and PipelineRuns there that tekfed.io/hub
+    /// manages (native runs). Call it before starting the hub, which looks
+    /// for them once at start. Returns once the native-runs admission
+    /// policy applies to them.
+    pub async fn install_tekton_on_hub(&self) -> Result<(), TestBedError> {
+        let client = self.client(HUB).await?;
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let crds = tekton_crds(&self.bin_dir)?;
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(crd),
+            )
+            .await
+            .map_err(|source| TestBedError::Kube {
+                what: format!("installing CRD {name} on {HUB}"),
+                source,
+            })?;
+        }
+        for crd in &crds {
+            wait_established(&api, &crd.metadata.name.clone().unwrap_or_default(), HUB).await?;
+        }
+        self.probe_native_runs_policy(&client).await
     }
 
     /// Wait until a dry-run TaskRun in a namespace that opted in comes back

@@ -950,6 +950,8 @@ async fn main() -> anyhow::Result<()> {
     let raw_before = raw_creates(&member_clients, &raw_ns, "before", mode.burst).await?;
 
     // --- tekfed ---------------------------------------------------------------
+    // Tekton's CRDs on the hub, for the native runs of 1c.
+    bed.install_tekton_on_hub().await?;
     federate(&bed, &["--heartbeat-grace", "30"])
         .await
         .map_err(anyhow::Error::msg)?;

@@ -98,6 +98,7 @@ async fn on_members(
 async fn native_runs_on_the_hub_are_federated_and_tkn_reads_and_cancels_them() {
     let tkn_bin = tekfed_testbed::tkn();
     let bed = TestBed::start(2).await.unwrap();
+    bed.install_tekton_on_hub().await.unwrap();
     federate(&bed, &[]).await.unwrap();
     // Tekton's own controller runs on the hub too: it must leave the runs
     // tekfed manages alone, and run the others.
