@@ -51,7 +51,21 @@ pub async fn describe(
         };
         steps.push((cluster.clone(), answer));
     }
-    let uid = object.metadata.uid.clone().unwrap_or_default();
+    // A native run's Events are on the native run (its owner).
+    let native = object
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(tekfed_api::native::LABEL_NATIVE));
+    let uid = object
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| native && o.controller == Some(true))
+        .map(|o| o.uid.clone())
+        .or_else(|| object.metadata.uid.clone())
+        .unwrap_or_default();
     let events = Api::<Event>::namespaced(client.clone(), &namespace)
         .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
         .await

@@ -207,7 +207,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         );
     } else {
         tracing::info!(
-            "no Tekton CRDs on the hub: native runs are off (Federated*Runs work as ever)"
+            "the hub cannot list Tekton's TaskRuns and PipelineRuns (no Tekton CRDs on the hub, or no RBAC for them): native runs are off (Federated*Runs work as ever)"
         );
     }
     let native_runs = |kind| {

@@ -553,24 +553,7 @@ impl TestBed {
             } else {
                 tekton.clone()
             };
-            let api: Api<CustomResourceDefinition> = Api::all(self.client(&cluster.name).await?);
-            for crd in &crds {
-                let name = crd.metadata.name.clone().unwrap_or_default();
-                api.patch(
-                    &name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(crd),
-                )
-                .await
-                .map_err(|source| TestBedError::Kube {
-                    what: format!("installing CRD {name} on {}", cluster.name),
-                    source,
-                })?;
-            }
-            for crd in &crds {
-                let name = crd.metadata.name.clone().unwrap_or_default();
-                wait_established(&api, &name, &cluster.name).await?;
-            }
+            self.apply_crds(&cluster.name, &crds).await?;
         }
         if tekfed_api {
             self.install_admission_policies().await?;
@@ -677,10 +660,19 @@ impl TestBed {
     /// for them once at start. Returns once the native-runs admission
     /// policy applies to them.
     pub async fn install_tekton_on_hub(&self) -> Result<(), TestBedError> {
-        let client = self.client(HUB).await?;
-        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let crds = tekton_crds(&self.bin_dir)?;
-        for crd in &crds {
+        self.apply_crds(HUB, &tekton_crds(&self.bin_dir)?).await?;
+        self.probe_native_runs_policy(&self.client(HUB).await?)
+            .await
+    }
+
+    /// Apply `crds` on `cluster` and wait until each is established.
+    async fn apply_crds(
+        &self,
+        cluster: &str,
+        crds: &[CustomResourceDefinition],
+    ) -> Result<(), TestBedError> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client(cluster).await?);
+        for crd in crds {
             let name = crd.metadata.name.clone().unwrap_or_default();
             api.patch(
                 &name,
@@ -689,14 +681,15 @@ impl TestBed {
             )
             .await
             .map_err(|source| TestBedError::Kube {
-                what: format!("installing CRD {name} on {HUB}"),
+                what: format!("installing CRD {name} on {cluster}"),
                 source,
             })?;
         }
-        for crd in &crds {
-            wait_established(&api, &crd.metadata.name.clone().unwrap_or_default(), HUB).await?;
+        for crd in crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            wait_established(&api, &name, cluster).await?;
         }
-        self.probe_native_runs_policy(&client).await
+        Ok(())
     }
 
     /// Wait until a dry-run TaskRun in a namespace that opted in comes back

@@ -157,6 +157,27 @@ async fn native_runs_on_the_hub_are_federated_and_tkn_reads_and_cancels_them() {
         Some(copies[0].0.clone())
     );
 
+    // Its Events are on the native run (kubectl describe pipelinerun).
+    let uid = done.metadata.uid.clone().unwrap();
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(hub.clone(), &ns);
+    eventually_logged(&bed, "the native run's Events", WAIT, || {
+        let (events, uid) = (events.clone(), uid.clone());
+        async move {
+            let list = events
+                .list(
+                    &kube::api::ListParams::default().fields(&format!("involvedObject.uid={uid}")),
+                )
+                .await
+                .ok()?;
+            let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+            ["Scheduled", "Started", "Succeeded"]
+                .iter()
+                .all(|r| reasons.iter().any(|x| x == r))
+                .then_some(())
+        }
+    })
+    .await;
+
     // tkn on the hub, unchanged.
     let (ok, out) = tkn(&tkn_bin, &bed, &["pipelinerun", "list", "-n", &ns]);
     assert!(

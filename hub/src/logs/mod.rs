@@ -393,24 +393,14 @@ impl Server {
             .follow
             .as_deref()
             .is_some_and(|f| f == "true" || f == "1");
-        let run = self.run(kind, namespace, name).await?;
-        let cluster = match pick_cluster(&run, query.cluster.as_deref()) {
-            Ok(c) => c,
-            Err(Pick::NotYet(_)) if follow => {
-                // Wait for the run to be scheduled.
-                let mut waited = None;
-                while waited.is_none() {
-                    tokio::time::sleep(POLL).await;
-                    let run = self.run(kind, namespace, name).await?;
-                    match pick_cluster(&run, query.cluster.as_deref()) {
-                        Ok(c) => waited = Some(c),
-                        Err(Pick::NotYet(_)) => {}
-                        Err(other) => return Err(other.response(name)),
-                    }
-                }
-                waited.unwrap_or_default()
+        // Following a queued run waits for it to be scheduled.
+        let cluster = loop {
+            let run = self.run(kind, namespace, name).await?;
+            match pick_cluster(&run, query.cluster.as_deref()) {
+                Ok(cluster) => break cluster,
+                Err(Pick::NotYet(_)) if follow => tokio::time::sleep(POLL).await,
+                Err(other) => return Err(other.response(name)),
             }
-            Err(other) => return Err(other.response(name)),
         };
         let member = self.log_reader(&cluster).await?;
         let (tx, rx) = mpsc::channel(64);

@@ -1,11 +1,14 @@
 //! The Kubernetes Events a federated run gets: one per transition a user
-//! looks for in `kubectl describe ftr/NAME` — scheduled to a cluster,
-//! queued and why, moved off a cluster, member run blocked, failed or
-//! cancelled. Each is a write to the hub's API server, the federation's
-//! bottleneck in a burst, so a run that simply starts and succeeds gets one
-//! (`Scheduled`): its phase and times say the rest. Decided from the status before and after a write (pure, so
-//! every case is a unit test); the writer publishes them once the write
-//! has landed, so an event never tells of a status that was not kept.
+//! looks for in `kubectl describe ftr/NAME` — scheduled to a cluster (with
+//! the candidates' loads), queued and why, moved off a cluster, member run
+//! blocked, started, succeeded, failed or cancelled, as Tekton gives its
+//! own runs. Each is a write to the hub's API server, published in the
+//! background so a status write never waits for one; a run that simply
+//! starts and succeeds gets three. A native run's go on the native run
+//! (`reconcile::event_target`). Decided from the status before and after a
+//! write (pure, so every case is a unit test); the writer publishes them
+//! once the write has landed, so an event never tells of a status that was
+//! not kept.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use tekfed_api::{RunPhase, RunStatus};
@@ -130,6 +133,10 @@ pub fn transitions(old: Option<&RunStatus>, new: &RunStatus) -> Vec<RunEvent> {
             })
             .unwrap_or_default();
         match is {
+            Some(RunPhase::Running) => events.push(normal("Started", format!("started{on}"))),
+            Some(RunPhase::Succeeded) => {
+                events.push(normal("Succeeded", format!("succeeded{on}{outcome}")))
+            }
             Some(RunPhase::Failed) => {
                 events.push(warning("Failed", format!("failed{on}{outcome}")))
             }
@@ -212,9 +219,12 @@ mod tests {
             phase: Some(RunPhase::Running),
             ..scheduled.clone()
         };
+        let events = transitions(Some(&scheduled), &running);
+        assert_eq!(reasons(&events), ["Started"]);
+        assert_eq!(events[0].note, "started on member-2");
         assert!(
-            transitions(Some(&scheduled), &running).is_empty(),
-            "starting is in the phase, not worth an API write per run"
+            transitions(Some(&running), &running).is_empty(),
+            "no repeat"
         );
 
         let mut failed = RunStatus {

@@ -325,6 +325,32 @@ pub(super) async fn write_status<K: FederatedRun>(
     Ok(())
 }
 
+/// Where a run's Events go: the run, or for the shadow of a native run
+/// (`tekfed_api::native`), the native run the user made, so `kubectl
+/// describe taskrun` shows them.
+fn event_target<K: FederatedRun>(run: &K) -> k8s_openapi::api::core::v1::ObjectReference {
+    let native = run
+        .labels()
+        .contains_key(tekfed_api::native::LABEL_NATIVE)
+        .then(|| {
+            run.owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+        })
+        .flatten();
+    match native {
+        Some(owner) => k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(owner.api_version.clone()),
+            kind: Some(owner.kind.clone()),
+            name: Some(owner.name.clone()),
+            namespace: run.namespace(),
+            uid: Some(owner.uid.clone()),
+            ..Default::default()
+        },
+        None => run.object_ref(&()),
+    }
+}
+
 /// Publish a written status's Events in the background, in order: the
 /// reconcile does not wait for them, and one that fails is logged, not
 /// retried (an Event is a report, not state).
@@ -333,7 +359,7 @@ fn publish<K: FederatedRun>(ctx: &RunContext, run: &K, events: Vec<super::events
         return;
     }
     let recorder = ctx.recorder.clone();
-    let reference = run.object_ref(&());
+    let reference = event_target(run);
     tokio::spawn(async move {
         for event in events {
             let event = kube::runtime::events::Event {
