@@ -271,6 +271,24 @@ pub fn child(native: &Value, member_task_run: &Value) -> Value {
     })
 }
 
+/// The JSON merge patch that makes a run's status `new` (`None` when it
+/// already is): `new` whole, and `null` for each top-level field it no
+/// longer has.
+pub fn status_patch(old: Option<&Value>, new: Value) -> Option<Value> {
+    if old == Some(&new) {
+        return None;
+    }
+    let mut status = new.as_object().cloned().unwrap_or_default();
+    for key in old
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|o| o.keys())
+    {
+        status.entry(key.clone()).or_insert(Value::Null);
+    }
+    Some(json!({"status": status}))
+}
+
 /// A refusal as the native run's status: failed, with the reason.
 pub fn refused_status(kind: RunKind, refusal: &Refusal) -> Value {
     let mut status = json!({"conditions": [{
@@ -437,6 +455,23 @@ mod tests {
         );
         assert_eq!(mirror["spec"]["managedBy"], MANAGED_BY_HUB);
         assert_eq!(mirror["status"], member["status"]);
+    }
+
+    #[test]
+    fn a_status_patch_replaces_the_status_and_is_skipped_when_nothing_changed() {
+        let old =
+            json!({"conditions": [{"type": "Succeeded", "status": "Unknown"}], "podName": ""});
+        assert_eq!(status_patch(Some(&old), old.clone()), None);
+        let new =
+            json!({"conditions": [{"type": "Succeeded", "status": "True"}], "startTime": "t"});
+        assert_eq!(
+            status_patch(Some(&old), new),
+            Some(
+                json!({"status": {"conditions": [{"type": "Succeeded", "status": "True"}],
+                                   "startTime": "t", "podName": null}})
+            )
+        );
+        assert!(status_patch(None, json!({})).is_some());
     }
 
     #[test]

@@ -309,18 +309,22 @@ async fn write_status(
     run: &DynamicObject,
     status: Value,
 ) -> Result<(), Error> {
-    if run.data.get("status") == Some(&status) {
+    let Some(patch) = mirror::status_patch(run.data.get("status"), status) else {
         return Ok(());
-    }
-    let mut object = run.clone();
-    object.data["status"] = status;
-    object.metadata.managed_fields = None;
-    api.replace_status(&run.name_any(), &PostParams::default(), &object)
-        .await
-        .map_err(kube_error(format!(
-            "writing the status of {}",
-            run.name_any()
-        )))?;
+    };
+    // A merge patch of the whole status, without a resourceVersion: this
+    // controller is its one writer, and a store a step behind its own
+    // last write would make a conditional write fail and be retried.
+    api.patch_status(
+        &run.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(kube_error(format!(
+        "writing the status of {}",
+        run.name_any()
+    )))?;
     Ok(())
 }
 
