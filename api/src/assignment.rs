@@ -100,6 +100,17 @@ impl RunKind {
             Self::PipelineRun => "FederatedPipelineRun",
         }
     }
+
+    /// The federated kind's API resource, for dynamic clients.
+    pub fn federated_resource(self) -> kube::core::ApiResource {
+        kube::core::ApiResource {
+            group: crate::GROUP.into(),
+            version: crate::VERSION.into(),
+            api_version: format!("{}/{}", crate::GROUP, crate::VERSION),
+            kind: self.federated_kind().into(),
+            plural: crate::logs::plural(self).into(),
+        }
+    }
 }
 
 /// What the member's agent reports of an assignment.

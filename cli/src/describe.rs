@@ -13,7 +13,7 @@ use serde_json::Value;
 use tekfed_api::logs::{RunSteps, steps_path};
 use tekfed_api::{RunKind, RunStatus};
 
-use crate::logs::{explain, resolve, run_resource};
+use crate::logs::{explain, resolve};
 
 /// Print the description of a run.
 pub async fn describe(
@@ -25,7 +25,7 @@ pub async fn describe(
     let (kind, name) = run;
     let kind = resolve(client, &namespace, kind, &name).await?;
     let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &namespace, &run_resource(kind));
+        Api::namespaced_with(client.clone(), &namespace, &kind.federated_resource());
     let object = api
         .get(&name)
         .await

@@ -35,17 +35,6 @@ pub fn parse_run(text: &str) -> Result<(Option<RunKind>, String), String> {
     Ok((kind, name.to_owned()))
 }
 
-/// The API resource of a federated run kind.
-pub fn run_resource(kind: RunKind) -> kube::api::ApiResource {
-    kube::api::ApiResource {
-        group: tekfed_api::GROUP.into(),
-        version: tekfed_api::VERSION.into(),
-        api_version: format!("{}/{}", tekfed_api::GROUP, tekfed_api::VERSION),
-        kind: kind.federated_kind().into(),
-        plural: tekfed_api::logs::plural(kind).into(),
-    }
-}
-
 /// The run's kind, looked up on the hub when the user gave a bare name.
 pub async fn resolve(
     client: &Client,
@@ -59,7 +48,7 @@ pub async fn resolve(
     let mut found = Vec::new();
     for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
         let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, &run_resource(kind));
+            Api::namespaced_with(client.clone(), namespace, &kind.federated_resource());
         if api
             .get_metadata_opt(name)
             .await

@@ -429,14 +429,8 @@ impl Server {
 
     /// The run's status as the hub has it.
     async fn run(&self, kind: RunKind, namespace: &str, name: &str) -> Result<RunStatus, Response> {
-        let resource = kube::api::ApiResource {
-            group: tekfed_api::GROUP.into(),
-            version: tekfed_api::VERSION.into(),
-            api_version: format!("{}/{}", tekfed_api::GROUP, tekfed_api::VERSION),
-            kind: kind.federated_kind().into(),
-            plural: tekfed_api::logs::plural(kind).into(),
-        };
-        let api: Api<DynamicObject> = Api::namespaced_with(self.hub.clone(), namespace, &resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.hub.clone(), namespace, &kind.federated_resource());
         let object = api
             .get_opt(name)
             .await

@@ -68,17 +68,6 @@ struct Context {
     shadow: ApiResource,
 }
 
-/// The API resource of a federated run kind.
-fn federated_resource(kind: RunKind) -> ApiResource {
-    ApiResource {
-        group: tekfed_api::GROUP.into(),
-        version: tekfed_api::VERSION.into(),
-        api_version: format!("{}/{}", tekfed_api::GROUP, tekfed_api::VERSION),
-        kind: kind.federated_kind().into(),
-        plural: tekfed_api::logs::plural(kind).into(),
-    }
-}
-
 /// Whether the hub cluster serves Tekton's run kinds (`tekton.dev/v1`).
 pub async fn served(hub: &Client) -> bool {
     for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
@@ -98,7 +87,7 @@ pub async fn served(hub: &Client) -> bool {
 /// Run the native-run controller of one kind until the hub stops.
 pub async fn run(hub: Client, members: Arc<Members>, kind: RunKind) {
     let native = tekton_resource(kind.tekton_kind());
-    let shadow = federated_resource(kind);
+    let shadow = kind.federated_resource();
     let natives: Api<DynamicObject> = Api::all_with(hub.clone(), &native);
     let shadows: Api<DynamicObject> = Api::all_with(hub.clone(), &shadow);
     let ctx = Arc::new(Context {
