@@ -145,6 +145,19 @@ pub struct RunStatus {
     pub clusters: Vec<RunClusterStatus>,
 }
 
+impl RunStatus {
+    /// The status in a federated run's JSON (`{..., "status": {...}}`),
+    /// for clients that read runs dynamically; the default when it has none
+    /// or it does not read as one.
+    pub fn of(object: &Value) -> Self {
+        object
+            .get("status")
+            .cloned()
+            .and_then(|s| serde_json::from_value(s).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// A placement a run was moved off, and why.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct RunAttempt {

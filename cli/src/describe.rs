@@ -30,12 +30,7 @@ pub async fn describe(
         .get(&name)
         .await
         .map_err(|e| explain(e, kind, &namespace, &name))?;
-    let status: RunStatus = object
-        .data
-        .get("status")
-        .cloned()
-        .and_then(|s| serde_json::from_value(s).ok())
-        .unwrap_or_default();
+    let status = RunStatus::of(&object.data);
     let clusters: Vec<String> = if status.clusters.is_empty() {
         status.cluster.iter().cloned().collect()
     } else {

@@ -225,6 +225,15 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
     (code, [(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+/// 503: something the hub needs to answer is out of reach.
+fn unavailable(message: String) -> Response {
+    status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        message,
+    )
+}
+
 fn unauthorized() -> Response {
     status(
         StatusCode::UNAUTHORIZED,
@@ -315,11 +324,10 @@ async fn steps(
             .list(&ListParams::default().labels(&pod_selector(kind, &name)))
             .await
             .map_err(|e| {
-                status(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    format!("cannot list the run's pods on {cluster}: {}", one_line(&e)),
-                )
+                unavailable(format!(
+                    "cannot list the run's pods on {cluster}: {}",
+                    one_line(&e)
+                ))
             })?;
         let body =
             serde_json::to_string(&plan::run_steps(&cluster, &pods.items)).unwrap_or_default();
@@ -355,13 +363,7 @@ impl Server {
         })?;
         let (allowed, reason) = may_get(&self.hub, &user, plural, namespace, name)
             .await
-            .map_err(|e| {
-                status(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    format!("cannot check access: {}", one_line(&e)),
-                )
-            })?;
+            .map_err(|e| unavailable(format!("cannot check access: {}", one_line(&e))))?;
         if !allowed {
             let why = if reason.is_empty() {
                 String::new()
@@ -434,13 +436,7 @@ impl Server {
         let object = api
             .get_opt(name)
             .await
-            .map_err(|e| {
-                status(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    format!("cannot read the run: {}", one_line(&e)),
-                )
-            })?
+            .map_err(|e| unavailable(format!("cannot read the run: {}", one_line(&e))))?
             .ok_or_else(|| {
                 status(
                     StatusCode::NOT_FOUND,
@@ -451,23 +447,11 @@ impl Server {
                     ),
                 )
             })?;
-        Ok(object
-            .data
-            .get("status")
-            .cloned()
-            .and_then(|s| serde_json::from_value(s).ok())
-            .unwrap_or_default())
+        Ok(RunStatus::of(&object.data))
     }
 
     /// A client for `cluster` as its log reader.
     async fn log_reader(&self, cluster: &str) -> Result<Client, Response> {
-        let unavailable = |message: String| {
-            status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                message,
-            )
-        };
         let mc = Api::<MemberCluster>::all(self.hub.clone())
             .get_opt(cluster)
             .await

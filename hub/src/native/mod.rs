@@ -121,6 +121,15 @@ fn error_policy(
     Action::requeue(Duration::from_secs(2))
 }
 
+/// Whether `shadow` is this native run's (owned by it, by uid), not a
+/// `Federated*Run` of the same name someone else made.
+fn carries(shadow: &DynamicObject, run: &DynamicObject) -> bool {
+    shadow
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == run.metadata.uid.as_ref())
+}
+
 fn managed_by_hub(run: &DynamicObject) -> bool {
     run.data["spec"]["managedBy"].as_str() == Some(MANAGED_BY_HUB)
 }
@@ -191,11 +200,7 @@ async fn apply(run: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
             };
         }
     };
-    let owned = shadow
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == run.metadata.uid.as_ref());
-    if !owned {
+    if !carries(&shadow, run) {
         let refusal = mirror::Refusal {
             reason: "Conflict",
             message: format!(
@@ -215,12 +220,7 @@ async fn apply(run: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
             .await
             .map_err(kube_error("passing the cancel to the shadow run"))?;
     }
-    let status: RunStatus = shadow
-        .data
-        .get("status")
-        .cloned()
-        .and_then(|s| serde_json::from_value(s).ok())
-        .unwrap_or_default();
+    let status = RunStatus::of(&shadow.data);
     let mirrored = match (ctx.kind, status.cluster.as_deref()) {
         (RunKind::PipelineRun, Some(cluster)) if status.member_status.is_some() => {
             mirror_children(ctx, run, &native, cluster).await?
@@ -338,10 +338,7 @@ async fn cleanup(run: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
         .get_opt(&name)
         .await
         .map_err(kube_error("reading the shadow run"))?
-        && shadow
-            .owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == run.metadata.uid.as_ref())
+        && carries(&shadow, run)
     {
         match shadows.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
