@@ -91,7 +91,7 @@ pub fn render(
     field(&mut out, "Kind", kind.federated_kind());
     let phase = status
         .phase
-        .map(|p| format!("{p:?}"))
+        .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "Queued".into());
     field(&mut out, "Phase", &phase);
     if let Some(cluster) = &status.cluster {
@@ -135,12 +135,7 @@ pub fn render(
                 (Some(r), None) => r.clone(),
                 _ => String::new(),
             };
-            let _ = writeln!(
-                out,
-                "  {:<20}{:<12}{reason}",
-                c.cluster,
-                format!("{:?}", c.phase)
-            );
+            let _ = writeln!(out, "  {:<20}{:<12}{reason}", c.cluster, c.phase.as_str());
         }
     }
     if !status.conditions.is_empty() {

@@ -574,7 +574,7 @@ fn pick_cluster(run: &RunStatus, asked: Option<&str>) -> Result<String, Pick> {
         }),
         (_, []) => Err(Pick::NotYet(
             run.phase
-                .map(|p| format!("{p:?}"))
+                .map(|p| p.as_str().to_owned())
                 .unwrap_or_else(|| "Queued".into()),
         )),
         (None, [one]) => Ok(one.clone()),

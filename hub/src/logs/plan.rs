@@ -37,6 +37,17 @@ pub enum StepState {
     Terminated,
 }
 
+impl StepState {
+    /// As `…/steps` reports it (`StepStatus.state`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "Waiting",
+            Self::Running => "Running",
+            Self::Terminated => "Terminated",
+        }
+    }
+}
+
 /// One step of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepView {
@@ -225,7 +236,7 @@ pub fn run_steps(cluster: &str, pods: &[Pod]) -> RunSteps {
                         .unwrap_or_default();
                     let mut out = StepStatus {
                         name: step.step.clone(),
-                        state: format!("{:?}", step.state),
+                        state: step.state.as_str().to_owned(),
                         ..Default::default()
                     };
                     if let Some(t) = state.terminated {
