@@ -14,7 +14,7 @@ help:
 	@echo "make bench    quick benchmarks (about 3 minutes once built); make bench-full for the README's figures (about 8 min)"
 	@echo "make bins     build kube-apiserver, kubectl, etcd and fetch Tekton's CRDs (cached outside the repo)"
 	@echo "make crds     regenerate api/manifests/ (and the hub chart's copies) from the Rust types, and the charts' RBAC rules (_rules.tpl) from api/src/rbac.rs"
-	@echo "make lint     cargo fmt --check and clippy -D warnings"
+	@echo "make lint     cargo fmt --check, clippy -D warnings, and cargo deny (licenses, bans, sources: deny.toml; cargo-deny built once, cached)"
 	@echo "make testbed  start a hub + 2 members on real API servers until Ctrl-C"
 
 # Prints the bin folder as its last line; quick when the cache is complete.
@@ -42,6 +42,10 @@ lint:
 	  || { echo "tekfed-api must not depend on an HTTP client, TLS or a runtime (above)"; exit 1; }
 	@! $(CARGO) tree -p kubectl-tekfed --no-default-features -e normal --locked | grep tekfed-testbed \
 	  || { echo "kubectl-tekfed --no-default-features must not link the test bed"; exit 1; }
+	@# Licenses, bans and sources against deny.toml; advisories need the
+	@# RustSec database from github.com, out of CI's reach (see deny.toml).
+	@deny=$$(bash hack/cargo-deny.sh | tail -n1) && \
+	  "$$deny" --locked --offline check --hide-inclusion-graph licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all
