@@ -58,7 +58,8 @@ struct Args {
     /// stay Ready (and get new runs).
     #[arg(long, value_parser = humantime_secs, default_value = "30")]
     heartbeat_grace: Duration,
-    /// Where to serve Prometheus metrics (`/metrics`); port 0 picks a free one.
+    /// Where to serve Prometheus metrics (`/metrics`) and the kubelet's
+    /// probes (`/healthz`, `/readyz`); port 0 picks a free one.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
     /// Where to serve run logs, the aggregated API `logs.tekfed.io` that

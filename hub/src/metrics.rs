@@ -1,5 +1,8 @@
 //! The hub's Prometheus metrics (`tekfed_` prefix, `cluster` label where it
-//! applies), served on `--metrics-addr` at `/metrics`.
+//! applies), served on `--metrics-addr` at `/metrics`, beside the kubelet's
+//! probes: `/healthz` and `/readyz` answer 200 on every replica that
+//! serves, leader or standby (a standby is healthy: it stands ready to
+//! take the Lease over, and it serves run logs).
 //!
 //! - `tekfed_runs{phase}`: federated runs by phase.
 //! - `tekfed_run_queue_depth`: runs waiting for a cluster.
@@ -16,11 +19,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -28,6 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tekfed_runtime::serve::{Endpoints, ServeError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
@@ -129,25 +128,29 @@ impl Metrics {
     }
 }
 
-async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.render(),
-    )
+/// What the hub's replica is doing, for `/readyz`'s note.
+fn role(metrics: &Metrics) -> String {
+    match metrics.leader.get() {
+        1 => "ok: leading".to_owned(),
+        _ => "ok: standby, waiting for the Lease".to_owned(),
+    }
 }
 
-/// Serve `/metrics` on `addr` until the hub stops. Logs the bound address
-/// (useful with port 0).
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving metrics on /metrics");
-    let app = Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(metrics);
-    axum::serve(listener, app).await
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until the hub
+/// stops. Logs the bound address (useful with port 0).
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), ServeError> {
+    let listener = tekfed_runtime::serve::bind(addr).await?;
+    let (scraped, described) = (metrics.clone(), metrics);
+    let endpoints = Endpoints {
+        metrics: Arc::new(move || scraped.render()),
+        // The hub exits when it cannot go on (a lost Lease, a failed
+        // server): a process that answers is alive.
+        live: Arc::new(|| Ok("ok".to_owned())),
+        // Serving is ready: it answers metrics and run logs, and a standby
+        // takes over the Lease without a restart.
+        ready: Arc::new(move || Ok(role(&described))),
+    };
+    tekfed_runtime::serve::serve(listener, endpoints).await
 }
 
 #[cfg(test)]
@@ -180,5 +183,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tekfed_leader 1"), "{text}");
+        assert_eq!(role(&m), "ok: leading");
+        m.leader.set(0);
+        assert_eq!(role(&m), "ok: standby, waiting for the Lease");
     }
 }

@@ -6,6 +6,10 @@
 //! every run, so a burst of changes costs one pass, not one per event.
 //! Watches reconnect with backoff when either API server restarts; an
 //! agent that cannot reach the hub releases nothing.
+//!
+//! Each heartbeat and each write for a run is counted in [`Metrics`], and
+//! the heartbeat's outcome and a pulse of the loops are recorded in
+//! [`Health`] for the probes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -24,7 +28,9 @@ use tekfed_api::{MemberReport, RunAssignment, RunKind, cluster_namespace};
 use tekfed_runtime::connect::{drop_managed_fields, tekton_resource};
 use tokio::sync::Notify;
 
+use crate::health::Health;
 use crate::load;
+use crate::metrics::{Metrics, OutcomeLabel};
 use crate::plan::{Assignment, MemberRun, Step, plan};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=tekfed";
@@ -40,6 +46,8 @@ pub struct Agent {
     pub hub: Client,
     pub member: Client,
     pub heartbeat: Duration,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
 }
 
 struct Stores {
@@ -82,6 +90,8 @@ impl Agent {
 
     /// Run until the process stops.
     pub async fn run(self: Arc<Self>) {
+        self.health.running();
+        self.metrics.leader.set(1);
         let wake = Arc::new(Notify::new());
         let assignments_api: Api<RunAssignment> =
             Api::namespaced(self.hub.clone(), &self.namespace());
@@ -128,8 +138,31 @@ impl Agent {
         };
         let heartbeat = async {
             loop {
-                self.report(&stores).await;
+                let began = std::time::Instant::now();
+                let written = self.report(&stores).await;
+                self.metrics
+                    .heartbeat_duration
+                    .observe(began.elapsed().as_secs_f64());
+                let outcome = if written.is_ok() { "written" } else { "failed" };
+                self.metrics
+                    .heartbeats
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .inc();
+                if written.is_ok() {
+                    self.metrics
+                        .last_heartbeat
+                        .set(k8s_openapi::jiff::Timestamp::now().as_second());
+                }
+                self.health.heartbeat(written);
                 tokio::time::sleep(self.heartbeat).await;
+            }
+        };
+        // Polled with the loops, in their task: a pulse that stops means
+        // something blocks that task's thread (see crate::health).
+        let pulse = async {
+            loop {
+                self.health.pulse();
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         };
         let mut run_watches = run_watches.into_iter();
@@ -137,7 +170,7 @@ impl Agent {
             run_watches.next().expect("two watches"),
             run_watches.next().expect("two watches"),
         );
-        tokio::join!(assignments_watch, a, b, sync, heartbeat);
+        tokio::join!(assignments_watch, a, b, sync, heartbeat, pulse);
     }
 
     async fn sync(&self, stores: &Stores) {
@@ -235,10 +268,11 @@ impl Agent {
                 let status = released.status.get_or_insert_with(Default::default);
                 status.released = Some(true);
                 status.released_time = Some(now());
-                match assignments
+                let written = assignments
                     .replace_status(&assignment.name_any(), &PostParams::default(), &released)
-                    .await
-                {
+                    .await;
+                self.metrics.step("release", &written);
+                match written {
                     Ok(_) => {
                         tracing::debug!(run = %run.name, ns = %run.namespace, "released");
                         true
@@ -256,8 +290,11 @@ impl Agent {
                     &tekton_resource(kind.tekton_kind()),
                 );
                 let patch = json!({"spec": {"status": null}});
-                api.patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
+                let started = api
+                    .patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+                self.metrics.step("start", &started);
+                started
                     .map_err(|e| tracing::warn!(run = %run.name, error = %e, "could not start the released run"))
                     .is_ok()
             }
@@ -270,10 +307,11 @@ impl Agent {
                 );
                 let cancel = cancel_values(kind)[0];
                 let patch = json!({"spec": {"status": cancel}});
-                match api
+                let cancelled = api
                     .patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
+                    .await;
+                self.metrics.step("cancel", &cancelled);
+                match cancelled {
                     Ok(_) => {
                         tracing::info!(run = %run.name, ns = %run.namespace, "cancelled a run the hub took off this cluster");
                         true
@@ -287,13 +325,15 @@ impl Agent {
             Step::Report { phase, status } => {
                 let patch =
                     json!({"status": {"phase": phase, "runStatus": status, "observedTime": now()}});
-                assignments
+                let reported = assignments
                     .patch_status(
                         &assignment.name_any(),
                         &PatchParams::default(),
                         &Patch::Merge(&patch),
                     )
-                    .await
+                    .await;
+                self.metrics.step("report", &reported);
+                reported
                     .map_err(
                         |e| tracing::warn!(run = %run.name, error = %e, "could not report status"),
                     )
@@ -316,7 +356,9 @@ impl Agent {
             }),
             ..Default::default()
         };
-        match api.delete(&run.name_any(), &params).await {
+        let deleted = api.delete(&run.name_any(), &params).await;
+        self.metrics.step("delete_held", &deleted);
+        match deleted {
             Ok(_) => {
                 tracing::info!(run = %run.name_any(), "deleted a held run whose assignment was revoked");
                 true
@@ -329,7 +371,8 @@ impl Agent {
     }
 
     /// Heartbeat: load, pending pods and versions into the MemberReport.
-    async fn report(&self, stores: &Stores) {
+    /// `Err` says why it was not written.
+    async fn report(&self, stores: &Stores) -> Result<(), String> {
         let tekfed_runs: Vec<_> = stores
             .task_runs
             .state()
@@ -368,12 +411,13 @@ impl Agent {
             }
             total = Some(counted);
         }
-        let version = self
-            .member
-            .apiserver_version()
-            .await
-            .ok()
-            .map(|v| v.git_version);
+        // The member's answer to this one tells the probes whether the
+        // member's API server is reachable (the reads above may be refused
+        // by RBAC alone).
+        let version = self.member.apiserver_version().await;
+        self.health
+            .member(version.as_ref().map(|_| ()).map_err(describe));
+        let version = version.ok().map(|v| v.git_version);
         let mut load = load;
         if let Some(t) = &total {
             load.pending_pods = t.pending_pods;
@@ -411,7 +455,7 @@ impl Agent {
             "agentVersion": env!("CARGO_PKG_VERSION"),
         }});
         let reports: Api<MemberReport> = Api::namespaced(self.hub.clone(), &self.namespace());
-        if let Err(e) = reports
+        match reports
             .patch_status(
                 &self.cluster,
                 &PatchParams::default(),
@@ -419,9 +463,31 @@ impl Agent {
             )
             .await
         {
-            tracing::warn!(cluster = %self.cluster, error = %e, "heartbeat not written");
+            Ok(_) => {
+                self.metrics.load(&load, total.as_ref());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %self.cluster, error = %e, "heartbeat not written");
+                Err(describe(&e))
+            }
         }
     }
+}
+
+/// An error with its causes, on one line: kube's own message alone
+/// ("client error (Connect)") hides the reason ("Connection refused").
+fn describe(error: &kube::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Drive a reflector stream, waking the sync on every event.

@@ -3,10 +3,14 @@
 //!
 //! - reports heartbeat and load into its `MemberReport` on the hub,
 //! - releases runs assigned to its cluster (the fencing step, [`plan`]),
-//! - writes its runs' status back into their assignments.
+//! - writes its runs' status back into their assignments,
+//! - serves [`metrics`] and the kubelet's probes ([`health`]).
 //!
-//! [`plan`] and [`load`] are pure; [`agent`] does the I/O.
+//! [`plan`], [`load`] and [`health`]'s decisions are pure; [`agent`] does
+//! the I/O.
 
 pub mod agent;
+pub mod health;
 pub mod load;
+pub mod metrics;
 pub mod plan;

@@ -6,15 +6,26 @@
 //! With `--leader-elect` it first waits for a Lease on the member, runs its
 //! loops only while it holds it, exits non-zero the moment it cannot be
 //! sure it still does, and releases it on SIGTERM or Ctrl-C.
+//!
+//! From the start it serves metrics and the kubelet's probes on
+//! `--metrics-addr` (see the library's `health` for what they answer).
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use tekfed_member_agent::health::Health;
+use tekfed_member_agent::metrics::Metrics;
 use tekfed_runtime::connect::{Target, require_apis, tekton_apis};
 use tekfed_runtime::leader::{self, LeaderElector, LeaseSettings};
+use tekfed_runtime::serve::{self, Endpoints};
+
+/// `--metrics-addr` when none is given, the port of the hub's and the chart's.
+const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9090));
 
 /// The tekfed member agent: reports heartbeats, load and run status of one
 /// member cluster to the hub.
@@ -42,6 +53,13 @@ struct Args {
     /// Seconds between heartbeats (load reports) to the hub.
     #[arg(long, default_value = "5")]
     heartbeat_interval: f64,
+    /// Where to serve Prometheus metrics (`/metrics`) and the kubelet's
+    /// probes (`/healthz`, `/readyz`); port 0 picks a free one. An address
+    /// given here that cannot be listened on stops the agent. Without it
+    /// the agent tries 0.0.0.0:9090 and, when that port is taken (several
+    /// agents on one machine), goes on without them.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Take part in leader election: only the holder of a
     /// coordination.k8s.io Lease on the member acts, so two replicas can
     /// run.
@@ -77,6 +95,36 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let heartbeat = Duration::from_secs_f64(args.heartbeat_interval.max(0.1));
+    let health = Arc::new(Health::new(heartbeat));
+    let metrics = Arc::new(Metrics::new(&args.cluster_name));
+    // Served before connecting, so a probe tells "connecting" from "dead".
+    let listener = match args.metrics_addr {
+        Some(addr) => Some(serve::bind(addr).await?),
+        None => serve::bind(DEFAULT_METRICS_ADDR)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "metrics and probes not served: the default address is taken; pass --metrics-addr")
+            })
+            .ok(),
+    };
+    let serving = listener.map(|listener| {
+        let (scraped, live, ready) = (metrics.clone(), health.clone(), health.clone());
+        let endpoints = Endpoints {
+            metrics: Arc::new(move || scraped.render()),
+            live: Arc::new(move || live.live()),
+            ready: Arc::new(move || ready.ready()),
+        };
+        tokio::spawn(serve::serve(listener, endpoints))
+    });
+    // The server's end (it never ends but by an error) ends the agent.
+    let serving = async move {
+        match serving {
+            Some(task) => Ok(task.await??),
+            None => std::future::pending().await,
+        }
+    };
+
     let member = Target {
         kubeconfig: args.kubeconfig,
         context: args.context,
@@ -112,6 +160,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
     tracing::info!(cluster = %args.cluster_name, %member_server, %hub_server, "connected to member and hub");
+    if args.leader_elect {
+        health.standby();
+    }
 
     let elector = args.leader_elect.then(|| {
         let settings = LeaseSettings {
@@ -129,8 +180,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cluster: args.cluster_name,
         hub,
         member,
-        heartbeat: Duration::from_secs_f64(args.heartbeat_interval.max(0.1)),
+        heartbeat,
+        metrics,
+        health,
     });
-    let nothing_beside = std::future::pending();
-    tekfed_runtime::run_while_leading(elector, nothing_beside, move || agent.run()).await
+    tekfed_runtime::run_while_leading(elector, serving, move || agent.run()).await
 }

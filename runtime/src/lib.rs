@@ -7,9 +7,13 @@
 //! - [`run_while_leading`]: the daemons' life: wait for the Lease, run
 //!   while holding it, stop on SIGTERM, release.
 //! - [`init_tracing`]: logs to stderr, filtered by `RUST_LOG`.
+//! - `serve` (feature `serve`, the daemons'): metrics and the kubelet's
+//!   probes on `--metrics-addr`.
 
 pub mod connect;
 pub mod leader;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 use std::future::Future;
 
