@@ -31,6 +31,27 @@ pub fn cluster_namespace(cluster: &str) -> String {
     format!("tekfed-cluster-{cluster}")
 }
 
+// The fencing record's transitions, whoever writes (the hub, an agent, an
+// administrator): rules on the whole object, so a status removed
+// altogether is checked as well. Each guards its `has()` chain, because a
+// missing field is not `false` in CEL.
+
+/// `status.revoked`, once true, stays true.
+const REVOKED_STAYS: &str = "!(has(oldSelf.status) && has(oldSelf.status.revoked) && oldSelf.status.revoked) || (has(self.status) && has(self.status.revoked) && self.status.revoked)";
+/// `status.revokedReason`, once set, never changes.
+const REVOKED_REASON_KEPT: &str = "!(has(oldSelf.status) && has(oldSelf.status.revokedReason)) || (has(self.status) && has(self.status.revokedReason) && self.status.revokedReason == oldSelf.status.revokedReason)";
+/// `status.revokedTime`, once set, never changes.
+const REVOKED_TIME_KEPT: &str = "!(has(oldSelf.status) && has(oldSelf.status.revokedTime)) || (has(self.status) && has(self.status.revokedTime) && self.status.revokedTime == oldSelf.status.revokedTime)";
+/// `status.released`, once true, stays true.
+const RELEASED_STAYS: &str = "!(has(oldSelf.status) && has(oldSelf.status.released) && oldSelf.status.released) || (has(self.status) && has(self.status.released) && self.status.released)";
+/// A revoked record is never newly released (the hub revokes only while
+/// unreleased, with a precondition; this holds without one).
+const NO_RELEASE_AFTER_REVOKE: &str = "!(has(oldSelf.status) && has(oldSelf.status.revoked) && oldSelf.status.revoked) || (has(oldSelf.status.released) && oldSelf.status.released) || !(has(self.status) && has(self.status.released) && self.status.released)";
+
+fn fencing_rule(rule: &str, message: &str) -> kube::core::Rule {
+    kube::core::Rule::new(rule).message(message)
+}
+
 /// One run assigned to one member cluster.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -43,6 +64,11 @@ pub fn cluster_namespace(cluster: &str) -> String {
     namespaced,
     status = "RunAssignmentStatus",
     validation = kube::core::Rule::new("self.spec == oldSelf.spec").message("spec is immutable: the hub revokes an assignment through status.revoked"),
+    validation = fencing_rule(REVOKED_STAYS, "status.revoked: once true it stays true; a revoked assignment is never given back"),
+    validation = fencing_rule(REVOKED_REASON_KEPT, "status.revokedReason: set once, when the hub revokes the assignment, and never changed"),
+    validation = fencing_rule(REVOKED_TIME_KEPT, "status.revokedTime: set once, when the hub revokes the assignment, and never changed"),
+    validation = fencing_rule(RELEASED_STAYS, "status.released: once true it stays true; a released run is not taken back by unreleasing it"),
+    validation = fencing_rule(NO_RELEASE_AFTER_REVOKE, "status.released: a revoked assignment cannot be released"),
     printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.run.kind"}"#,
     printcolumn = r#"{"name":"Run","type":"string","jsonPath":".spec.run.name"}"#,
     printcolumn = r#"{"name":"Released","type":"boolean","jsonPath":".status.released"}"#,

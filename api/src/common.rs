@@ -4,11 +4,22 @@
 //!
 //! The shapes follow KubeFed's `template` / `placement` / `overrides`, so a
 //! KubeFed user changes only `apiVersion` and `kind`.
+//!
+//! Every list a user writes is bounded (`maxItems`), so no object can make
+//! the hub's placement, override or admission work grow without limit:
+//! `placement.clusters` ≤ 1000 (a large fleet named one by one),
+//! `tolerations` and `taints` ≤ 64, `overrides` ≤ 1000 (one per cluster)
+//! with ≤ 100 operations each, and a cluster selector's `matchLabels` ≤ 64,
+//! `matchExpressions` ≤ 32 with ≤ 256 values each ([`bounded_selector`]).
+//! Names are bounded too ([`federated_name_rule`],
+//! [`member_cluster_name_rule`]): each is written where Kubernetes allows
+//! fewer characters than a name may have.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::KubeSchema;
+use kube::core::Rule;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -49,6 +60,7 @@ pub struct Placement {
     pub clusters: Vec<ClusterRef>,
     /// Clusters by the labels on their `MemberCluster`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "bounded_selector")]
     pub cluster_selector: Option<LabelSelector>,
     /// Taints of `MemberCluster`s this object tolerates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -67,6 +79,7 @@ pub struct RunPlacement {
     pub clusters: Vec<ClusterRef>,
     /// Candidate clusters by the labels on their `MemberCluster`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "bounded_selector")]
     pub cluster_selector: Option<LabelSelector>,
     /// Taints of `MemberCluster`s this run tolerates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -208,4 +221,97 @@ pub(crate) fn conditions(generator: &mut SchemaGenerator) -> Schema {
         serde_json::json!(["type"]),
     );
     schema
+}
+
+/// At most this many `matchLabels` in a cluster selector.
+pub const MAX_SELECTOR_LABELS: u32 = 64;
+/// At most this many `matchExpressions` in a cluster selector.
+pub const MAX_SELECTOR_EXPRESSIONS: u32 = 32;
+/// At most this many `values` in one `matchExpressions` entry: enough to
+/// name every cluster of a large region; a longer list of names belongs in
+/// `placement.clusters`.
+pub const MAX_SELECTOR_VALUES: u32 = 256;
+
+/// A `metav1.LabelSelector` whose lists and maps are bounded (Kubernetes'
+/// own schema bounds none of them), its keys and values as long as a label
+/// key and value may be.
+pub(crate) fn bounded_selector(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = <LabelSelector as JsonSchema>::json_schema(generator);
+    let bounds = json_schema!({
+        "properties": {
+            "matchLabels": {
+                "maxProperties": MAX_SELECTOR_LABELS,
+                "additionalProperties": {"type": "string", "maxLength": 63},
+            },
+            "matchExpressions": {
+                "maxItems": MAX_SELECTOR_EXPRESSIONS,
+                "items": {"properties": {
+                    "key": {"maxLength": 316},
+                    "operator": {"maxLength": 16},
+                    "values": {"maxItems": MAX_SELECTOR_VALUES, "items": {"maxLength": 63}},
+                }},
+            },
+        },
+    });
+    merge(schema.as_object_mut(), bounds.as_object());
+    schema.insert("nullable".into(), true.into());
+    schema
+}
+
+/// Merge `from` into `into`, objects key by key, anything else replaced.
+fn merge(
+    into: Option<&mut serde_json::Map<String, Value>>,
+    from: Option<&serde_json::Map<String, Value>>,
+) {
+    let (Some(into), Some(from)) = (into, from) else {
+        return;
+    };
+    for (key, value) in from {
+        match (into.get_mut(key), value) {
+            (Some(Value::Object(existing)), Value::Object(more)) => {
+                merge(Some(existing), Some(more))
+            }
+            _ => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// The longest name of a federated object (templates and runs): the hub
+/// writes it as the value of label `tekfed.io/federated-name` on every
+/// object it makes on a member, and a label value has at most 63
+/// characters. Longer names are refused at admission, not by a member.
+pub const MAX_FEDERATED_NAME: usize = 63;
+
+/// The root rule bounding a federated object's name ([`MAX_FEDERATED_NAME`]).
+pub fn federated_name_rule() -> Rule {
+    let message = format!(
+        "metadata.name: must be at most {MAX_FEDERATED_NAME} characters: tekfed writes it as a label value (tekfed.io/federated-name) on the objects it makes on members"
+    );
+    Rule::new(format!("size(self.metadata.name) <= {MAX_FEDERATED_NAME}")).message(message.as_str())
+}
+
+/// The longest `MemberCluster` name. Every name derived from a cluster's
+/// name must stay valid: the hub namespace `tekfed-cluster-<name>` and the
+/// label value `tekfed.io/cluster=<name>` (63 characters, so at most 48),
+/// the agent's identity `tekfed-agent-<name>` (a ServiceAccount, a Lease,
+/// and the common name of a client certificate, at most 64 characters, so
+/// at most 51), the Secrets `tekfed-member-<name>-logs` (253). The
+/// tightest is 48; 40 leaves 8 characters for the next name tekfed derives
+/// (a `-<suffix>` on the namespace or the agent's identity) without
+/// refusing clusters already joined, and keeps a Helm release named
+/// `tekfed-agent-<name>` under Helm's 53.
+pub const MAX_CLUSTER_NAME: usize = 40;
+
+/// The root rule on a `MemberCluster`'s name: a DNS-1123 label (a namespace
+/// is made of it, so no dots) of at most [`MAX_CLUSTER_NAME`] characters.
+pub fn member_cluster_name_rule() -> Rule {
+    let message = format!(
+        "metadata.name: a MemberCluster's name must be a DNS-1123 label (lowercase letters, digits and '-') of at most {MAX_CLUSTER_NAME} characters: tekfed derives the hub namespace tekfed-cluster-<name> and the agent's identity tekfed-agent-<name> from it"
+    );
+    Rule::new(format!(
+        "size(self.metadata.name) <= {MAX_CLUSTER_NAME} && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')"
+    ))
+    .message(message.as_str())
 }

@@ -19,6 +19,8 @@
 //! - [`common`]: what those share: template, placement, overrides,
 //!   conditions.
 //! - [`admission`]: admission policies for what a schema cannot check.
+//! - [`guard`]: what a member lets the hub do there (`MemberCluster`
+//!   `spec.tenancy`), checked by the hub and by a policy on the member.
 //! - [`tekton`]: reading Tekton run status into tekfed phases.
 //! - [`manifests`]: the generated documents.
 //! - [`rbac`]: the RBAC rules of the hub's and the agent's identities,
@@ -28,6 +30,7 @@ pub mod admission;
 pub mod assignment;
 pub mod common;
 pub mod dependencies;
+pub mod guard;
 pub mod logs;
 pub mod manifests;
 pub mod member_cluster;

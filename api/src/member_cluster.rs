@@ -29,6 +29,7 @@ pub const DRAIN_ANNOTATION: &str = "tekfed.io/drain";
     shortname = "mc",
     category = "tekfed",
     status = "MemberClusterStatus",
+    validation = crate::common::member_cluster_name_rule(),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Schedulable","type":"boolean","jsonPath":".status.schedulable"}"#,
     printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.load.running"}"#,
@@ -57,6 +58,13 @@ pub struct MemberClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_concurrent_runs: Option<i32>,
+    /// What this member lets the hub do there: the namespaces it may write
+    /// in, the Pod Security level of the namespaces it creates and of what
+    /// runs ask for, and the privileged ServiceAccounts runs may name
+    /// ([`crate::guard`]). `kubectl tekfed join` writes it from its flags,
+    /// and the same into the member's guard.
+    #[serde(default)]
+    pub tenancy: crate::guard::Tenancy,
 }
 
 /// Where a member's kubeconfig is kept on the hub.
@@ -107,29 +115,47 @@ pub struct MemberClusterStatus {
     pub assigned_runs: Option<i64>,
 }
 
-/// Load on a member, as its agent measures it.
+/// The most runs or pods an agent may report in one figure: far above
+/// what one cluster holds (Kubernetes is tested to 150,000 pods), far
+/// below any sum that could overflow.
+pub const MAX_RUNS: i64 = 1_000_000;
+/// The largest CPU (millicores) or memory (bytes) figure an agent may
+/// report: 2^50, a pebibyte of memory, or a million cores' worth of
+/// millicores a thousand times over.
+pub const MAX_QUANTITY: i64 = 1 << 50;
+
+/// Load on a member, as its agent measures it. Every figure is bounded at
+/// admission (non-negative, at most [`MAX_RUNS`] or [`MAX_QUANTITY`]): an
+/// agent's report is input the hub must not trust.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterLoad {
     /// TaskRuns and PipelineRuns started and not finished.
     #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_RUNS))]
     pub running: i64,
     /// TaskRuns and PipelineRuns created and not started.
     #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_RUNS))]
     pub pending: i64,
     /// Pods waiting to be scheduled.
     #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_RUNS))]
     pub pending_pods: i64,
     /// Allocatable CPU over all nodes, in millicores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_QUANTITY))]
     pub cpu_allocatable_millis: Option<i64>,
     /// CPU requested by scheduled pods, in millicores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_QUANTITY))]
     pub cpu_requested_millis: Option<i64>,
     /// Allocatable memory over all nodes, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_QUANTITY))]
     pub memory_allocatable_bytes: Option<i64>,
     /// Memory requested by scheduled pods, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_QUANTITY))]
     pub memory_requested_bytes: Option<i64>,
 }

@@ -141,6 +141,7 @@ pub async fn up(members: usize, dir: PathBuf) -> anyhow::Result<()> {
             member_server: None,
             hub_server: None,
             token_ttl: Duration::from_secs(24 * 3600),
+            tenancy: Default::default(),
             quiet: true,
         })
         .await

@@ -45,6 +45,11 @@ for Tekton objects, namespaces, and by name the ServiceAccounts, ConfigMaps and 
 On the hub: Secret tekfed-member-NAME (server, CA, token; no key of yours), MemberCluster NAME, \
 namespace tekfed-cluster-NAME and the agent's ServiceAccount with a Role confined to it. \
 Running it again changes nothing (and renews tokens close to expiry).\n\n\
+The member guard (ValidatingAdmissionPolicy tekfed-member-guard, with ConfigMap tekfed-system/tekfed-guard) \
+refuses the hub's writes on the member outside --allow-namespaces/--deny-namespaces and the system namespaces, \
+to objects not labelled app.kubernetes.io/managed-by=tekfed, and of runs or Tasks asking for more than \
+--pod-security allows (host namespaces, hostPath, privileged, added capabilities) or naming a ServiceAccount \
+with rights there not listed in --service-accounts. Namespaces tekfed creates get the Pod Security label.\n\n\
 Examples:\n  kubectl tekfed join member-1 --cluster-context kind-member-1 --hub-context kind-hub --labels region=eu\n  \
 kubectl tekfed join gpu-1 --cluster-context gpu-1 --install-agent --agent-image registry.example/tekfed:0.1.0"
     )]
@@ -78,6 +83,18 @@ kubectl tekfed join gpu-1 --cluster-context gpu-1 --install-agent --agent-image 
         /// Lifetime of the tokens join issues (a join renews them within 30 days of expiry).
         #[arg(long, default_value = "1y", value_parser = humantime::parse_duration)]
         token_ttl: std::time::Duration,
+        /// Namespaces the hub may write in on this member: names, or prefixes ending in '*' (team-*); default: all but the denied and system ones (kube-*, tekton-*, tekfed-system, never allowed).
+        #[arg(long, value_delimiter = ',')]
+        allow_namespaces: Vec<String>,
+        /// Namespaces the hub may not write in on this member, besides the system ones.
+        #[arg(long, value_delimiter = ',')]
+        deny_namespaces: Vec<String>,
+        /// Pod Security level of the namespaces tekfed creates on the member, and the most a run or Task may ask of its pods: restricted, baseline or privileged.
+        #[arg(long, default_value = "restricted")]
+        pod_security: tekfed_api::guard::PodSecurityLevel,
+        /// ServiceAccounts of the member (NAMESPACE/NAME, or NAME in any namespace) that runs may name although they hold rights there (read Secrets, create pods, bind roles, mint tokens).
+        #[arg(long, value_delimiter = ',')]
+        service_accounts: Vec<String>,
     },
     /// Remove what join created on the hub (and on the member with --cluster-context).
     #[command(
@@ -246,6 +263,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             member_server,
             hub_server,
             token_ttl,
+            allow_namespaces,
+            deny_namespaces,
+            pod_security,
+            service_accounts,
         } => {
             join::join(join::JoinOptions {
                 name,
@@ -258,6 +279,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 member_server,
                 hub_server,
                 token_ttl,
+                tenancy: tekfed_api::guard::Tenancy {
+                    allow_namespaces,
+                    deny_namespaces,
+                    pod_security,
+                    service_accounts,
+                },
                 quiet: false,
             })
             .await

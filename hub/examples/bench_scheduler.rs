@@ -216,6 +216,7 @@ fn queue(rng: &mut Rng, n: usize, clusters: usize) -> Vec<RunRequest> {
             key: format!("ci/run-{i:06}"),
             created: 1_700_000_000 + (i / 10) as i64,
             placement: placement(rng, clusters),
+            refused: Default::default(),
         })
         .collect();
     // Fisher–Yates, so the queue does not arrive already in order.

@@ -7,15 +7,50 @@
 //! embeds one (`ApiError: … (Status { status: Some(Failure), … })`), so
 //! nothing here formats a `kube::Error` with `{}` or `{:?}`. Pure, so every
 //! case is a unit test.
+//!
+//! What a member answers is not trusted either: a member (or whatever sits
+//! in front of it) may answer with any body. An answer that is not a
+//! Kubernetes `Status` (an HTML error page, a proxy's text) is reported by
+//! its HTTP code alone, never its body; a `Status`'s own words are kept,
+//! but on one line, without control characters, and at most
+//! [`MAX_MESSAGE`] characters; a body that does not parse is described by
+//! where it failed, not by what it held.
 
 use kube::runtime::{controller, watcher};
+
+/// The longest text taken from an answer into a status, a condition or a
+/// log line: enough for any Kubernetes validation message, short enough
+/// that a hostile answer cannot fill a status.
+pub const MAX_MESSAGE: usize = 512;
+
+/// The `reason` kube gives an error answer whose body is not a Kubernetes
+/// `Status` (it then puts the whole body in `message`).
+const NOT_A_STATUS: &str = "Failed to parse error data";
 
 /// What went wrong with a request, in one line. For an answer of the API
 /// server (`kube::Error::Api`): the `field: message` of each cause it lists
 /// (a 422 `Invalid` names the fields), joined with `; `, else its message;
-/// for anything else (no answer, an unreadable one) the error's `Display`.
+/// for an answer that is not a Kubernetes `Status`, its HTTP code only; for
+/// a body that does not parse, where it failed; for anything else (no
+/// answer) the error's `Display`. Always one line of at most
+/// [`MAX_MESSAGE`] characters, without control characters.
 pub fn one_line(error: &kube::Error) -> String {
     let text = match error {
+        kube::Error::Api(status) if status.reason == NOT_A_STATUS => format!(
+            "HTTP {} (its body, not a Kubernetes Status, is not shown)",
+            status.code
+        ),
+        kube::Error::SerdeError(e) => format!(
+            "the answer could not be read ({} error at line {}, column {}; not shown)",
+            match e.classify() {
+                serde_json::error::Category::Io => "I/O",
+                serde_json::error::Category::Syntax => "syntax",
+                serde_json::error::Category::Data => "data",
+                serde_json::error::Category::Eof => "end of input",
+            },
+            e.line(),
+            e.column()
+        ),
         kube::Error::Api(status) => {
             let causes: Vec<String> = status
                 .details
@@ -40,7 +75,22 @@ pub fn one_line(error: &kube::Error) -> String {
         other => other.to_string(),
     };
     // Some admission webhooks answer with several lines.
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    sanitize(&text)
+}
+
+/// `text` on one line: control characters dropped, runs of white space
+/// made one space, at most [`MAX_MESSAGE`] characters (cut with `…`).
+pub fn sanitize(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let line: String = words
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    match line.char_indices().nth(MAX_MESSAGE) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
 }
 
 /// A member cluster's refusal, for a status: `member-1 refused Task
@@ -63,7 +113,8 @@ pub fn watch_failure(error: &watcher::Error) -> String {
         }
         watcher::Error::WatchError(status) => format!(
             "the API server ended the watch: {} (HTTP {})",
-            status.message, status.code
+            sanitize(&status.message),
+            status.code
         ),
         watcher::Error::WatchFailed(e) => format!("the watch failed: {}", one_line(e)),
         watcher::Error::NoResourceVersion => error.to_string(),
@@ -179,6 +230,62 @@ mod tests {
         }
         let watch = watcher::Error::WatchFailed(e);
         assert!(!watch_failure(&watch).contains("Status {"));
+    }
+
+    /// A marker no message of tekfed's contains.
+    const MARKER: &str = "tekfed-hostile-body-7f3a";
+
+    #[test]
+    fn a_body_that_is_not_a_status_is_never_shown() {
+        // What kube makes of an HTML error page (see its handle_api_errors).
+        let page =
+            format!("<html><body><h1>500</h1><p>{MARKER}</p>\n<script>x()</script></body></html>");
+        let e = api(500, NOT_A_STATUS, &page, &[]);
+        for text in [
+            one_line(&e),
+            member_refusal("member-1", "reading Task corpus/echo", &e),
+        ] {
+            assert!(!text.contains(MARKER), "{text}");
+            assert!(!text.contains("<html>"), "{text}");
+            assert!(text.contains("HTTP 500"), "{text}");
+        }
+        assert_eq!(
+            member_refusal("member-1", "Task corpus/echo", &e),
+            "member-1 refused Task corpus/echo: HTTP 500 (its body, not a Kubernetes Status, is not shown)"
+        );
+    }
+
+    #[test]
+    fn a_status_message_is_kept_but_bounded_and_on_one_line() {
+        let long = format!("{MARKER}\u{1b}[31m\r\n{}", "x".repeat(10_000));
+        let text = one_line(&api(500, "InternalError", &long, &[]));
+        assert!(text.chars().count() <= MAX_MESSAGE + 1, "{}", text.len());
+        assert!(text.ends_with('…'));
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        // A Status's own words are the member's explanation: kept, bounded.
+        assert!(text.starts_with(MARKER), "{text}");
+        let cause = format!("{}\u{7}", "y".repeat(2_000));
+        let causes = one_line(&api(422, "Invalid", "m", &[("spec.a", cause.as_str())]));
+        assert!(causes.chars().count() <= MAX_MESSAGE + 1);
+        assert!(!causes.contains('\u{7}'));
+    }
+
+    #[test]
+    fn an_unreadable_body_is_described_not_quoted() {
+        let e = kube::Error::SerdeError(
+            serde_json::from_str::<Vec<u32>>(&format!("[\"{MARKER}\"]")).unwrap_err(),
+        );
+        let text = one_line(&e);
+        assert!(!text.contains(MARKER), "{text}");
+        assert!(text.contains("line 1"), "{text}");
+    }
+
+    #[test]
+    fn a_watch_ended_by_a_hostile_status_is_bounded() {
+        let status = kube::core::Status::failure(&"z\n".repeat(5_000), "Expired").with_code(410);
+        let text = watch_failure(&watcher::Error::WatchError(Box::new(status)));
+        assert!(!text.contains('\n'));
+        assert!(text.len() < MAX_MESSAGE * 4 + 100, "{}", text.len());
     }
 
     #[test]

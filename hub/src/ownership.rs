@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 /// The field manager of every server-side apply the hub makes.
 pub const FIELD_MANAGER: &str = "tekfed-hub";
 
-/// `app.kubernetes.io/managed-by` value on member objects and namespaces.
-pub const MANAGED_BY: &str = "tekfed";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// `app.kubernetes.io/managed-by` (and its value) on member objects and
+/// namespaces: the label the member guard requires on what the hub writes.
+pub use tekfed_api::guard::{LABEL_MANAGED_BY, MANAGED_BY};
 /// The federated object's kind (`FederatedTask`, …).
 pub const LABEL_KIND: &str = "tekfed.io/federated-kind";
 /// The federated object's namespace.

@@ -98,7 +98,11 @@ impl TestBed {
             "apiVersion": "tekfed.io/v1alpha1",
             "kind": "MemberCluster",
             "metadata": {"name": name, "labels": labels},
-            "spec": {"secretRef": {"name": secret_name}},
+            // Pod Security `baseline` for the namespaces tekfed creates: the
+            // tests run Tekton's own examples, whose steps set no
+            // securityContext (`restricted`, the default, is proven with
+            // `kubectl tekfed join` in tests/tests/hostile_member.rs).
+            "spec": {"secretRef": {"name": secret_name}, "tenancy": {"podSecurity": "baseline"}},
         });
         let clusters: Api<MemberCluster> = Api::all(client);
         clusters
@@ -285,6 +289,8 @@ impl TestBed {
             hub_kubeconfig.to_string_lossy().into_owned(),
             "--heartbeat-interval".into(),
             heartbeat_secs.to_string(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
         ];
         self.spawn(
             &format!("agent-{cluster}"),
@@ -329,6 +335,8 @@ impl TestBed {
             &path.to_string_lossy(),
             "--heartbeat-interval",
             "1",
+            "--metrics-addr",
+            "127.0.0.1:0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -423,10 +431,10 @@ pub async fn wait_condition(
 }
 
 impl TestBed {
-    /// The address a hub started by [`TestBed::start_hub`] serves metrics on,
-    /// from its log.
-    pub fn metrics_addr(&self, hub: &str) -> Option<String> {
-        let log = std::fs::read_to_string(self.dir().join(format!("{hub}.log"))).ok()?;
+    /// The address a hub or agent started by [`TestBed::spawn`] (named
+    /// `name`) serves metrics and probes on, from its log.
+    pub fn metrics_addr(&self, name: &str) -> Option<String> {
+        let log = std::fs::read_to_string(self.dir().join(format!("{name}.log"))).ok()?;
         let line = log.lines().rev().find(|l| l.contains("serving metrics"))?;
         let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
         Some(addr.trim_matches('"').to_owned())
@@ -452,7 +460,12 @@ pub fn task_run_template(
 ) -> serde_json::Value {
     let mut template = json!({
         "metadata": {"annotations": annotations},
-        "spec": {"taskSpec": {"steps": [{"name": "build", "image": "busybox", "script": "make"}]}},
+        // What Pod Security `restricted` admits: members joined with
+        // `kubectl tekfed join` label the namespaces tekfed creates so.
+        "spec": {"taskSpec": {
+            "stepTemplate": {"securityContext": tekfed_api::guard::restricted_security_context()},
+            "steps": [{"name": "build", "image": "busybox", "script": "make"}],
+        }},
     });
     if !template["metadata"]["annotations"].is_object() {
         template["metadata"]["annotations"] = json!({});

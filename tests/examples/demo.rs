@@ -128,7 +128,9 @@ async fn main() -> anyhow::Result<()> {
             "spec": {
                 "template": {
                     "metadata": {"annotations": {"tekfed.io/test-duration": format!("{}ms", 1000 + (i * 797) % 3000)}},
-                    "spec": {"taskSpec": {"steps": [{"name": "build", "image": "alpine", "script": "make"}]}},
+                    "spec": {"taskSpec": {
+                        // What Pod Security `restricted` (the namespaces tekfed creates) admits.
+                        "stepTemplate": {"securityContext": tekfed_api::guard::restricted_security_context()}, "steps": [{"name": "build", "image": "alpine", "script": "make"}]}},
                 },
                 "placement": {"clusterSelector": {"matchExpressions": [{"key": "tekfed.io/dev-member", "operator": "Exists"}]}},
             },

@@ -368,8 +368,16 @@ fn the_hub_chart_renders_what_users_rely_on() {
     assert_lease_rules(&role["rules"], "tekfed-hub");
 
     let policies = objects(&docs, "ValidatingAdmissionPolicy");
-    assert_eq!(policies.len(), 2, "the admission policies are templates");
-    assert_eq!(objects(&docs, "ValidatingAdmissionPolicyBinding").len(), 2);
+    let shipped = tekfed_api::admission::policies().len();
+    assert_eq!(
+        policies.len(),
+        shipped,
+        "the admission policies are templates"
+    );
+    assert_eq!(
+        objects(&docs, "ValidatingAdmissionPolicyBinding").len(),
+        tekfed_api::admission::bindings().len()
+    );
     let without = helm.render(HUB_CHART, &["--set", "admissionPolicies.enabled=false"]);
     assert!(objects(&without, "ValidatingAdmissionPolicy").is_empty());
 
@@ -459,7 +467,7 @@ fn the_agent_chart_renders_what_users_rely_on() {
     );
     assert!(
         objects(&docs, "Service").is_empty(),
-        "the agent serves nothing"
+        "no Service: the agent's metrics are scraped from its pod"
     );
 
     let cluster_role = one(&docs, "ClusterRole");
@@ -520,6 +528,57 @@ fn the_agent_chart_renders_what_users_rely_on() {
     let secret = one(&created, "Secret");
     assert_eq!(secret["metadata"]["name"], "tekfed-hub-kubeconfig");
     assert_eq!(secret["data"]["kubeconfig"], "YXBpVmVyc2lvbjogdjE=");
+}
+
+/// Both charts name the metrics port, pass it to the binary, and probe
+/// the binary's `/healthz` and `/readyz` there, with timings from values.
+#[test]
+fn both_charts_probe_liveness_and_readiness_on_the_metrics_port() {
+    let helm = Helm::new();
+    let container = |docs: &[Value]| {
+        one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0].clone()
+    };
+    for (name, args) in [
+        (HUB_CHART, vec![]),
+        (AGENT_CHART, vec!["--set", "clusterName=member-7"]),
+    ] {
+        let container = container(&helm.render(name, &args));
+        let flags = strings(&container["args"]);
+        assert!(
+            flags.contains(&"--metrics-addr=0.0.0.0:9090"),
+            "{name}: {flags:?}"
+        );
+        assert_eq!(
+            container["ports"][0],
+            json!({"name": "metrics", "containerPort": 9090, "protocol": "TCP"}),
+            "{name}"
+        );
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            assert_eq!(
+                container[probe]["httpGet"],
+                json!({"path": path, "port": "metrics"}),
+                "{name} {probe}"
+            );
+            for field in ["periodSeconds", "timeoutSeconds", "failureThreshold"] {
+                assert!(container[probe][field].is_u64(), "{name} {probe} {field}");
+            }
+        }
+    }
+    let moved = container(&helm.render(
+        AGENT_CHART,
+        &[
+            "--set",
+            "clusterName=member-7",
+            "--set",
+            "metrics.port=9100",
+            "--set",
+            "probes.readiness.periodSeconds=30",
+        ],
+    ));
+    assert!(strings(&moved["args"]).contains(&"--metrics-addr=0.0.0.0:9100"));
+    assert_eq!(moved["ports"][0]["containerPort"], 9100);
+    assert_eq!(moved["readinessProbe"]["periodSeconds"], 30);
+    assert_eq!(moved["readinessProbe"]["httpGet"]["port"], "metrics");
 }
 
 #[test]
@@ -895,6 +954,10 @@ async fn both_charts_install_and_their_service_accounts_can_run_a_federation() {
                 assert_eq!(path, mounted_path, "the agent reads the mounted Secret");
                 args.push(format!("--hub-kubeconfig={}", hub_kubeconfig.display()));
             }
+            // A free local port: no pod network of its own here.
+            None if arg.starts_with("--metrics-addr=") => {
+                args.push("--metrics-addr=127.0.0.1:0".to_owned())
+            }
             None => args.push(arg.to_owned()),
         }
     }
@@ -916,7 +979,10 @@ async fn both_charts_install_and_their_service_accounts_can_run_a_federation() {
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": "greet", "namespace": runs_ns},
         "spec": {
-            "template": {"spec": {"steps": [{"name": "s", "image": "ubuntu", "script": "true"}]}},
+            "template": {"spec": {
+                "stepTemplate": {"securityContext": tekfed_api::guard::restricted_security_context()},
+                "steps": [{"name": "s", "image": "ubuntu", "script": "true"}],
+            }},
             "placement": {"clusters": [{"name": MEMBER}]},
         },
     }))

@@ -281,7 +281,7 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
         "metadata": {"name": "long", "namespace": ns},
         "spec": {
-            "template": {"metadata": {"annotations": {"tekfed.io/test-duration": "10m"}}, "spec": {"taskSpec": {"steps": [{"name": "s", "image": "ubuntu", "script": "true"}]}}},
+            "template": {"metadata": {"annotations": {"tekfed.io/test-duration": "10m"}}, "spec": {"taskSpec": {"stepTemplate": {"securityContext": tekfed_api::guard::restricted_security_context()}, "steps": [{"name": "s", "image": "ubuntu", "script": "true"}]}}},
             "placement": {"clusters": [{"name": "member-2"}]},
         },
     }))

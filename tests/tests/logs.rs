@@ -131,7 +131,7 @@ fn step(name: &str, printed: &str) -> Value {
 /// step prints two lines naming itself.
 fn three_task_run(ns: &str, name: &str) -> FederatedPipelineRun {
     let task = |task: &str, after: Option<&str>| {
-        let mut t = json!({"name": task, "taskSpec": {"steps": [
+        let mut t = json!({"name": task, "taskSpec": {"stepTemplate": {"securityContext": tekfed_api::guard::restricted_security_context()}, "steps": [
             step("first", &format!("{task} first 1\n{task} first 2")),
             step("second", &format!("{task} second 1\n{task} second 2")),
         ]}});
@@ -323,7 +323,7 @@ async fn logs_of_a_federated_run_are_read_from_the_hub_with_hub_rbac() {
     let tr: FederatedTaskRun = serde_json::from_value(json!({
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
         "metadata": {"name": "smoke", "namespace": ns},
-        "spec": {"template": {"spec": {"taskSpec": {"steps": [step("check", "ok")]}}},
+        "spec": {"template": {"spec": {"taskSpec": {"stepTemplate": {"securityContext": tekfed_api::guard::restricted_security_context()}, "steps": [step("check", "ok")]}}},
                  "placement": {"clusters": [{"name": MEMBER}]}},
     }))
     .unwrap();

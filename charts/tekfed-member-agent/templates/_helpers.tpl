@@ -51,8 +51,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The MemberCluster name, required and a DNS-1123 label. */}}
 {{- define "tekfed-member-agent.clusterName" -}}
 {{- $name := required "clusterName is required: the name of this cluster's MemberCluster on the hub (--set clusterName=member-1)" .Values.clusterName }}
-{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $name) }}
-{{- fail (printf "clusterName %q is not a valid MemberCluster name: lowercase letters, digits and '-', at most 63 characters" $name) }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$" $name) }}
+{{- fail (printf "clusterName %q is not a valid MemberCluster name: lowercase letters, digits and '-', at most 40 characters" $name) }}
 {{- end }}
 {{- $name }}
 {{- end }}

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 use tekfed_api::{MemberCluster, cluster_namespace, rbac};
 
 use super::kubeconfig::{Endpoint, token_kubeconfig};
@@ -87,8 +87,9 @@ pub(super) async fn member_kubeconfigs(
 }
 
 /// The MemberCluster: created, or its labels (tekfed's and `extra`) and
-/// secretRef brought in line; the rest of its spec (cordon, taints, cap) is
-/// the operator's and kept.
+/// secretRef and tenancy brought in line (the member's guard holds the same
+/// tenancy); the rest of its spec (cordon, taints, cap) is the operator's
+/// and kept.
 pub(super) async fn member_cluster(
     h: &Client,
     secrets: &MemberSecrets,
@@ -103,6 +104,14 @@ pub(super) async fn member_cluster(
     let api: Api<MemberCluster> = Api::all(h.clone());
     let secret_ref = json!({"name": secrets.hub, "namespace": SYSTEM_NAMESPACE});
     let logs_ref = json!({"name": secrets.logs, "namespace": SYSTEM_NAMESPACE});
+    let tenancy = serde_json::to_value(&j.tenancy)?;
+    // A list no longer given is removed by the merge patch below.
+    let mut tenancy_patch = tenancy.clone();
+    for list in ["allowNamespaces", "denyNamespaces", "serviceAccounts"] {
+        if tenancy_patch.get(list).is_none() {
+            tenancy_patch[list] = Value::Null;
+        }
+    }
     let what = j.on_hub(&format!("MemberCluster {name}"));
     match api
         .get_opt(name)
@@ -113,7 +122,7 @@ pub(super) async fn member_cluster(
             let mc: MemberCluster = serde_json::from_value(json!({
                 "apiVersion": "tekfed.io/v1alpha1", "kind": "MemberCluster",
                 "metadata": {"name": name, "labels": labels},
-                "spec": {"secretRef": secret_ref, "logsSecretRef": logs_ref},
+                "spec": {"secretRef": secret_ref, "logsSecretRef": logs_ref, "tenancy": tenancy},
             }))?;
             api.create(&PostParams::default(), &mc)
                 .await
@@ -123,10 +132,11 @@ pub(super) async fn member_cluster(
         Some(existing) => {
             let current = serde_json::to_value(&existing)?;
             let desired = json!({"metadata": {"labels": labels},
-                                 "spec": {"secretRef": secret_ref, "logsSecretRef": logs_ref}});
+                                 "spec": {"secretRef": secret_ref, "logsSecretRef": logs_ref, "tenancy": tenancy_patch}});
             if labels_differ(&current, &desired)
                 || current["spec"]["secretRef"] != secret_ref
                 || current["spec"]["logsSecretRef"] != logs_ref
+                || existing.spec.tenancy != j.tenancy
             {
                 api.patch(name, &PatchParams::default(), &Patch::Merge(&desired))
                     .await

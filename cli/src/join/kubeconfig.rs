@@ -66,8 +66,16 @@ pub fn endpoint(kubeconfig: &Kubeconfig, context: &str) -> anyhow::Result<Endpoi
                 .with_context(|| format!("reading the CA file {path} of context {context:?}"))?;
             Some(base64::engine::general_purpose::STANDARD.encode(pem))
         }
-        (None, None) => None,
+        (None, None) => bail!(
+            "context {context:?} gives no certificate-authority for cluster {:?}; tekfed verifies every connection against the cluster's own CA (the hub refuses a member kubeconfig without one), so add certificate-authority-data",
+            ctx.cluster
+        ),
     };
+    if !server.starts_with("https://") {
+        bail!(
+            "context {context:?} reaches {server}, not over https; tekfed talks to API servers over TLS only"
+        );
+    }
     Ok(Endpoint { server, ca_data })
 }
 

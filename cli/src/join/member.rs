@@ -4,16 +4,20 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
 use kube::api::Api;
 use serde_json::json;
-use tekfed_api::rbac;
+use tekfed_api::{guard, rbac};
 
 use super::kubeconfig::{Endpoint, token_kubeconfig};
 use super::objects::{
-    ensure, ensure_kubeconfig_secret, exists, fields, labels_differ, secret_kubeconfig,
+    ensure, ensure_kubeconfig_secret, exists, fields, labels_differ, not_contained,
+    secret_kubeconfig,
 };
 use super::tokens::token_for;
 use super::{AGENT_SECRET, HUB_SA, Joining, LOGS_SA, MANAGED_BY, SYSTEM_NAMESPACE};
@@ -30,6 +34,8 @@ pub(super) async fn hub_identity(m: &Client, j: &mut Joining<'_>) -> anyhow::Res
         &mut j.report,
     )
     .await?;
+    // The guard first: the hub's identity is never without it.
+    member_guard(m, j).await?;
     ensure::<ServiceAccount>(
         &Api::namespaced(m.clone(), SYSTEM_NAMESPACE),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": HUB_SA, "namespace": SYSTEM_NAMESPACE, "labels": labels}}),
@@ -60,6 +66,49 @@ pub(super) async fn hub_identity(m: &Client, j: &mut Joining<'_>) -> anyhow::Res
     )
     .await?;
     logs_identity(m, j).await
+}
+
+/// The member's guard ([`guard::member_policy`]): what the hub's identity
+/// may write there, whatever the hub asks, from this join's tenancy
+/// (ConfigMap `tekfed-system/tekfed-guard`, the policy and its binding).
+async fn member_guard(m: &Client, j: &mut Joining<'_>) -> anyhow::Result<()> {
+    let mut params = guard::params(&j.tenancy);
+    params["metadata"]["labels"] = j.labels.clone();
+    ensure::<ConfigMap>(
+        &Api::namespaced(m.clone(), SYSTEM_NAMESPACE),
+        params,
+        fields(&["data"]),
+        j.on_member(&format!(
+            "ConfigMap {SYSTEM_NAMESPACE}/{} (what the hub may do here: namespaces, Pod Security level {}, ServiceAccounts)",
+            guard::GUARD_PARAMS,
+            j.tenancy.pod_security.as_str()
+        )),
+        &mut j.report,
+    )
+    .await?;
+    ensure::<ValidatingAdmissionPolicy>(
+        &Api::all(m.clone()),
+        serde_json::to_value(guard::member_policy())?,
+        not_contained(&["spec"]),
+        j.on_member(&format!(
+            "ValidatingAdmissionPolicy {} (refuses the hub's writes outside that)",
+            guard::GUARD_POLICY
+        )),
+        &mut j.report,
+    )
+    .await?;
+    ensure::<ValidatingAdmissionPolicyBinding>(
+        &Api::all(m.clone()),
+        serde_json::to_value(guard::member_binding())?,
+        not_contained(&["spec"]),
+        j.on_member(&format!(
+            "ValidatingAdmissionPolicyBinding {}",
+            guard::GUARD_POLICY
+        )),
+        &mut j.report,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The identity the hub reads run logs with on this member, apart from

@@ -4,7 +4,9 @@
 //!
 //! A join, step by step ([`join`]):
 //! 1. on the member, the hub's identity ([`member`]): namespace
-//!    `tekfed-system`, the ServiceAccount `tekfed-hub` bound to a
+//!    `tekfed-system`, the member guard (`tekfed_api::guard`: an admission
+//!    policy confining that identity to the namespaces and Pod Security
+//!    level the member allows), the ServiceAccount `tekfed-hub` bound to a
 //!    ClusterRole that reaches Tekton's objects and namespaces and nothing
 //!    else;
 //! 2. on the hub ([`hub`]), the member's kubeconfig Secret (server, CA and
@@ -71,14 +73,19 @@ pub struct JoinOptions {
     pub member_server: Option<String>,
     pub hub_server: Option<String>,
     pub token_ttl: Duration,
+    /// What the member lets the hub do there (its guard, and the
+    /// MemberCluster's `spec.tenancy`).
+    pub tenancy: tekfed_api::guard::Tenancy,
     /// Only the summary, not a line per object (`dev up`).
     pub quiet: bool,
 }
 
-/// Is `name` a DNS-1123 label (what a MemberCluster name must be)?
+/// Is `name` a DNS-1123 label of at most
+/// [`tekfed_api::common::MAX_CLUSTER_NAME`] characters (what a
+/// MemberCluster name must be: names are derived from it)?
 pub fn dns_label(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= tekfed_api::common::MAX_CLUSTER_NAME
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -101,6 +108,7 @@ pub fn parse_label(pair: &str) -> Result<(String, String), String> {
 /// tekfed's objects for it, and what was done so far.
 struct Joining<'a> {
     name: &'a str,
+    tenancy: tekfed_api::guard::Tenancy,
     labels: Value,
     report: Report,
 }
@@ -119,7 +127,8 @@ pub async fn join(options: JoinOptions) -> anyhow::Result<()> {
     let name = options.name.as_str();
     if !dns_label(name) {
         bail!(
-            "{name:?} is not a valid member name: use lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit (e.g. member-1)"
+            "{name:?} is not a valid member name: use lowercase letters, digits and '-', at most {}, starting and ending with a letter or digit (e.g. member-1)",
+            tekfed_api::common::MAX_CLUSTER_NAME
         );
     }
     let kubeconfig = read_kubeconfig(&options.kubeconfig)?;
@@ -150,6 +159,7 @@ pub async fn join(options: JoinOptions) -> anyhow::Result<()> {
     let (m, h) = (&member.client, &hub.client);
     let mut j = Joining {
         name,
+        tenancy: options.tenancy.clone(),
         labels: meta_labels(name),
         report: Report {
             quiet: options.quiet,
@@ -215,7 +225,8 @@ mod tests {
         for ok in ["member-1", "a", "eu-west-2b"] {
             assert!(dns_label(ok), "{ok}");
         }
-        for bad in ["", "Member", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+        assert!(dns_label(&"x".repeat(40)));
+        for bad in ["", "Member", "-a", "a-", "a_b", "a.b", &"x".repeat(41)] {
             assert!(!dns_label(bad), "{bad}");
         }
     }

@@ -94,6 +94,27 @@ pub(super) fn fields(keys: &'static [&'static str]) -> impl Fn(&Value, &Value) -
     move |current, desired| keys.iter().any(|k| current[*k] != desired[*k])
 }
 
+/// Differs where `desired` says something `current` does not hold, in any
+/// of these top-level fields: for objects the API server fills in with
+/// defaults (an admission policy's `spec`).
+pub(super) fn not_contained(keys: &'static [&'static str]) -> impl Fn(&Value, &Value) -> bool {
+    move |current, desired| keys.iter().any(|k| !contains(&current[*k], &desired[*k]))
+}
+
+/// `current` holds everything `desired` says (objects key by key, lists
+/// item by item, the rest equal).
+fn contains(current: &Value, desired: &Value) -> bool {
+    match (current, desired) {
+        (Value::Object(c), Value::Object(d)) => d
+            .iter()
+            .all(|(k, v)| c.get(k).is_some_and(|cv| contains(cv, v))),
+        (Value::Array(c), Value::Array(d)) => {
+            c.len() == d.len() && c.iter().zip(d).all(|(c, d)| contains(c, d))
+        }
+        (c, d) => c == d,
+    }
+}
+
 /// Never differs: an object whose existence is all that matters.
 pub(super) fn exists(_: &Value, _: &Value) -> bool {
     false
@@ -170,4 +191,20 @@ pub(super) async fn ensure_kubeconfig_secret(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_the_server_adds_are_not_a_difference() {
+        let desired = json!({"spec": {"failurePolicy": "Fail", "rules": [{"a": 1}]}});
+        let current = json!({"spec": {"failurePolicy": "Fail", "matchPolicy": "Equivalent", "rules": [{"a": 1, "b": 2}]}});
+        assert!(!not_contained(&["spec"])(&current, &desired));
+        let changed = json!({"spec": {"failurePolicy": "Ignore", "rules": [{"a": 1}]}});
+        assert!(not_contained(&["spec"])(&current, &changed));
+        let more = json!({"spec": {"rules": [{"a": 1}, {"a": 2}]}});
+        assert!(not_contained(&["spec"])(&current, &more));
+    }
 }

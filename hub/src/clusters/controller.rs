@@ -197,7 +197,7 @@ async fn probe_and_report(mc: &MemberCluster, ctx: &ClusterContext) -> Result<Ac
     // Placement reads labels and taints from the MemberCluster itself, so
     // any change to one is a reason to look at every federated object.
     ctx.members
-        .notify_if_changed(&name, mc.labels(), &mc.spec.taints);
+        .notify_if_changed(&name, mc.labels(), &mc.spec.taints, &mc.spec.tenancy);
     let report = ensure_cluster_namespace(ctx, &name).await;
     write_status(mc, ctx, version, report).await?;
     // Look again soon enough to see a heartbeat go stale within the grace.
@@ -296,7 +296,7 @@ async fn connect(
         })?
         .map_err(|e| Unreachable {
             reason: "Unreachable",
-            message: format!("cannot reach the member's API server: {}", one_line(&e)),
+            message: member_failure("GET /version", &e),
         })?;
     tokio::time::timeout(
         probe_timeout,
@@ -316,16 +316,34 @@ async fn connect(
             reason: "Unauthorized",
             message: format!(
                 "the member refused the hub's credentials or failed: {}",
-                one_line(&source)
+                member_failure("listing Tekton's APIs", &source)
             ),
         },
-        other => Unreachable {
+        // require_apis fails in no other way; said without its text, which
+        // could carry a member's answer.
+        _ => Unreachable {
             reason: "Unauthorized",
-            message: format!("the member refused the hub's credentials or failed: {other}"),
+            message: "the member failed the check that it serves Tekton's APIs".into(),
         },
     })?;
     let fingerprint = secret.metadata.resource_version.clone().unwrap_or_default();
     Ok((client, server, fingerprint, version.git_version))
+}
+
+/// What a member answered `request` with, for its `Reachable` condition:
+/// the HTTP code and the reason or message of a Kubernetes `Status`, never
+/// the body of any other answer ([`one_line`]).
+fn member_failure(request: &str, error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(_) => format!(
+            "the member's API server answered {request} with {}",
+            one_line(error)
+        ),
+        _ => format!(
+            "cannot reach the member's API server ({request}): {}",
+            one_line(error)
+        ),
+    }
 }
 
 async fn write_status(

@@ -22,6 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tekfed_api::guard::Tenancy;
 use tekfed_runtime::connect::tekton_resource;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
@@ -82,6 +83,8 @@ pub struct Members {
     requeue: BTreeMap<&'static str, mpsc::UnboundedSender<Requeue>>,
     /// What placement last saw of each member (labels and taints).
     placement_inputs: DashMap<String, String>,
+    /// What each member lets the hub do there (`spec.tenancy`).
+    tenancies: DashMap<String, Tenancy>,
     /// Woken when room for runs may have appeared or gone.
     pub schedule: Arc<tokio::sync::Notify>,
     /// Runs the hub has assigned to each cluster that have not finished.
@@ -113,6 +116,7 @@ impl Members {
             changed: watch::channel(0).0,
             requeue: senders,
             placement_inputs: DashMap::new(),
+            tenancies: DashMap::new(),
             schedule: Arc::new(tokio::sync::Notify::new()),
             active: DashMap::new(),
             servers: DashMap::new(),
@@ -129,6 +133,15 @@ impl Members {
     /// Tell the propagation controllers to look at every object again.
     pub fn notify(&self) {
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// What member `name` lets the hub do there; a member not seen yet
+    /// gets the defaults (`restricted`, no namespace list).
+    pub fn tenancy(&self, name: &str) -> Tenancy {
+        self.tenancies
+            .get(name)
+            .map(|t| t.clone())
+            .unwrap_or_default()
     }
 
     pub fn get(&self, name: &str) -> Option<MemberState> {
@@ -238,21 +251,25 @@ impl Members {
     /// Forget a member whose `MemberCluster` is gone.
     pub fn remove(&self, name: &str) {
         self.placement_inputs.remove(name);
+        self.tenancies.remove(name);
         self.servers.remove(name);
         if self.members.remove(name).is_some() {
             self.notify();
         }
     }
 
-    /// Notify when a member's labels or taints differ from what was seen
-    /// last: placements select on them.
+    /// Notify when a member's labels, taints or tenancy differ from what
+    /// was seen last: placements select on them, and what a member allows
+    /// decides what may go there.
     pub fn notify_if_changed(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
         taints: &[tekfed_api::Taint],
+        tenancy: &Tenancy,
     ) {
-        let seen = serde_json::to_string(&(labels, taints)).unwrap_or_default();
+        self.tenancies.insert(name.to_owned(), tenancy.clone());
+        let seen = serde_json::to_string(&(labels, taints, tenancy)).unwrap_or_default();
         let previous = self.placement_inputs.insert(name.to_owned(), seen.clone());
         if previous.as_ref() != Some(&seen) {
             self.notify();
@@ -318,9 +335,7 @@ fn route(requeue: &BTreeMap<&'static str, mpsc::UnboundedSender<Requeue>>, objec
 }
 
 /// Build a client from a member kubeconfig, refusing what the hub must not
-/// run or trust: exec and auth-provider plugins (code from a Secret would
-/// run on the hub), file references (they point into the hub's own disk),
-/// and `insecure-skip-tls-verify`.
+/// run, trust or let a Secret choose ([`check_kubeconfig`]).
 pub async fn client_from_kubeconfig(
     text: &str,
     connect_timeout: Duration,
@@ -329,46 +344,11 @@ pub async fn client_from_kubeconfig(
         reason: "KubeconfigInvalid",
         message,
     };
-    let kubeconfig = Kubeconfig::from_yaml(text)
-        .map_err(|e| invalid(format!("the kubeconfig does not parse: {e}")))?;
-    for user in &kubeconfig.auth_infos {
-        let Some(auth) = &user.auth_info else {
-            continue;
-        };
-        if auth.exec.is_some() || auth.auth_provider.is_some() {
-            return Err(invalid(format!(
-                "user {} uses an exec or auth-provider plugin, which the hub never runs; use a ServiceAccount token (kubectl tekfed join does)",
-                user.name
-            )));
-        }
-        if auth.token_file.is_some()
-            || auth.client_certificate.is_some()
-            || auth.client_key.is_some()
-        {
-            return Err(invalid(format!(
-                "user {} refers to files; inline the credentials (token, client-certificate-data, client-key-data)",
-                user.name
-            )));
-        }
-    }
-    for cluster in &kubeconfig.clusters {
-        let Some(c) = &cluster.cluster else { continue };
-        if c.insecure_skip_tls_verify == Some(true) {
-            return Err(Unreachable {
-                reason: "KubeconfigInsecure",
-                message: format!(
-                    "cluster {} sets insecure-skip-tls-verify; give its CA in certificate-authority-data instead",
-                    cluster.name
-                ),
-            });
-        }
-        if c.certificate_authority.is_some() {
-            return Err(invalid(format!(
-                "cluster {} refers to a CA file; inline it as certificate-authority-data",
-                cluster.name
-            )));
-        }
-    }
+    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|_| {
+        // The parser's message may quote the text, credentials included.
+        invalid("the kubeconfig does not parse as YAML (its text is not shown)".into())
+    })?;
+    check_kubeconfig(&kubeconfig)?;
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| invalid(format!("the kubeconfig is not usable: {e}")))?;
@@ -381,4 +361,298 @@ pub async fn client_from_kubeconfig(
         ))
     })?;
     Ok((client, server))
+}
+
+/// Whether the hub may use a member kubeconfig. Only the current context's
+/// cluster and user are checked, because they are all the hub uses: kube
+/// loads exactly those ([`KubeConfigOptions::default`]); other entries are
+/// never read. Refused, each with what to change:
+/// - `KubeconfigInvalid`: no current context (or one naming a cluster the
+///   file lacks); an exec or auth-provider plugin (code from a Secret would
+///   run on the hub); a file reference (it points into the hub's own disk);
+///   impersonation (`as`, `as-uid`, `as-groups`, `as-user-extra`: the hub
+///   acts only as the identity its credentials are); `proxy-url` (the
+///   hub's requests and credentials would go where the Secret says).
+/// - `KubeconfigInsecure`: `insecure-skip-tls-verify`; a server that is
+///   not `https://`; no `certificate-authority-data` (the hub trusts a
+///   member only through the CA given with it, never the system's roots).
+pub fn check_kubeconfig(kubeconfig: &Kubeconfig) -> Result<(), Unreachable> {
+    let invalid = |message: String| Unreachable {
+        reason: "KubeconfigInvalid",
+        message,
+    };
+    let insecure = |message: String| Unreachable {
+        reason: "KubeconfigInsecure",
+        message,
+    };
+    let context_name = kubeconfig.current_context.as_deref().ok_or_else(|| {
+        invalid("the kubeconfig has no current-context; set it to the member's context".into())
+    })?;
+    let context = (kubeconfig.contexts.iter())
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .ok_or_else(|| {
+            invalid(format!(
+                "the kubeconfig's current-context {context_name} is not one of its contexts"
+            ))
+        })?;
+    let cluster_name = &context.cluster;
+    let cluster = (kubeconfig.clusters.iter())
+        .find(|c| &c.name == cluster_name)
+        .and_then(|c| c.cluster.as_ref())
+        .ok_or_else(|| {
+            invalid(format!(
+                "context {context_name} names cluster {cluster_name}, which the kubeconfig does not define"
+            ))
+        })?;
+    // As kube does, a context without a user, or naming none defined, has
+    // no credentials (and nothing to refuse).
+    let user = (context.user.as_ref())
+        .and_then(|name| kubeconfig.auth_infos.iter().find(|u| &u.name == name))
+        .and_then(|u| Some((u.name.as_str(), u.auth_info.as_ref()?)));
+    if let Some((name, auth)) = user {
+        if auth.exec.is_some() || auth.auth_provider.is_some() {
+            return Err(invalid(format!(
+                "user {name} uses an exec or auth-provider plugin, which the hub never runs; use a ServiceAccount token (kubectl tekfed join does)"
+            )));
+        }
+        if auth.token_file.is_some()
+            || auth.client_certificate.is_some()
+            || auth.client_key.is_some()
+        {
+            return Err(invalid(format!(
+                "user {name} refers to files; inline the credentials (token, client-certificate-data, client-key-data)"
+            )));
+        }
+        if auth.impersonate.is_some()
+            || auth.impersonate_uid.is_some()
+            || auth.impersonate_groups.is_some()
+            || auth.impersonate_user_extra.is_some()
+        {
+            return Err(invalid(format!(
+                "user {name} impersonates another identity (as, as-uid, as-groups or as-user-extra), which the hub never does on a member; give the kubeconfig's own identity the rights it needs (kubectl tekfed join does)"
+            )));
+        }
+    }
+    if cluster.insecure_skip_tls_verify == Some(true) {
+        return Err(insecure(format!(
+            "cluster {cluster_name} sets insecure-skip-tls-verify; give its CA in certificate-authority-data instead"
+        )));
+    }
+    if cluster.certificate_authority.is_some() {
+        return Err(invalid(format!(
+            "cluster {cluster_name} refers to a CA file; inline it as certificate-authority-data"
+        )));
+    }
+    let server = cluster.server.as_deref().unwrap_or_default();
+    if !server
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    {
+        return Err(insecure(format!(
+            "cluster {cluster_name} has server {:?}, which is not https://; the hub reaches members over TLS only",
+            crate::errors::sanitize(server)
+        )));
+    }
+    if cluster
+        .certificate_authority_data
+        .as_deref()
+        .is_none_or(|ca| ca.trim().is_empty())
+    {
+        return Err(insecure(format!(
+            "cluster {cluster_name} has no certificate-authority-data; the hub trusts a member's API server only through the CA given with it, never the system's roots: inline the member's CA (kubectl tekfed join does)"
+        )));
+    }
+    if cluster.proxy_url.is_some() {
+        return Err(invalid(format!(
+            "cluster {cluster_name} sets proxy-url; the hub connects to members directly, never through a proxy a Secret names (the proxy would carry the hub's credentials): remove it"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kubeconfig as `kubectl tekfed join` writes it, changed by `edit`
+    /// (YAML text replacements), parsed.
+    fn kubeconfig(edit: &[(&str, &str)]) -> Kubeconfig {
+        let mut text = "\
+apiVersion: v1
+kind: Config
+current-context: m
+clusters:
+- name: m
+  cluster:
+    server: https://member.example:6443
+    certificate-authority-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t
+users:
+- name: tekfed-hub
+  user:
+    token: t0ken
+contexts:
+- name: m
+  context: {cluster: m, user: tekfed-hub}
+"
+        .to_owned();
+        for (from, to) in edit {
+            assert!(text.contains(from), "{from}");
+            text = text.replace(from, to);
+        }
+        Kubeconfig::from_yaml(&text).unwrap()
+    }
+
+    fn refusal(edit: &[(&str, &str)]) -> (&'static str, String) {
+        let why = check_kubeconfig(&kubeconfig(edit)).expect_err("refused");
+        (why.reason, why.message)
+    }
+
+    #[test]
+    fn a_kubeconfig_as_join_writes_it_is_accepted() {
+        assert_eq!(check_kubeconfig(&kubeconfig(&[])), Ok(()));
+        // The scheme is case-insensitive, as in any URL.
+        let upper = [("https://member", "HTTPS://member")];
+        assert_eq!(check_kubeconfig(&kubeconfig(&upper)), Ok(()));
+    }
+
+    #[test]
+    fn each_unsafe_setting_is_refused_naming_it() {
+        let token = ("    token: t0ken\n", "");
+        // (case, text replacements, reason, what the message names)
+        type Edit = Vec<(&'static str, &'static str)>;
+        let cases: [(&str, Edit, &str, &str); 12] = [
+            (
+                "http",
+                vec![("https://member", "http://member")],
+                "KubeconfigInsecure",
+                "not https://",
+            ),
+            (
+                "no server",
+                vec![("    server: https://member.example:6443\n", "")],
+                "KubeconfigInsecure",
+                "not https://",
+            ),
+            (
+                "no CA",
+                vec![(
+                    "    certificate-authority-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t\n",
+                    "",
+                )],
+                "KubeconfigInsecure",
+                "no certificate-authority-data",
+            ),
+            (
+                "empty CA",
+                vec![("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t", "\"\"")],
+                "KubeconfigInsecure",
+                "no certificate-authority-data",
+            ),
+            (
+                "proxy-url",
+                vec![(
+                    "    server:",
+                    "    proxy-url: http://proxy.example:3128\n    server:",
+                )],
+                "KubeconfigInvalid",
+                "proxy-url",
+            ),
+            (
+                "as",
+                vec![
+                    token,
+                    ("  user:\n", "  user:\n    token: t\n    as: system:admin\n"),
+                ],
+                "KubeconfigInvalid",
+                "impersonates",
+            ),
+            (
+                "as-groups",
+                vec![
+                    token,
+                    (
+                        "  user:\n",
+                        "  user:\n    token: t\n    as-groups: [system:masters]\n",
+                    ),
+                ],
+                "KubeconfigInvalid",
+                "impersonates",
+            ),
+            (
+                "as-uid",
+                vec![
+                    token,
+                    ("  user:\n", "  user:\n    token: t\n    as-uid: \"0\"\n"),
+                ],
+                "KubeconfigInvalid",
+                "impersonates",
+            ),
+            (
+                "as-user-extra",
+                vec![
+                    token,
+                    (
+                        "  user:\n",
+                        "  user:\n    token: t\n    as-user-extra: {scopes: [all]}\n",
+                    ),
+                ],
+                "KubeconfigInvalid",
+                "impersonates",
+            ),
+            (
+                "exec",
+                vec![
+                    token,
+                    (
+                        "  user:\n",
+                        "  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/true}\n",
+                    ),
+                ],
+                "KubeconfigInvalid",
+                "exec",
+            ),
+            (
+                "insecure-skip-tls-verify",
+                vec![(
+                    "    server:",
+                    "    insecure-skip-tls-verify: true\n    server:",
+                )],
+                "KubeconfigInsecure",
+                "insecure-skip-tls-verify",
+            ),
+            (
+                "no current context",
+                vec![("current-context: m\n", "")],
+                "KubeconfigInvalid",
+                "current-context",
+            ),
+        ];
+        for (what, edit, reason, says) in cases {
+            let (got, message) = refusal(&edit);
+            assert_eq!(got, reason, "{what}: {message}");
+            assert!(message.contains(says), "{what}: {message}");
+        }
+    }
+
+    #[test]
+    fn only_the_current_context_counts() {
+        // An unused user with an exec plugin and an unused plain-http
+        // cluster are never read by the hub.
+        let extra = [
+            (
+                "contexts:\n",
+                "- name: unused\n  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/true}\ncontexts:\n",
+            ),
+            (
+                "users:\n",
+                "- name: other\n  cluster: {server: \"http://elsewhere\"}\nusers:\n",
+            ),
+        ];
+        assert_eq!(check_kubeconfig(&kubeconfig(&extra)), Ok(()));
+        // Pointing the current context at the plain-http cluster is refused.
+        let mut switched = extra.to_vec();
+        switched.push(("context: {cluster: m,", "context: {cluster: other,"));
+        assert_eq!(refusal(&switched).0, "KubeconfigInsecure");
+    }
 }

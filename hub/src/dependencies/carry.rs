@@ -212,7 +212,7 @@ async fn carry_plain(
     let conn = members
         .connection(cluster)
         .map_err(|why| why.describe(cluster))?;
-    ensure_namespace(&conn, cluster, namespace).await?;
+    ensure_namespace(&conn, &members.tenancy(cluster), cluster, namespace).await?;
     let resource = plain_resource(dep.kind);
     let member: Api<DynamicObject> =
         Api::namespaced_with(conn.client.clone(), namespace, &resource);

@@ -13,17 +13,29 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::PostParams;
 use kube::runtime::reflector::Store;
+use tekfed_api::guard;
 use tekfed_api::runs::{RunPhase, RunStatus};
 use tekfed_api::tekton::is_final;
-use tekfed_api::{FederatedPipelineRun, FederatedTaskRun, PlacementMode, RunPlacement};
+use tekfed_api::{
+    ClusterLoad, FederatedPipelineRun, FederatedTaskRun, PlacementMode, RunPlacement,
+};
 
 use super::reconcile::write_status;
 use super::scheduler::{ClusterView, Decision, RunRequest, Scheduler};
 use super::status as run_status;
-use super::{Error, FINALIZER, FederatedRun, RunContext, moves, now};
+use super::{Error, FINALIZER, FederatedRun, RunContext, member_run, moves, now};
 use crate::errors::one_line;
 use crate::metrics::{ClusterLabel, PhaseLabel};
 use crate::placement::Member;
+
+/// Runs an agent reports on its cluster (running and pending), as the
+/// scheduler counts them. The schema bounds each figure, but the hub does
+/// not rely on it: a negative figure counts as none, and the sum saturates
+/// instead of overflowing.
+fn reported_runs(load: &ClusterLoad) -> u64 {
+    let runs = load.running.max(0).saturating_add(load.pending.max(0));
+    u64::try_from(runs).unwrap_or(0)
+}
 
 /// What the dispatcher keeps of a run's status. It writes only runs still
 /// waiting for a cluster, so only those need their whole status; of the
@@ -62,6 +74,12 @@ struct Entry {
     /// hub ([`crate::dependencies`]): `Ok` with the `DependenciesReady`
     /// message, or why it cannot be scheduled yet.
     dependencies: Option<Result<String, (&'static str, String)>>,
+    /// For a run waiting for a cluster, why its template is too big to
+    /// carry anywhere ([`member_run::too_large`]): it fails at once.
+    too_large: Option<String>,
+    /// For a run waiting for a cluster, the members that do not allow it
+    /// (their `spec.tenancy`), with why.
+    refused: BTreeMap<String, String>,
     write: Box<
         dyn Fn(RunStatus) -> futures::future::BoxFuture<'static, Result<(), Error>> + Send + Sync,
     >,
@@ -113,6 +131,18 @@ fn entries<K: FederatedRun>(
                 None => Ok(closure.resolved_message()),
             }
         });
+        let refused = if undecided {
+            refusals::<K>(
+                ctx,
+                &run.namespace().unwrap_or_default(),
+                &run.template().spec,
+            )
+        } else {
+            BTreeMap::new()
+        };
+        let too_large = undecided
+            .then(|| member_run::too_large(run.template(), run.overrides()))
+            .flatten();
         let ctx = ctx.clone();
         let for_write = run.clone();
         entries.push(Entry {
@@ -134,6 +164,8 @@ fn entries<K: FederatedRun>(
             deleting: run.meta().deletion_timestamp.is_some(),
             ready: run.finalizers().iter().any(|f| f == FINALIZER),
             dependencies,
+            too_large,
+            refused,
             write: Box::new(move |status| {
                 let ctx = ctx.clone();
                 let run = for_write.clone();
@@ -142,6 +174,25 @@ fn entries<K: FederatedRun>(
         });
     }
     entries
+}
+
+/// The members that do not allow a run of kind `K` in `namespace` with
+/// this template spec ([`guard::refusal`]), with why. Overrides are not
+/// applied here: the member run is checked again, rendered, before it is
+/// created, and the member's own guard checks it once more.
+fn refusals<K: FederatedRun>(
+    ctx: &RunContext,
+    namespace: &str,
+    spec: &guard::Spec,
+) -> BTreeMap<String, String> {
+    ctx.clusters
+        .state()
+        .iter()
+        .filter_map(|mc| {
+            let why = guard::refusal(&mc.spec.tenancy, K::KIND.tekton_kind(), namespace, spec)?;
+            Some((mc.name_any(), why))
+        })
+        .collect()
 }
 
 /// The scheduling loop: woken by a new run, a finished run, or any change
@@ -171,6 +222,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
     let mut active: BTreeMap<String, i64> = BTreeMap::new();
     let mut queue = Vec::new();
     let mut waiting = Vec::new();
+    let mut too_large = Vec::new();
     {
         let mut decided = ctx.decided.lock().unwrap_or_else(|p| p.into_inner());
         let seen: BTreeSet<&str> = all.iter().map(|e| e.uid.as_str()).collect();
@@ -194,6 +246,11 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
                     *active.entry(c.clone()).or_default() += 1;
                 }
             } else if !entry.deleting && entry.ready {
+                if let Some(message) = &entry.too_large {
+                    // Cannot work on any cluster: fails, holds nothing.
+                    too_large.push((entry, message));
+                    continue;
+                }
                 if let Some(Err(blocked)) = &entry.dependencies {
                     // Needs what is not on the hub: not a candidate, holds nothing.
                     waiting.push((entry, blocked));
@@ -203,6 +260,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
                     key: entry.key.clone(),
                     created: entry.created,
                     placement: entry.placement.clone(),
+                    refused: entry.refused.clone(),
                 });
             }
         }
@@ -232,7 +290,16 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
                 run_status::waiting_for_dependencies(entry.status.as_ref(), reason, message, now());
             Some((entry, status))
         });
-    let waits: Vec<_> = waits.collect();
+    let mut waits: Vec<_> = waits.collect();
+    waits.extend(too_large.into_iter().map(|(entry, message)| {
+        let status = run_status::refused(
+            entry.status.as_ref(),
+            member_run::TEMPLATE_TOO_LARGE,
+            message,
+            now(),
+        );
+        (entry, status)
+    }));
     if queue.is_empty() && waits.is_empty() {
         return;
     }
@@ -240,11 +307,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
     let views = clusters.iter().map(|mc| {
         let name = mc.name_any();
         let status = mc.status.clone().unwrap_or_default();
-        let reported = status
-            .load
-            .as_ref()
-            .map(|l| (l.running + l.pending).max(0) as u64)
-            .unwrap_or(0);
+        let reported = status.load.as_ref().map(reported_runs).unwrap_or(0);
         let hub_count = active.get(&name).copied().unwrap_or(0).max(0) as u64;
         ClusterView {
             member: Member {
@@ -400,7 +463,7 @@ fn publish_metrics(ctx: &RunContext, phases: &PhaseCounts, active: &BTreeMap<Str
         let load = status
             .load
             .as_ref()
-            .map(|l| l.running + l.pending)
+            .map(|l| l.running.max(0).saturating_add(l.pending.max(0)))
             .unwrap_or(0);
         let ready = status
             .conditions
@@ -415,5 +478,27 @@ fn publish_metrics(ctx: &RunContext, phases: &PhaseCounts, active: &BTreeMap<Str
             .cluster_active
             .get_or_create(&cluster)
             .set(active.get(&cluster.cluster).copied().unwrap_or(0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(running: i64, pending: i64) -> ClusterLoad {
+        ClusterLoad {
+            running,
+            pending,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reported_runs_never_overflow_nor_go_negative() {
+        assert_eq!(reported_runs(&load(3, 4)), 7);
+        assert_eq!(reported_runs(&load(i64::MAX, i64::MAX)), i64::MAX as u64);
+        assert_eq!(reported_runs(&load(i64::MAX, 1)), i64::MAX as u64);
+        assert_eq!(reported_runs(&load(-1, 5)), 5);
+        assert_eq!(reported_runs(&load(i64::MIN, i64::MIN)), 0);
     }
 }

@@ -2,7 +2,8 @@
 //! federated run's own name, carrying tekfed's labels; made when the
 //! protocol says so (a PipelineRun held at once, a TaskRun once released),
 //! after what it refers to ([`super::dependencies`]) and in a namespace
-//! that can run pods; and given the user's cancel.
+//! that can run pods; and given the user's cancel. A run whose template is
+//! too big to carry ([`too_large`]) is refused before anything is made.
 
 use std::time::Duration;
 
@@ -11,13 +12,14 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tekfed_api::tekton::{PIPELINE_RUN_PENDING, TektonRun, cancel_values, is_final};
-use tekfed_api::{RunAssignment, RunKind};
+use tekfed_api::{ClusterOverrides, RunAssignment, RunKind, Template};
 use tekfed_runtime::connect::tekton_resource;
 
 use super::dependencies::ensure_dependencies;
 use super::{Error, FederatedRun, RunContext, kube_error, owner};
 use crate::overrides::{Source, render};
-use crate::ownership::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::templates::copies;
+use tekfed_api::guard;
 
 /// The member run exists as it should at this point of the protocol, and
 /// carries the user's cancel.
@@ -121,8 +123,23 @@ pub(super) async fn ensure_member_run<K: FederatedRun>(
             if K::KIND == RunKind::PipelineRun && !released && cancel.is_none() {
                 desired["spec"]["status"] = json!(PIPELINE_RUN_PENDING);
             }
+            let tenancy = ctx.members.tenancy(cluster);
+            if let Some(why) = guard::refusal(
+                &tenancy,
+                K::KIND.tekton_kind(),
+                &namespace,
+                desired["spec"].as_object().unwrap_or(&Default::default()),
+            ) {
+                return Err(waiting(
+                    "NotAllowedOnMember",
+                    format!("{cluster} does not allow this run: {why}"),
+                ));
+            }
             ensure_dependencies(run, cluster, ctx).await?;
-            ensure_namespace(&conn.client, &namespace)
+            copies::ensure_namespace(&conn, &tenancy, cluster, &namespace)
+                .await
+                .map_err(|message| waiting("NamespaceNotReady", message))?;
+            default_service_account(&conn.client, &namespace)
                 .await
                 .map_err(|message| {
                     waiting(
@@ -155,26 +172,17 @@ pub(super) async fn ensure_member_run<K: FederatedRun>(
 /// `default` ServiceAccount before a run is created in it.
 const NEW_NAMESPACE: Duration = Duration::from_secs(120);
 
-/// The member namespace exists and can run pods. Tekton reads the
-/// namespace's `default` ServiceAccount for every run, and a run created
-/// before the member's controller-manager made it fails at once
-/// (`PodCreationFailed`); so in a namespace created moments ago (by tekfed
-/// or anyone) a run is created only once that account exists. `Err` says
-/// what is awaited.
-async fn ensure_namespace(client: &Client, namespace: &str) -> Result<(), String> {
+/// The member namespace (made by [`copies::ensure_namespace`]) can run
+/// pods. Tekton reads the namespace's `default` ServiceAccount for every
+/// run, and a run created before the member's controller-manager made it
+/// fails at once (`PodCreationFailed`); so in a namespace created moments
+/// ago (by tekfed or anyone) a run is created only once that account
+/// exists. `Err` says what is awaited.
+async fn default_service_account(client: &Client, namespace: &str) -> Result<(), String> {
     let api: Api<Namespace> = Api::all(client.clone());
     let created = match api.get_metadata_opt(namespace).await {
         Ok(Some(ns)) => ns.metadata.creation_timestamp.map(|t| t.0),
-        _ => {
-            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}}});
-            let _ = api
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(ns).expect("a valid Namespace"),
-                )
-                .await;
-            None
-        }
+        _ => None,
     };
     let age = created.map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t));
     if age.is_some_and(|age| age.as_secs() >= NEW_NAMESPACE.as_secs() as i64) {
@@ -188,5 +196,126 @@ async fn ensure_namespace(client: &Client, namespace: &str) -> Result<(), String
         // Found, or not ours to read (a hub identity joined before it
         // could): go on as before.
         _ => Ok(()),
+    }
+}
+
+/// The largest template (with the largest cluster's overrides) a run may
+/// carry, in bytes of JSON. A run's template is stored about three times
+/// on the hub and once on its member: in the federated run's spec, in its
+/// status (`memberStatus` carries Tekton's resolved `taskSpec` or
+/// `pipelineSpec`, often as big), in the `RunAssignment`'s `runStatus`,
+/// and in the member run. Each object must stay under etcd's 1.5 MiB
+/// request limit with room for results, conditions and child references:
+/// 512 KiB leaves the run's status and spec together at most about
+/// 1 MiB. Tekton's own examples are a few KiB.
+pub const MAX_TEMPLATE_BYTES: usize = 512 * 1024;
+
+/// The reason a run too large to carry fails with.
+pub const TEMPLATE_TOO_LARGE: &str = "TemplateTooLarge";
+
+/// Why a run's template cannot be carried to a member, or `None` when it
+/// fits. Measured as the template's JSON plus the JSON of the largest
+/// cluster's override list: an upper bound of any cluster's rendered copy
+/// (an operation adds at most its value and key), found without rendering
+/// a copy per cluster.
+pub fn too_large(template: &Template, overrides: &[ClusterOverrides]) -> Option<String> {
+    let template_bytes = json_len(template);
+    let overrides_bytes = overrides
+        .iter()
+        .map(|o| json_len(&o.cluster_overrides))
+        .max()
+        .unwrap_or(0);
+    let bytes = template_bytes.saturating_add(overrides_bytes);
+    (bytes > MAX_TEMPLATE_BYTES).then(|| {
+        format!(
+            "spec.template is {} bytes{} as JSON, over the limit of {MAX_TEMPLATE_BYTES} bytes \
+             (512 KiB) that keeps the run's status and its member copy under etcd's 1.5 MiB \
+             request limit; move large data out of the template (a ConfigMap, a Task's steps)",
+            template_bytes,
+            if overrides_bytes > 0 {
+                format!(" plus {overrides_bytes} bytes of overrides")
+            } else {
+                String::new()
+            }
+        )
+    })
+}
+
+/// The length of `value` as JSON, without building the text.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a template to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tekfed_api::{OverrideOp, OverrideOperation};
+
+    use super::*;
+
+    fn template(script_bytes: usize) -> Template {
+        serde_json::from_value(json!({"spec": {"taskSpec": {"steps": [
+            {"name": "s", "image": "ubuntu", "script": "x".repeat(script_bytes)},
+        ]}}}))
+        .unwrap()
+    }
+
+    fn replace_script(bytes: usize) -> ClusterOverrides {
+        ClusterOverrides {
+            cluster_name: "member-1".into(),
+            cluster_overrides: vec![OverrideOp {
+                op: OverrideOperation::Replace,
+                path: "/spec/taskSpec/steps/0/script".into(),
+                value: Some(json!("y".repeat(bytes))),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_template_of_ordinary_size_fits() {
+        assert_eq!(
+            too_large(&template(10_000), &[replace_script(10_000)]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_template_over_the_limit_is_refused_with_its_size_and_the_limit() {
+        let big = template(600 * 1024);
+        let message = too_large(&big, &[]).expect("600 KiB is over the limit");
+        assert!(message.contains(&json_len(&big).to_string()), "{message}");
+        assert!(message.contains("524288 bytes"), "{message}");
+        assert!(!message.contains("overrides"), "{message}");
+    }
+
+    #[test]
+    fn overrides_count_the_largest_cluster_only() {
+        // Each cluster's copy fits; so does the sum of the template and
+        // the larger override list.
+        let fits = template(300 * 1024);
+        let two = [replace_script(200 * 1024), replace_script(100 * 1024)];
+        assert_eq!(too_large(&fits, &two), None);
+        // One cluster's override makes its copy too big.
+        let message = too_large(&fits, &[replace_script(250 * 1024)]).unwrap();
+        assert!(message.contains("bytes of overrides"), "{message}");
+    }
+
+    #[test]
+    fn the_measure_is_the_json_length() {
+        let t = template(5);
+        assert_eq!(json_len(&t), serde_json::to_vec(&t).unwrap().len());
     }
 }

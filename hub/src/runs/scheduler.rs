@@ -43,9 +43,10 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Runs on the cluster as far as the hub can tell.
+    /// Runs on the cluster as far as the hub can tell (saturating: an
+    /// agent's figure is input, never trusted to be small).
     pub fn load(&self) -> u64 {
-        self.reported + self.assigned_since_report
+        self.reported.saturating_add(self.assigned_since_report)
     }
 
     fn capacity(&self) -> u64 {
@@ -74,6 +75,8 @@ pub struct RunRequest {
     /// Creation time (seconds since the epoch), for first-in first-out.
     pub created: i64,
     pub placement: RunPlacement,
+    /// Clusters that do not allow this run (their tenancy), with why.
+    pub refused: BTreeMap<String, String>,
 }
 
 /// Why a run waits.
@@ -89,6 +92,8 @@ pub enum QueueReason {
     AllFull,
     /// The placement itself is invalid.
     InvalidPlacement(String),
+    /// Every selected member refuses the run (`spec.tenancy`): each with why.
+    NotAllowed(String),
 }
 
 impl QueueReason {
@@ -100,6 +105,7 @@ impl QueueReason {
             Self::NoneReady => "NoClusterReady",
             Self::AllFull => "AllClustersFull",
             Self::InvalidPlacement(_) => "InvalidPlacement",
+            Self::NotAllowed(_) => "NotAllowedOnMembers",
         }
     }
 
@@ -111,6 +117,9 @@ impl QueueReason {
             Self::NoneReady => "no matching member cluster is Ready (its agent's heartbeat is missing or stale)".into(),
             Self::AllFull => "every matching member cluster is at its maxConcurrentRuns; the run starts when one has room".into(),
             Self::InvalidPlacement(e) => e.clone(),
+            Self::NotAllowed(why) => format!(
+                "no matching member cluster allows this run: {why}; change the run, or ask a member's admin to allow it (kubectl tekfed join --allow-namespaces, --pod-security)"
+            ),
         }
     }
 }
@@ -147,7 +156,7 @@ impl Scheduler {
     /// Count a run the hub placed on `cluster` before the agent reports it.
     pub fn assign(&mut self, cluster: &str) {
         if let Some(c) = self.clusters.get_mut(cluster) {
-            c.assigned_since_report += 1;
+            c.assigned_since_report = c.assigned_since_report.saturating_add(1);
         }
     }
 
@@ -175,12 +184,33 @@ impl Scheduler {
 
     /// The decision for one run, without recording it.
     pub fn decide(&self, placement: &RunPlacement) -> Decision {
+        self.decide_refused(placement, &BTreeMap::new())
+    }
+
+    /// The decision for one run that the clusters in `refused` do not
+    /// allow, without recording it.
+    pub fn decide_refused(
+        &self,
+        placement: &RunPlacement,
+        refused: &BTreeMap<String, String>,
+    ) -> Decision {
         let selected = match self.selected(placement) {
             Ok(selected) => selected,
             Err(reason) => return Decision::Queue(reason),
         };
         if selected.is_empty() {
             return Decision::Queue(QueueReason::NoClusterMatches);
+        }
+        let (selected, refusing): (Vec<&ClusterView>, Vec<&ClusterView>) = selected
+            .into_iter()
+            .partition(|c| !refused.contains_key(&c.member.name));
+        if selected.is_empty() {
+            let why: Vec<String> = refusing
+                .iter()
+                .take(CANDIDATES_SHOWN)
+                .map(|c| format!("{}: {}", c.member.name, refused[&c.member.name]))
+                .collect();
+            return Decision::Queue(QueueReason::NotAllowed(why.join("; ")));
         }
         let uncordoned: Vec<&ClusterView> =
             selected.into_iter().filter(|c| !c.unschedulable).collect();
@@ -212,7 +242,12 @@ impl Scheduler {
     /// Why a run went where it went, as of the decision: every cluster
     /// the placement selects with its load (runs of capacity) or why it
     /// was passed over, lightest first, at most [`CANDIDATES_SHOWN`].
-    pub fn candidates(&self, placement: &RunPlacement, chosen: &[String]) -> String {
+    pub fn candidates(
+        &self,
+        placement: &RunPlacement,
+        chosen: &[String],
+        refused: &BTreeMap<String, String>,
+    ) -> String {
         let Ok(mut selected) = self.selected(placement) else {
             return String::new();
         };
@@ -224,6 +259,8 @@ impl Scheduler {
             };
             let state = if chosen.contains(&c.member.name) {
                 format!("{load}, chosen")
+            } else if refused.contains_key(&c.member.name) {
+                "does not allow the run".to_owned()
             } else if c.unschedulable {
                 "cordoned".to_owned()
             } else if !c.ready {
@@ -254,10 +291,10 @@ impl Scheduler {
         order
             .into_iter()
             .map(|run| {
-                let decision = self.decide(&run.placement);
+                let decision = self.decide_refused(&run.placement, &run.refused);
                 let mut candidates = String::new();
                 if let Decision::Assign(clusters) = &decision {
-                    candidates = self.candidates(&run.placement, clusters);
+                    candidates = self.candidates(&run.placement, clusters, &run.refused);
                     for c in clusters {
                         self.assign(c);
                     }
@@ -324,6 +361,7 @@ mod tests {
                 key: format!("ci/run-{i:05}"),
                 created: i as i64,
                 placement: placement.clone(),
+                refused: Default::default(),
             })
             .collect()
     }
@@ -341,6 +379,37 @@ mod tests {
     }
 
     #[test]
+    fn members_that_refuse_a_run_are_passed_over_and_all_refusing_queues_it_saying_why() {
+        let mut s = Scheduler::new([cluster("light", 0, None), cluster("busy", 5, None)]);
+        let mut run = runs(1, &anywhere()).remove(0);
+        run.refused = BTreeMap::from([(
+            "light".to_owned(),
+            "Pod Security level restricted there forbids spec.podTemplate.hostNetwork".to_owned(),
+        )]);
+        let decided = s.schedule(std::slice::from_ref(&run));
+        assert_eq!(decided[0].decision, Decision::Assign(vec!["busy".into()]));
+        assert_eq!(
+            decided[0].candidates,
+            "light (does not allow the run), busy (5 runs, chosen)"
+        );
+        run.refused.insert(
+            "busy".into(),
+            "namespace kube-system is a system namespace".into(),
+        );
+        let Decision::Queue(reason) = s.decide_refused(&run.placement, &run.refused) else {
+            panic!("queued");
+        };
+        assert_eq!(reason.reason(), "NotAllowedOnMembers");
+        assert!(
+            reason.message().contains(
+                "busy: namespace kube-system is a system namespace; light: Pod Security level restricted"
+            ),
+            "{}",
+            reason.message()
+        );
+    }
+
+    #[test]
     fn the_least_loaded_cluster_wins() {
         let s = Scheduler::new([
             cluster("a", 7, None),
@@ -355,6 +424,26 @@ mod tests {
         // 4 of 10 (40%) is lighter than 3 of 5 (60%).
         let s = Scheduler::new([cluster("big", 4, Some(10)), cluster("small", 3, Some(5))]);
         assert_eq!(s.decide(&anywhere()), Decision::Assign(vec!["big".into()]));
+    }
+
+    #[test]
+    fn a_hostile_load_figure_neither_overflows_nor_wins() {
+        let mut s = Scheduler::new([
+            cluster("huge", u64::MAX, None),
+            cluster("small", 1, Some(u64::MAX)),
+        ]);
+        assert_eq!(
+            s.decide(&anywhere()),
+            Decision::Assign(vec!["small".into()])
+        );
+        // Counting more runs onto a saturated cluster saturates too.
+        s.assign("huge");
+        assert_eq!(s.cluster("huge").unwrap().load(), u64::MAX);
+        let capped = Scheduler::new([cluster("full", u64::MAX, Some(u64::MAX))]);
+        assert_eq!(
+            capped.decide(&anywhere()),
+            Decision::Queue(QueueReason::AllFull)
+        );
     }
 
     #[test]
@@ -510,7 +599,7 @@ mod tests {
         );
         // Many candidates: the lightest are named, the rest counted.
         let many = Scheduler::new((0..12).map(|i| cluster(&format!("m{i:02}"), i, None)));
-        let text = many.candidates(&anywhere(), &["m00".into()]);
+        let text = many.candidates(&anywhere(), &["m00".into()], &BTreeMap::new());
         assert!(
             text.starts_with("m00 (0 runs, chosen), m01 (1 runs)"),
             "{text}"

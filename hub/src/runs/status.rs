@@ -323,6 +323,30 @@ pub fn queued(
     status
 }
 
+/// The status of a run the hub refuses before scheduling it, because it
+/// cannot work anywhere (such as [`super::member_run::TEMPLATE_TOO_LARGE`]):
+/// `Failed` at once, `Scheduled=False` and `Succeeded=False` with the
+/// reason and what to change. It holds no cluster and nothing is made.
+pub fn refused(previous: Option<&RunStatus>, reason: &str, message: &str, now: Time) -> RunStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.phase = Some(RunPhase::Failed);
+    status.completion_time = Some(now.clone());
+    for type_ in [SCHEDULED, SUCCEEDED] {
+        set_condition(
+            &mut status.conditions,
+            Condition {
+                type_: type_.into(),
+                status: "False".into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation: None,
+                last_transition_time: now.clone(),
+            },
+        );
+    }
+    status
+}
+
 /// The status of a run that waits, before scheduling, for what it needs
 /// from the hub: `Queued`, `Scheduled=False` (`WaitingForDependencies`)
 /// and `DependenciesReady=False` saying what and why. It holds no cluster.
@@ -758,6 +782,24 @@ mod tests {
             &at(5),
         );
         assert_eq!(status, before, "a True condition is left as it is");
+    }
+
+    #[test]
+    fn a_refused_run_fails_at_once_on_no_cluster() {
+        let queued = queued(None, "NoClusterReady", "waiting", None, at(1));
+        let status = refused(Some(&queued), "TemplateTooLarge", "too big", at(2));
+        assert_eq!(status.phase, Some(RunPhase::Failed));
+        assert!(is_final(status.phase.unwrap()));
+        assert_eq!(status.completion_time, Some(at(2)));
+        assert!(decided_clusters(Some(&status)).is_empty());
+        for type_ in [SCHEDULED, SUCCEEDED] {
+            let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+                ("False", "TemplateTooLarge", "too big"),
+                "{type_}"
+            );
+        }
     }
 
     #[test]

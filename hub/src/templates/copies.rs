@@ -10,6 +10,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use tekfed_api::PropagationState;
+use tekfed_api::guard::{self, Tenancy};
 use tekfed_runtime::connect::tekton_resource;
 
 use super::{Federated, drift, owner};
@@ -18,7 +19,7 @@ use crate::clusters::registry::Connection;
 use crate::errors::member_refusal;
 use crate::metrics::OutcomeLabel;
 use crate::overrides::{Source, render};
-use crate::ownership::{FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_RUN_DEPENDENCY, MANAGED_BY};
+use crate::ownership::{FIELD_MANAGER, LABEL_RUN_DEPENDENCY};
 
 /// Bring one member's copy in line: `(state, message)`. `run_dependency`
 /// marks a copy put there because a run needs it.
@@ -75,7 +76,16 @@ async fn check_and_apply<K: Federated>(
     {
         return unchanged;
     }
-    if let Err(message) = ensure_namespace(&conn, cluster, owner.namespace).await {
+    let tenancy = members.tenancy(cluster);
+    if let Some(why) = guard::refusal(
+        &tenancy,
+        K::TEKTON_KIND,
+        owner.namespace,
+        desired["spec"].as_object().unwrap_or(&Default::default()),
+    ) {
+        return failed(format!("{cluster} does not allow it: {why}"));
+    }
+    if let Err(message) = ensure_namespace(&conn, &tenancy, cluster, owner.namespace).await {
         return failed(message);
     }
     let api: Api<DynamicObject> = Api::namespaced_with(
@@ -135,12 +145,18 @@ async fn check_and_apply<K: Federated>(
 }
 
 /// Create the namespace on the member if it does not exist, labelled as
-/// tekfed's. A namespace that exists is left as it is.
+/// tekfed's and with the Pod Security level the member asks for
+/// (`tenancy`). A namespace that exists is left as it is. A namespace the
+/// member does not open to tekfed is refused here, before any request.
 pub(crate) async fn ensure_namespace(
     conn: &Connection,
+    tenancy: &Tenancy,
     cluster: &str,
     namespace: &str,
 ) -> Result<(), String> {
+    if let Some(why) = guard::namespace_refusal(tenancy, namespace) {
+        return Err(format!("{cluster} does not allow it: {why}"));
+    }
     if conn.namespaces.contains(namespace) {
         return Ok(());
     }
@@ -154,7 +170,7 @@ pub(crate) async fn ensure_namespace(
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(namespace.to_owned()),
-                labels: Some([(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned())].into()),
+                labels: Some(guard::namespace_labels(tenancy)),
                 ..Default::default()
             },
             ..Default::default()

@@ -1,0 +1,310 @@
+//! The SubjectAccessReview table of tekfed's identities, as the README
+//! shows it: each question asked of the real API servers of a federation
+//! joined with `kubectl tekfed join --install-agent`, and the README's
+//! table must be exactly what they answer.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use tekfed_testbed::federation::wait_condition;
+use tekfed_testbed::{HUB, TestBed, kubectl_tekfed};
+
+const MEMBER: &str = "member-1";
+
+/// One question: `verb` on `group`/`resource`[/`subresource`] in
+/// `namespace` (cluster-wide when empty), of `name` when given.
+struct Question {
+    what: &'static str,
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    subresource: &'static str,
+    namespace: &'static str,
+    name: &'static str,
+}
+
+const fn q(
+    what: &'static str,
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    subresource: &'static str,
+    namespace: &'static str,
+    name: &'static str,
+) -> Question {
+    Question {
+        what,
+        verb,
+        group,
+        resource,
+        subresource,
+        namespace,
+        name,
+    }
+}
+
+/// Asked on the member of the hub's identity, the log reader and the agent.
+const ON_MEMBER: [Question; 15] = [
+    q(
+        "create a TaskRun in `ci`",
+        "create",
+        "tekton.dev",
+        "taskruns",
+        "",
+        "ci",
+        "",
+    ),
+    q(
+        "delete a PipelineRun in `ci`",
+        "delete",
+        "tekton.dev",
+        "pipelineruns",
+        "",
+        "ci",
+        "",
+    ),
+    q(
+        "get Secret `ci/git` by name",
+        "get",
+        "",
+        "secrets",
+        "",
+        "ci",
+        "git",
+    ),
+    q("list Secrets", "list", "", "secrets", "", "", ""),
+    q("watch Secrets", "watch", "", "secrets", "", "", ""),
+    q("create a pod in `ci`", "create", "", "pods", "", "ci", ""),
+    q(
+        "read a pod's log in `ci`",
+        "get",
+        "",
+        "pods",
+        "log",
+        "ci",
+        "",
+    ),
+    q(
+        "exec into a pod in `ci`",
+        "create",
+        "",
+        "pods",
+        "exec",
+        "ci",
+        "",
+    ),
+    q("create a namespace", "create", "", "namespaces", "", "", ""),
+    q("delete a namespace", "delete", "", "namespaces", "", "", ""),
+    q(
+        "create a RoleBinding in `ci`",
+        "create",
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "",
+        "ci",
+        "",
+    ),
+    q(
+        "escalate a ClusterRole",
+        "escalate",
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        "",
+        "",
+        "",
+    ),
+    q(
+        "mint a ServiceAccount token in `ci`",
+        "create",
+        "",
+        "serviceaccounts",
+        "token",
+        "ci",
+        "",
+    ),
+    q(
+        "delete the member guard",
+        "delete",
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicies",
+        "",
+        "",
+        "tekfed-member-guard",
+    ),
+    q(
+        "patch a run's status (Tekton's)",
+        "patch",
+        "tekton.dev",
+        "taskruns",
+        "status",
+        "ci",
+        "",
+    ),
+];
+
+/// Asked on the hub of the agent's hub identity.
+const ON_HUB: [Question; 7] = [
+    q(
+        "write its RunAssignments' status",
+        "update",
+        "tekfed.io",
+        "runassignments",
+        "status",
+        "tekfed-cluster-member-1",
+        "",
+    ),
+    q(
+        "write another cluster's RunAssignments' status",
+        "update",
+        "tekfed.io",
+        "runassignments",
+        "status",
+        "tekfed-cluster-member-2",
+        "",
+    ),
+    q(
+        "change a RunAssignment's spec",
+        "update",
+        "tekfed.io",
+        "runassignments",
+        "",
+        "tekfed-cluster-member-1",
+        "",
+    ),
+    q(
+        "write its MemberReport's status",
+        "update",
+        "tekfed.io",
+        "memberreports",
+        "status",
+        "tekfed-cluster-member-1",
+        "",
+    ),
+    q(
+        "read MemberClusters",
+        "get",
+        "tekfed.io",
+        "memberclusters",
+        "",
+        "",
+        "",
+    ),
+    q(
+        "read federated runs",
+        "list",
+        "tekfed.io",
+        "federatedtaskruns",
+        "",
+        "",
+        "",
+    ),
+    q(
+        "read Secrets in `tekfed-system`",
+        "get",
+        "",
+        "secrets",
+        "",
+        "tekfed-system",
+        "",
+    ),
+];
+
+async fn allowed(client: &Client, user: &str, q: &Question) -> bool {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:tekfed-system".into(),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(q.verb.into()),
+                group: Some(q.group.into()),
+                resource: Some(q.resource.into()),
+                subresource: opt(q.subresource),
+                namespace: opt(q.namespace),
+                name: opt(q.name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allowed
+}
+
+fn yes(allowed: bool) -> &'static str {
+    if allowed { "yes" } else { "no" }
+}
+
+#[tokio::test]
+async fn the_readme_table_of_what_each_identity_may_do_is_what_the_api_servers_answer() {
+    let bed = TestBed::start(1).await.unwrap();
+    let kubeconfig = bed.kubeconfig().to_string_lossy().into_owned();
+    let (ok, out) = kubectl_tekfed(&[
+        "join",
+        MEMBER,
+        "--cluster-context",
+        MEMBER,
+        "--hub-context",
+        HUB,
+        "--install-agent",
+        "--agent-image",
+        "tekfed:test",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(ok, "join: {out}");
+    bed.start_hub("tekfed-hub", &[]).unwrap();
+    wait_condition(
+        &bed,
+        &[MEMBER.to_owned()],
+        "Reachable",
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    let member = bed.client(MEMBER).await.unwrap();
+    let hub = bed.client(HUB).await.unwrap();
+    let sa = |name: &str| format!("system:serviceaccount:tekfed-system:{name}");
+
+    let mut table = String::from(
+        "| on the member, may it… | hub `tekfed-hub` | log reader `tekfed-logs` | agent `tekfed-agent` |\n|---|---|---|---|\n",
+    );
+    for q in &ON_MEMBER {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            q.what,
+            yes(allowed(&member, &sa("tekfed-hub"), q).await),
+            yes(allowed(&member, &sa("tekfed-logs"), q).await),
+            yes(allowed(&member, &sa("tekfed-agent"), q).await),
+        ));
+    }
+    table.push_str("\n| on the hub, may it… | agent `tekfed-agent-member-1` |\n|---|---|\n");
+    for q in &ON_HUB {
+        table.push_str(&format!(
+            "| {} | {} |\n",
+            q.what,
+            yes(allowed(&hub, &sa("tekfed-agent-member-1"), q).await),
+        ));
+    }
+    println!("{table}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    assert!(
+        readme.contains(&table),
+        "README.md's table of identities is not what the API servers answer; it should read:\n\n{table}"
+    );
+}
