@@ -6,7 +6,9 @@
 //! admission policies into `charts/tekfed-hub/templates/`, wrapped in
 //! `admissionPolicies.enabled` (`api/tests/chart_fresh.rs` checks both),
 //! and each chart's RBAC rules (`templates/_rules.tpl`) from
-//! `tekfed_api::rbac` (`api/tests/chart_rules_fresh.rs` checks them).
+//! `tekfed_api::rbac` (`api/tests/chart_rules_fresh.rs` checks them), and
+//! the agent chart's member guard from `tekfed_api::guard`
+//! (`api/tests/chart_fresh.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +45,10 @@ fn main() -> std::io::Result<()> {
     for (path, text) in tekfed_api::rbac::chart_templates() {
         write(&crate_dir.join("..").join(path), &text)?;
     }
+    write(
+        &crate_dir.join("..").join(tekfed_api::guard::CHART_TEMPLATE),
+        &tekfed_api::guard::chart_template(),
+    )?;
     Ok(())
 }
 

@@ -41,10 +41,6 @@ pub type Spec = Map<String, Value>;
 pub const HUB_MEMBER_USER: &str = "system:serviceaccount:tekfed-system:tekfed-hub";
 /// The policy (and its binding) on each member.
 pub const GUARD_POLICY: &str = "tekfed-member-guard";
-/// The ConfigMap in [`GUARD_NAMESPACE`] holding the member's [`Tenancy`]
-/// for the policy. Without it the policy refuses every write of the hub.
-pub const GUARD_PARAMS: &str = "tekfed-guard";
-pub const GUARD_NAMESPACE: &str = "tekfed-system";
 /// Namespaces the hub never writes in, on any member.
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-*", "tekton-*", "tekfed-system"];
 /// The label tekfed puts on everything it creates on a member.
@@ -351,20 +347,13 @@ pub fn restricted_security_context() -> Value {
     })
 }
 
-/// The ConfigMap [`GUARD_PARAMS`] the member's policy reads `tenancy` from
-/// (lists comma-separated).
-pub fn params(tenancy: &Tenancy) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": GUARD_PARAMS, "namespace": GUARD_NAMESPACE,
-                     "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
-        "data": {
-            "allowNamespaces": tenancy.allow_namespaces.join(","),
-            "denyNamespaces": tenancy.deny_namespaces.join(","),
-            "podSecurity": tenancy.pod_security.as_str(),
-            "serviceAccounts": tenancy.service_accounts.join(","),
-        },
-    })
+/// A CEL list of strings.
+fn cel_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|i| format!("'{}'", i.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// A CEL test that container `c` asks for what the level forbids.
@@ -417,7 +406,7 @@ fn no_right((group, resource, subresource, verb): (&str, &str, &str, &str)) -> V
         ),
         "messageExpression": format!(
             "request.kind.kind + ' ' + variables.ns + '/' + variables.object.metadata.name + ': its ServiceAccount holds rights on this cluster \
-             ({verb} {resource}{}) and is not among those the member guard allows (tekfed-system/tekfed-guard serviceAccounts)'",
+             ({verb} {resource}{}) and is not among those the member guard allows (serviceAccounts of the member guard)'",
             if subresource.is_empty() { String::new() } else { format!("/{subresource}") }
         ),
         "reason": "Forbidden",
@@ -425,13 +414,16 @@ fn no_right((group, resource, subresource, verb): (&str, &str, &str, &str)) -> V
 }
 
 /// The member's policy: every write of [`HUB_MEMBER_USER`] to the kinds
-/// the hub writes there, checked against [`GUARD_PARAMS`].
-pub fn member_policy() -> ValidatingAdmissionPolicy {
-    let param_list = |key: &str| {
-        format!(
-            "has(params.data) && '{key}' in params.data && params.data['{key}'] != '' ? params.data['{key}'].split(',') : []"
-        )
-    };
+/// the hub writes there, checked against the member's `tenancy`, which is
+/// written into the policy itself (no params object: a binding whose
+/// params are missing refuses every matching request, whoever makes it).
+pub fn member_policy(tenancy: &Tenancy) -> ValidatingAdmissionPolicy {
+    policy(tenancy, tenancy.pod_security.as_str())
+}
+
+/// [`member_policy`] with the Pod Security level given as text (the
+/// chart's template puts its value there).
+fn policy(tenancy: &Tenancy, level: &str) -> ValidatingAdmissionPolicy {
     let matches = |list: &str| {
         format!(
             "{list}.exists(p, p.endsWith('*') ? variables.ns.startsWith(p.substring(0, size(p) - 1)) : variables.ns == p)"
@@ -469,7 +461,6 @@ pub fn member_policy() -> ValidatingAdmissionPolicy {
         "metadata": {"name": GUARD_POLICY, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
         "spec": {
             "failurePolicy": "Fail",
-            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
             "matchConstraints": {"resourceRules": [
                 {"apiGroups": ["tekton.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE", "DELETE"],
                  "resources": ["tasks", "pipelines", "stepactions", "taskruns", "pipelineruns"]},
@@ -480,14 +471,14 @@ pub fn member_policy() -> ValidatingAdmissionPolicy {
             "variables": [
                 {"name": "object", "expression": "request.operation == 'DELETE' ? oldObject : object"},
                 {"name": "ns", "expression": "request.kind.kind == 'Namespace' ? variables.object.metadata.name : request.namespace"},
-                {"name": "deny", "expression": format!("[{}] + ({})", system.join(", "), param_list("denyNamespaces"))},
-                {"name": "allow", "expression": param_list("allowNamespaces")},
-                {"name": "level", "expression": "has(params.data) && 'podSecurity' in params.data ? params.data.podSecurity : 'restricted'"},
+                {"name": "deny", "expression": format!("[{}] + {}", system.join(", "), cel_list(&tenancy.deny_namespaces))},
+                {"name": "allow", "expression": cel_list(&tenancy.allow_namespaces)},
+                {"name": "level", "expression": format!("'{level}'")},
                 {"name": "addable", "expression": format!(
                     "variables.level == 'baseline' ? [{}] : [{}]",
                     BASELINE_CAPABILITIES.map(|c| format!("'{c}'")).join(", "),
                     RESTRICTED_CAPABILITIES.map(|c| format!("'{c}'")).join(", "))},
-                {"name": "accounts", "expression": param_list("serviceAccounts")},
+                {"name": "accounts", "expression": cel_list(&tenancy.service_accounts)},
                 {"name": "pipeline", "expression": pipeline},
                 {"name": "pipelineTasks", "expression":
                     "(has(variables.pipeline.tasks) ? variables.pipeline.tasks.filter(t, has(t.taskSpec)).map(t, t.taskSpec) : []) \
@@ -500,10 +491,10 @@ pub fn member_policy() -> ValidatingAdmissionPolicy {
             ],
             "validations": [
                 {"expression": format!("!({})", matches("variables.deny")),
-                 "messageExpression": "'namespace ' + variables.ns + ' is closed to the tekfed hub on this cluster (a system namespace, or denied by the member guard ConfigMap tekfed-system/tekfed-guard)'",
+                 "messageExpression": "'namespace ' + variables.ns + ' is closed to the tekfed hub on this cluster (a system namespace, or one the member guard denies)'",
                  "reason": "Forbidden"},
                 {"expression": format!("size(variables.allow) == 0 || {}", matches("variables.allow")),
-                 "messageExpression": "'namespace ' + variables.ns + ' is not among the namespaces this cluster opens to the tekfed hub (tekfed-system/tekfed-guard allowNamespaces)'",
+                 "messageExpression": "'namespace ' + variables.ns + ' is not among the namespaces this cluster opens to the tekfed hub (allowNamespaces of the member guard)'",
                  "reason": "Forbidden"},
                 {"expression": format!("({}) && (request.operation != 'UPDATE' || ({}))", labelled("variables.object"), labelled("oldObject")),
                  "messageExpression": format!("request.kind.kind + ' ' + variables.ns + '/' + variables.object.metadata.name + ': the tekfed hub writes only objects labelled {LABEL_MANAGED_BY}={MANAGED_BY}, and this one is not (or would not stay) tekfed\\'s'"),
@@ -533,18 +524,48 @@ pub fn member_policy() -> ValidatingAdmissionPolicy {
     serde_json::from_value(policy).expect("the member guard is a valid ValidatingAdmissionPolicy")
 }
 
-/// The binding of [`member_policy`] to [`GUARD_PARAMS`]: without the
-/// ConfigMap, every write of the hub is refused.
+/// Where the agent chart's copy of the guard goes.
+pub const CHART_TEMPLATE: &str = "charts/tekfed-member-agent/templates/guard.yaml";
+
+/// The agent chart's guard (`make crds` writes it to [`CHART_TEMPLATE`];
+/// `api/tests/chart_fresh.rs` checks it): the same policy and binding,
+/// with the terms from the chart's `guard.*` values, under `guard.create`.
+pub fn chart_template() -> String {
+    let yaml = |v: &Value| serde_saphyr::to_string(v).expect("API objects serialize to YAML");
+    let marker = |name: &str| vec![format!("@{name}@")];
+    let terms = Tenancy {
+        allow_namespaces: marker("allowNamespaces"),
+        deny_namespaces: marker("denyNamespaces"),
+        pod_security: PodSecurityLevel::default(),
+        service_accounts: marker("serviceAccounts"),
+    };
+    let policy = serde_json::to_value(policy(&terms, "@podSecurity@")).expect("serializes");
+    let binding = serde_json::to_value(member_binding()).expect("serializes");
+    let mut text = format!(
+        "{{{{/* Generated from api/src/guard.rs by `make crds`: do not edit. */}}}}\n\
+         {{{{- if .Values.guard.create }}}}\n{}---\n{}{{{{- end }}}}\n",
+        yaml(&policy),
+        yaml(&binding)
+    );
+    for list in ["allowNamespaces", "denyNamespaces", "serviceAccounts"] {
+        text = text.replace(
+            &cel_list(&marker(list)),
+            &format!("{{{{ include \"tekfed-member-agent.celList\" .Values.guard.{list} }}}}"),
+        );
+    }
+    text.replace(
+        "@podSecurity@",
+        "{{ include \"tekfed-member-agent.guardLevel\" . }}",
+    )
+}
+
+/// The binding of [`member_policy`]: it denies what the policy refuses.
 pub fn member_binding() -> ValidatingAdmissionPolicyBinding {
     serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": {"name": GUARD_POLICY, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
-        "spec": {
-            "policyName": GUARD_POLICY,
-            "validationActions": ["Deny"],
-            "paramRef": {"name": GUARD_PARAMS, "namespace": GUARD_NAMESPACE, "parameterNotFoundAction": "Deny"},
-        },
+        "spec": {"policyName": GUARD_POLICY, "validationActions": ["Deny"]},
     }))
     .expect("the member guard binding is valid")
 }
@@ -703,18 +724,19 @@ mod tests {
                 .unwrap_err()
                 .contains("privileged, baseline or restricted")
         );
-        assert_eq!(params(&tenancy())["data"]["allowNamespaces"], "team-*,ci");
+        assert_eq!(
+            cel_list(&["team-*".into(), "o'k".into()]),
+            "['team-*', 'o\\'k']"
+        );
     }
 
     #[test]
     fn the_policy_and_binding_build() {
-        let policy = member_policy();
+        let policy = member_policy(&tenancy());
         let spec = policy.spec.unwrap();
         assert_eq!(spec.validations.unwrap().len(), 9);
-        let binding = member_binding();
-        assert_eq!(
-            binding.spec.param_ref.unwrap().name.as_deref(),
-            Some(GUARD_PARAMS)
-        );
+        let text = serde_json::to_string(&spec.variables).unwrap();
+        assert!(text.contains("['team-*', 'ci']"), "{text}");
+        assert!(member_binding().spec.param_ref.is_none());
     }
 }

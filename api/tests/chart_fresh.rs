@@ -60,3 +60,14 @@ fn the_hub_chart_ships_the_committed_crds_and_policies() {
         stale.join("\n  ")
     );
 }
+
+#[test]
+fn the_agent_chart_ships_the_member_guard_join_installs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = tekfed_api::guard::CHART_TEMPLATE;
+    let text = std::fs::read_to_string(root.join(path)).unwrap_or_default();
+    assert!(
+        text == tekfed_api::guard::chart_template(),
+        "{path} differs from tekfed_api::guard; run `make crds` and commit the result"
+    );
+}

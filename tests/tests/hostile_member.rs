@@ -261,13 +261,9 @@ async fn what_a_member_does_not_allow_is_refused_by_the_hub_and_by_the_members_g
         "closed to the tekfed hub",
     );
     refused(
-        "hub token loosens the member guard",
+        "hub token plants a ConfigMap in tekfed-system",
         hub_cms("tekfed-system")
-            .patch(
-                "tekfed-guard",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"data": {"podSecurity": "privileged"}})),
-            )
+            .create(&PostParams::default(), &cm("planted"))
             .await,
         "closed to the tekfed hub",
     );

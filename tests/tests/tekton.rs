@@ -83,7 +83,7 @@ fn task_run_status(r: &FederatedTaskRun) -> Option<RunStatus> {
 async fn a_three_task_pipeline_passes_results_runs_finally_and_shows_them_on_the_hub() {
     let bed = run_federation();
     let hub = bed.client(HUB).await.unwrap();
-    let ns = bed.namespace("tekton-results", &[HUB]).await.unwrap();
+    let ns = bed.namespace("tkn-results", &[HUB]).await.unwrap();
     // Each task's result is computed by Tekton's own substitution: kwok
     // writes the value of TEKFED_RESULT_<name>, in which Tekton has put the
     // previous task's result.
@@ -168,7 +168,7 @@ async fn a_three_task_pipeline_passes_results_runs_finally_and_shows_them_on_the
 async fn a_failing_step_fails_the_run_on_the_hub_with_tekton_s_reason() {
     let bed = run_federation();
     let hub = bed.client(HUB).await.unwrap();
-    let ns = bed.namespace("tekton-fail", &[HUB]).await.unwrap();
+    let ns = bed.namespace("tkn-fail", &[HUB]).await.unwrap();
     create::<FederatedTaskRun>(&hub, &ns, json!({
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTaskRun",
         "metadata": {"name": "unit-tests", "namespace": ns},
@@ -202,7 +202,7 @@ async fn a_failing_step_fails_the_run_on_the_hub_with_tekton_s_reason() {
 async fn cancelling_a_running_pipeline_run_stops_its_pods_and_shows_cancelled() {
     let bed = run_federation();
     let hub = bed.client(HUB).await.unwrap();
-    let ns = bed.namespace("tekton-cancel", &[HUB]).await.unwrap();
+    let ns = bed.namespace("tkn-cancel", &[HUB]).await.unwrap();
     create::<FederatedPipelineRun>(&hub, &ns, json!({
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedPipelineRun",
         "metadata": {"name": "nightly", "namespace": ns},
@@ -278,7 +278,7 @@ async fn cancelling_a_running_pipeline_run_stops_its_pods_and_shows_cancelled() 
 async fn timeouts_and_retries_behave_as_tekton_defines_them() {
     let bed = run_federation();
     let hub = bed.client(HUB).await.unwrap();
-    let ns = bed.namespace("tekton-timeouts", &[HUB]).await.unwrap();
+    let ns = bed.namespace("tkn-timeouts", &[HUB]).await.unwrap();
     let slow = json!({ANNOTATION_DURATION: "10m"});
     // A TaskRun past its spec.timeout.
     create::<FederatedTaskRun>(&hub, &ns, json!({
@@ -355,7 +355,7 @@ async fn a_task_whose_steps_have_no_names_reaches_members_through_tekton_s_webho
     // defaulting webhook supplies it.
     let bed = run_federation();
     let hub = bed.client(HUB).await.unwrap();
-    let ns = bed.namespace("tekton-webhook", &[HUB]).await.unwrap();
+    let ns = bed.namespace("tkn-webhook", &[HUB]).await.unwrap();
     create::<FederatedTask>(&hub, &ns, json!({
         "apiVersion": "tekfed.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": "check-workspaces", "namespace": ns},

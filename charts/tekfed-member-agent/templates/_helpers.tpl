@@ -71,3 +71,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "tekfed-member-agent.leaseName" -}}
 {{- default (printf "tekfed-agent-%s" (include "tekfed-member-agent.clusterName" .)) .Values.leaderElection.leaseName }}
 {{- end }}
+
+{{/* The guard's Pod Security level, one of Pod Security's three. */}}
+{{- define "tekfed-member-agent.guardLevel" -}}
+{{- $level := .Values.guard.podSecurity }}
+{{- if not (has $level (list "restricted" "baseline" "privileged")) }}
+{{- fail (printf "guard.podSecurity %q is not a Pod Security level: restricted, baseline or privileged" $level) }}
+{{- end }}
+{{- $level }}
+{{- end }}
+
+{{/* A CEL list literal of the names given (the guard's terms). */}}
+{{- define "tekfed-member-agent.celList" -}}
+[{{- range $i, $name := . }}{{ if $i }}, {{ end }}
+{{- if not (regexMatch "^[a-z0-9*/.-]+$" $name) }}{{ fail (printf "guard: %q is not a namespace or ServiceAccount name (lowercase letters, digits, '-', '.', '/', '*')" $name) }}{{ end -}}
+'{{ $name }}'{{- end }}]
+{{- end }}

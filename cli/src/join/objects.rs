@@ -24,7 +24,7 @@ pub struct Report {
 
 impl Report {
     pub(super) fn note(&mut self, verb: &str, what: String) {
-        if !matches!(verb, "unchanged" | "skipped") {
+        if !matches!(verb, "unchanged" | "skipped" | "kept") {
             self.changed += 1;
         }
         let line = format!("  {verb:<9} {what}");
