@@ -217,4 +217,27 @@ pub struct MemberReportStatus {
     pub tekton_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// The agent's own hub credential: when its token expires, and why
+    /// renewing it failed. The hub folds it into the `MemberCluster`'s
+    /// `CredentialsExpiring` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<AgentCredential>,
+}
+
+/// The longest renewal failure an agent may report.
+pub const MAX_CREDENTIAL_MESSAGE: usize = 1024;
+
+/// The agent's hub credential, as the agent sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCredential {
+    /// When the token the agent uses now expires (its `exp` claim);
+    /// unset when its credential is not a token that says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<Time>,
+    /// Why the last renewal of that token failed, while none has succeeded
+    /// since; unset while renewal works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_CREDENTIAL_MESSAGE))]
+    pub renewal_failure: Option<String>,
 }

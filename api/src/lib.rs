@@ -41,8 +41,8 @@ pub mod tekton;
 pub mod templates;
 
 pub use assignment::{
-    MemberReport, MemberReportSpec, MemberReportStatus, RunAssignment, RunAssignmentSpec,
-    RunAssignmentStatus, RunKind, RunRef, cluster_namespace,
+    AgentCredential, MemberReport, MemberReportSpec, MemberReportStatus, RunAssignment,
+    RunAssignmentSpec, RunAssignmentStatus, RunKind, RunRef, cluster_namespace,
 };
 pub use common::{
     ClusterOverrides, ClusterRef, OverrideOp, OverrideOperation, Placement, PlacementMode,

@@ -91,7 +91,10 @@ pub struct SecretRef {
 #[serde(rename_all = "camelCase")]
 pub struct MemberClusterStatus {
     /// `Reachable` (the hub reaches the member's API server with its
-    /// credentials), `AgentReady` (the heartbeat is fresh), `Ready` (both).
+    /// credentials), `AgentReady` (the heartbeat is fresh), `Ready` (both),
+    /// and `CredentialsExpiring` (`True` when a token of the member's, the
+    /// hub's, its log reader's or the agent's, was due for renewal and
+    /// could not be renewed; it does not change `Ready`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions")]
     pub conditions: Vec<Condition>,

@@ -14,10 +14,25 @@
 //!   namespace (join's Role; no chart).
 //! - [`leader_election`] is also the hub's, in the `tekfed-hub` chart.
 //!
+//! Tokens are short-lived and renewed by whoever uses them, each minting
+//! only its own, by name, in `tekfed-system` (Roles, never ClusterRoles: a
+//! ServiceAccount of the same name in a tenant's namespace stays out of
+//! reach):
+//! - [`hub_tokens_on_member`]: the hub's identity renews its own token and
+//!   the log reader's on each member (join's Role);
+//! - [`agent_token_on_hub`]: the agent's hub identity renews its own token
+//!   (join's Role on the hub);
+//! - [`agent_hub_kubeconfig`]: the agent writes its renewed token into the
+//!   Secret on its member that holds its hub kubeconfig (join
+//!   `--install-agent`'s Role, and the agent chart's);
+//! - [`hub_member_secrets`]: the hub reads the member kubeconfig Secrets in
+//!   its namespace and writes renewed tokens into them (the hub chart).
+//!
 //! Each [`Rule`] says why it is needed; the charts carry that as a comment
-//! above the rule. No rule grants a wildcard or more RBAC; only the hub's
-//! identity on a member touches Secrets, and only by name (to carry a
-//! run's Secrets: no list, no watch).
+//! above the rule. No rule grants a wildcard or more RBAC. On a member,
+//! Secrets are touched only by name: the hub's identity carries a run's
+//! Secrets (no list, no watch), and the agent reads and writes the one
+//! holding its own hub kubeconfig.
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
@@ -53,6 +68,26 @@ impl Rule {
         self.rule.resource_names = Some(names.iter().map(|s| s.to_string()).collect());
         self
     }
+}
+
+/// The namespace of tekfed's own objects, on the hub (member kubeconfig
+/// Secrets, the agents' hub identities) and on members (the hub's and the
+/// log reader's ServiceAccounts, the agent).
+pub const SYSTEM_NAMESPACE: &str = "tekfed-system";
+/// The hub's ServiceAccount on each member, in [`SYSTEM_NAMESPACE`].
+pub const HUB_ACCOUNT: &str = "tekfed-hub";
+/// The ServiceAccount on each member the hub reads run logs with, in
+/// [`SYSTEM_NAMESPACE`].
+pub const LOGS_ACCOUNT: &str = "tekfed-logs";
+/// The Secret on a member, in [`SYSTEM_NAMESPACE`], holding the agent's hub
+/// kubeconfig (`kubectl tekfed join` writes it; the agent renews its token
+/// there; the agent chart's default `hubKubeconfig.secretName`).
+pub const AGENT_HUB_KUBECONFIG: &str = "tekfed-hub-kubeconfig";
+
+/// The agent's hub ServiceAccount for member `cluster`, in
+/// [`SYSTEM_NAMESPACE`] on the hub.
+pub fn agent_hub_account(cluster: &str) -> String {
+    format!("tekfed-agent-{cluster}")
 }
 
 /// The `PolicyRule`s of a Role or ClusterRole.
@@ -198,15 +233,80 @@ pub fn agent_on_hub() -> Vec<Rule> {
     ]
 }
 
+/// The hub identity's Role in [`SYSTEM_NAMESPACE`] on each member
+/// (`kubectl tekfed join`): it renews its own token and the log reader's.
+pub fn hub_tokens_on_member() -> Vec<Rule> {
+    vec![
+        rule(
+            "The hub renews its own token on this member and the log reader's before they expire (TokenRequest), and only those two: a Role in tekfed-system, so a ServiceAccount of the same name in another namespace cannot be minted.",
+            &[""],
+            &["serviceaccounts/token"],
+            &["create"],
+        )
+        .named(&[HUB_ACCOUNT, LOGS_ACCOUNT]),
+    ]
+}
+
+/// The Role of the agent's hub identity in [`SYSTEM_NAMESPACE`] on the hub
+/// (`kubectl tekfed join`): it renews its own token and no other.
+pub fn agent_token_on_hub(cluster: &str) -> Vec<Rule> {
+    vec![
+        rule(
+            "The agent renews its own hub token before it expires (TokenRequest); no other ServiceAccount's.",
+            &[""],
+            &["serviceaccounts/token"],
+            &["create"],
+        )
+        .named(&[&agent_hub_account(cluster)]),
+    ]
+}
+
+/// The agent's Role on its member, in the namespace of the Secret `secret`
+/// that holds its hub kubeconfig ([`AGENT_HUB_KUBECONFIG`] as join makes
+/// it): it writes its renewed token there, so the mounted file and a
+/// restarted agent have it.
+pub fn agent_hub_kubeconfig(secret: &str) -> Vec<Rule> {
+    vec![
+        rule(
+            "The Secret holding the agent's hub kubeconfig: the agent writes its renewed hub token into it (read, then patched with the version read), so the mounted file and a restarted agent have it. No other Secret.",
+            &[""],
+            &["secrets"],
+            &["get", "patch"],
+        )
+        .named(&[secret]),
+    ]
+}
+
+/// The hub's rules on Secrets in its own namespace (the `tekfed-hub`
+/// chart's Role): the member kubeconfig Secrets its `MemberCluster`s name.
+pub fn hub_member_secrets() -> Vec<Rule> {
+    vec![
+        rule(
+            "Member kubeconfig Secrets (MemberCluster spec.secretRef and spec.logsSecretRef; kubectl tekfed join writes them here): watched, so a new kubeconfig is used at once.",
+            &[""],
+            &["secrets"],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            "The hub writes the tokens it renews into those Secrets. Not limited by name: the names are the MemberClusters', known only when members join, and this Role reaches no other namespace.",
+            &[""],
+            &["secrets"],
+            &["patch"],
+        ),
+    ]
+}
+
 const CHART_HEADER: &str =
     "{{/* Generated from api/src/rbac.rs by `make crds`: do not edit. */}}\n";
 
 /// `(path from the repository root, text)` of each chart's generated rules:
 /// Helm `define`s of rule lists, which the chart's `rbac.yaml` includes
-/// (`{{- include "…" . | nindent 2 }}`). The Lease's name is the chart's:
-/// its define takes it as `(dict "lease" $name)`.
+/// (`{{- include "…" . | nindent 2 }}`). Names the chart chooses are given
+/// to the define: the Lease's as `(dict "lease" $name)`, the hub
+/// kubeconfig Secret's as `(dict "secret" $name)`.
 pub fn chart_templates() -> Vec<(&'static str, String)> {
     let lease = "{{ .lease | quote }}";
+    let secret = "{{ .secret | quote }}";
     vec![
         (
             "charts/tekfed-member-agent/templates/_rules.tpl",
@@ -227,6 +327,11 @@ pub fn chart_templates() -> Vec<(&'static str, String)> {
                     "The agent's Role on its Lease: (dict \"lease\" <the Lease's name>).",
                     &leader_election(lease),
                 ),
+                define(
+                    "tekfed-member-agent.rules.hubKubeconfig",
+                    "The agent's Role on the Secret of its hub kubeconfig: (dict \"secret\" <the Secret's name>).",
+                    &agent_hub_kubeconfig(secret),
+                ),
             ]
             .concat(),
         ),
@@ -238,6 +343,11 @@ pub fn chart_templates() -> Vec<(&'static str, String)> {
                     "tekfed-hub.rules.leaderElection",
                     "The hub's rules on its Lease: (dict \"lease\" <the Lease's name>).",
                     &leader_election(lease),
+                ),
+                define(
+                    "tekfed-hub.rules.memberSecrets",
+                    "The hub's rules on the member kubeconfig Secrets in its namespace.",
+                    &hub_member_secrets(),
                 ),
             ]
             .concat(),
@@ -312,6 +422,10 @@ mod tests {
             leader_election("lease"),
             agent_on_hub(),
             logs_on_member(),
+            hub_tokens_on_member(),
+            agent_token_on_hub("member-1"),
+            agent_hub_kubeconfig(AGENT_HUB_KUBECONFIG),
+            hub_member_secrets(),
         ]
         .concat()
     }
@@ -328,10 +442,11 @@ mod tests {
         }
     }
 
-    /// Secrets: only the hub's identity on a member, only by name (carrying
-    /// a run's Secrets), never listed or watched; the agent none.
+    /// Secrets on a member: the hub's identity by name only (carrying a
+    /// run's Secrets), never listed or watched; the agent only the one
+    /// holding its hub kubeconfig; the log reader none.
     #[test]
-    fn only_the_hub_touches_secrets_on_a_member_and_only_by_name() {
+    fn on_a_member_secrets_are_touched_only_by_name() {
         let touching = |rules: Vec<Rule>| -> Vec<PolicyRule> {
             policy_rules(rules)
                 .into_iter()
@@ -342,15 +457,49 @@ mod tests {
         assert_eq!(hub.len(), 1);
         assert_eq!(hub[0].verbs, ["get", "create", "patch", "delete"]);
         assert!(hub[0].resource_names.is_none());
+        let agent = touching(agent_hub_kubeconfig(AGENT_HUB_KUBECONFIG));
+        assert_eq!(agent.len(), 1);
+        assert_eq!(agent[0].verbs, ["get", "patch"]);
+        assert_eq!(
+            agent[0].resource_names.as_deref(),
+            Some(&[AGENT_HUB_KUBECONFIG.to_owned()][..])
+        );
         for rules in [
             agent_on_member(),
             agent_tekton_version(),
             leader_election("lease"),
             agent_on_hub(),
             logs_on_member(),
+            hub_tokens_on_member(),
+            agent_token_on_hub("member-1"),
         ] {
             assert!(touching(rules).is_empty());
         }
+    }
+
+    /// Minting a token is limited to named ServiceAccounts, each identity
+    /// its own (and the hub its log reader's).
+    #[test]
+    fn tokens_are_minted_only_by_name() {
+        for rule in policy_rules(every_rule()) {
+            if rule
+                .resources
+                .iter()
+                .flatten()
+                .any(|r| r == "serviceaccounts/token")
+            {
+                assert!(rule.resource_names.is_some(), "{rule:?}");
+                assert_eq!(rule.verbs, ["create"]);
+            }
+        }
+        let named = |rules: Vec<Rule>| -> Vec<String> {
+            policy_rules(rules)
+                .into_iter()
+                .flat_map(|r| r.resource_names.unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(named(hub_tokens_on_member()), [HUB_ACCOUNT, LOGS_ACCOUNT]);
+        assert_eq!(named(agent_token_on_hub("m")), ["tekfed-agent-m"]);
     }
 
     #[test]
@@ -409,7 +558,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("no define {name}"));
             let body = &agent[start..];
             let body = &body[body.find('\n').unwrap() + 1..body.find("{{- end }}").unwrap()];
-            let yaml = body.replace("{{ .lease | quote }}", "\"tekfed-agent-m\"");
+            let yaml = body
+                .replace("{{ .lease | quote }}", "\"tekfed-agent-m\"")
+                .replace("{{ .secret | quote }}", "\"tekfed-hub-kubeconfig\"");
             serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"))
         };
         assert_eq!(
@@ -423,6 +574,10 @@ mod tests {
         assert_eq!(
             defined("tekfed-member-agent.rules.leaderElection"),
             policy_rules(leader_election("tekfed-agent-m"))
+        );
+        assert_eq!(
+            defined("tekfed-member-agent.rules.hubKubeconfig"),
+            policy_rules(agent_hub_kubeconfig(AGENT_HUB_KUBECONFIG))
         );
     }
 

@@ -188,6 +188,8 @@ pub async fn up(members: usize, dir: PathBuf) -> anyhow::Result<()> {
                 &member,
                 "--hub-kubeconfig",
                 &path.to_string_lossy(),
+                "--hub-kubeconfig-secret",
+                "tekfed-system/tekfed-hub-kubeconfig",
                 "--heartbeat-interval",
                 "1",
             ]),

@@ -44,8 +44,10 @@ for Tekton objects, namespaces, and by name the ServiceAccounts, ConfigMaps and 
 (never listing or watching a Secret), and Secret tekfed-hub-kubeconfig (the agent's hub identity). \
 On the hub: Secret tekfed-member-NAME (server, CA, token; no key of yours), MemberCluster NAME, \
 namespace tekfed-cluster-NAME and the agent's ServiceAccount with a Role confined to it. \
+Tokens live --token-ttl (a week); the hub and the agent renew their own before expiry, and \
+MemberCluster condition CredentialsExpiring=True says when one could not be. \
 Running it again changes nothing (and renews tokens close to expiry).\n\n\
-The member guard (ValidatingAdmissionPolicy tekfed-member-guard, with ConfigMap tekfed-system/tekfed-guard) \
+The member guard (ValidatingAdmissionPolicy tekfed-member-guard, holding these terms) \
 refuses the hub's writes on the member outside --allow-namespaces/--deny-namespaces and the system namespaces, \
 to objects not labelled app.kubernetes.io/managed-by=tekfed, and of runs or Tasks asking for more than \
 --pod-security allows (host namespaces, hostPath, privileged, added capabilities) or naming a ServiceAccount \
@@ -80,8 +82,8 @@ kubectl tekfed join gpu-1 --cluster-context gpu-1 --install-agent --agent-image 
         /// The hub API server as the agent reaches it (default: the hub context's server).
         #[arg(long)]
         hub_server: Option<String>,
-        /// Lifetime of the tokens join issues (a join renews them within 30 days of expiry).
-        #[arg(long, default_value = "1y", value_parser = humantime::parse_duration)]
+        /// Lifetime of the tokens join issues (at least 10m). The hub and the agent renew theirs before they expire (with a third of it left), so joining again is needed only after they were down that long; a later join also renews tokens that are due.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         token_ttl: std::time::Duration,
         /// Namespaces the hub may write in on this member: names, or prefixes ending in '*' (team-*); default: all but the denied and system ones (kube-*, tekton-*, tekfed-system, never allowed).
         #[arg(long, value_delimiter = ',')]
@@ -98,7 +100,9 @@ kubectl tekfed join gpu-1 --cluster-context gpu-1 --install-agent --agent-image 
     },
     /// Remove what join created on the hub (and on the member with --cluster-context).
     #[command(
-        after_help = "Refuses while runs are active on the member unless --force; drain it first.\n\n\
+        after_help = "Refuses while runs are active on the member unless --force; drain it first. \
+Revokes the tokens join issued by deleting their ServiceAccounts (the agent's on the hub; the hub's and the log \
+reader's on the member, with --cluster-context), and exits non-zero naming any that may still be valid.\n\n\
 Examples:\n  kubectl tekfed drain member-1 && kubectl tekfed unjoin member-1 --cluster-context kind-member-1"
     )]
     Unjoin {

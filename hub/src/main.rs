@@ -58,6 +58,11 @@ struct Args {
     /// stay Ready (and get new runs).
     #[arg(long, value_parser = humantime_secs, default_value = "30")]
     heartbeat_grace: Duration,
+    /// Renew a member token (the hub's own on each member, and its log
+    /// reader's) when less than this is left of it (e.g. 2d, 9m30s).
+    /// Default: when less than a third of the token's lifetime is left.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    renew_before: Option<Duration>,
     /// Where to serve Prometheus metrics (`/metrics`) and the kubelet's
     /// probes (`/healthz`, `/readyz`); port 0 picks a free one.
     #[arg(long, default_value = "0.0.0.0:9090")]
@@ -186,6 +191,8 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         probe_interval: args.probe_interval,
         connect_timeout: Duration::from_secs(5),
         heartbeat_grace: args.heartbeat_grace,
+        renew_before: args.renew_before,
+        recorder: tekfed_hub::ownership::recorder(client.clone()),
     });
     let member_controller = clusters::controller::controller(&member_ctx);
     let run_ctx = Arc::new(RunContext::new(

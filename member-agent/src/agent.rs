@@ -1,5 +1,6 @@
-//! The agent's loops: heartbeat and load into its `MemberReport`, and the
-//! run sync that releases, starts, reports and cleans up runs.
+//! The agent's loops: heartbeat and load into its `MemberReport`, the
+//! run sync that releases, starts, reports and cleans up runs, and the
+//! renewal of its hub token ([`crate::credentials`]).
 //!
 //! Both sides are watched (the assignments in the cluster's hub namespace,
 //! tekfed's runs on the member), and any change wakes one sync pass over
@@ -28,6 +29,7 @@ use tekfed_api::{MemberReport, RunAssignment, RunKind, cluster_namespace};
 use tekfed_runtime::connect::{drop_managed_fields, tekton_resource};
 use tokio::sync::Notify;
 
+use crate::credentials::HubCredentials;
 use crate::health::Health;
 use crate::load;
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -43,7 +45,9 @@ const UID_LABEL: &str = "tekfed.io/federated-uid";
 /// One agent: a member cluster and its narrow hub identity.
 pub struct Agent {
     pub cluster: String,
+    /// Sends [`Agent::credentials`]' token in use at each request.
     pub hub: Client,
+    pub credentials: Arc<HubCredentials>,
     pub member: Client,
     pub heartbeat: Duration,
     pub metrics: Arc<Metrics>,
@@ -165,12 +169,15 @@ impl Agent {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         };
+        let renewal = self
+            .credentials
+            .keep_renewed(&self.hub, &self.member, &self.metrics);
         let mut run_watches = run_watches.into_iter();
         let (a, b) = (
             run_watches.next().expect("two watches"),
             run_watches.next().expect("two watches"),
         );
-        tokio::join!(assignments_watch, a, b, sync, heartbeat, pulse);
+        tokio::join!(assignments_watch, a, b, sync, heartbeat, pulse, renewal);
     }
 
     async fn sync(&self, stores: &Stores) {
@@ -453,6 +460,7 @@ impl Agent {
             "total": total,
             "kubernetesVersion": version,
             "agentVersion": env!("CARGO_PKG_VERSION"),
+            "credential": self.credentials.report(),
         }});
         let reports: Api<MemberReport> = Api::namespaced(self.hub.clone(), &self.namespace());
         match reports
@@ -477,7 +485,7 @@ impl Agent {
 
 /// An error with its causes, on one line: kube's own message alone
 /// ("client error (Connect)") hides the reason ("Connection refused").
-fn describe(error: &kube::Error) -> String {
+pub(crate) fn describe(error: &kube::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

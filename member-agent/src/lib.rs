@@ -4,12 +4,14 @@
 //! - reports heartbeat and load into its `MemberReport` on the hub,
 //! - releases runs assigned to its cluster (the fencing step, [`plan`]),
 //! - writes its runs' status back into their assignments,
-//! - serves [`metrics`] and the kubelet's probes ([`health`]).
+//! - serves [`metrics`] and the kubelet's probes ([`health`]),
+//! - keeps its hub credential valid without a restart ([`credentials`]).
 //!
 //! [`plan`], [`load`] and [`health`]'s decisions are pure; [`agent`] does
 //! the I/O.
 
 pub mod agent;
+pub mod credentials;
 pub mod health;
 pub mod load;
 pub mod metrics;

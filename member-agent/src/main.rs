@@ -8,7 +8,9 @@
 //! sure it still does, and releases it on SIGTERM or Ctrl-C.
 //!
 //! From the start it serves metrics and the kubelet's probes on
-//! `--metrics-addr` (see the library's `health` for what they answer).
+//! `--metrics-addr` (see the library's `health` for what they answer), and
+//! uses a new token as soon as its hub kubeconfig file holds one; while
+//! leading it renews that token itself (see the library's `credentials`).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use tekfed_member_agent::credentials::{HubCredentials, SecretRef};
 use tekfed_member_agent::health::Health;
 use tekfed_member_agent::metrics::Metrics;
 use tekfed_runtime::connect::{Target, require_apis, tekton_apis};
@@ -50,6 +53,20 @@ struct Args {
     /// Context in the hub kubeconfig.
     #[arg(long)]
     hub_context: Option<String>,
+    /// The member Secret (NAMESPACE/NAME) holding the hub kubeconfig, as
+    /// `kubectl tekfed join` makes it (tekfed-system/tekfed-hub-kubeconfig):
+    /// the agent renews its hub token before it expires and writes the new
+    /// one there. Without it the token is not renewed (a file it reads
+    /// that changes is still used at once).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    hub_kubeconfig_secret: Option<String>,
+    /// The key of that Secret holding the kubeconfig.
+    #[arg(long, default_value = "kubeconfig")]
+    hub_kubeconfig_secret_key: String,
+    /// Renew the hub token when less than this is left of it (e.g. 2d,
+    /// 9m30s). Default: when less than a third of its lifetime is left.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    renew_before: Option<Duration>,
     /// Seconds between heartbeats (load reports) to the hub.
     #[arg(long, default_value = "5")]
     heartbeat_interval: f64,
@@ -135,14 +152,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let member = kube::Client::try_from(member)?;
     require_apis(&member, &member_server, &tekton_apis()).await?;
 
-    let hub = Target {
+    let secret = args
+        .hub_kubeconfig_secret
+        .as_deref()
+        .map(|s| SecretRef::parse(s, &args.hub_kubeconfig_secret_key))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--hub-kubeconfig-secret: {e}"))?;
+    let (credentials, hub) = HubCredentials::load(
+        args.hub_kubeconfig.clone(),
+        args.hub_context.clone(),
+        secret,
+        args.renew_before,
+    )
+    .await?;
+    let hub_server = Target {
         kubeconfig: Some(args.hub_kubeconfig),
         context: args.hub_context,
     }
     .config()
-    .await?;
-    let hub_server = hub.cluster_url.to_string();
-    let hub = kube::Client::try_from(hub)?;
+    .await?
+    .cluster_url
+    .to_string();
+    // A new token in the file is used from now on, leader or not.
+    let watching = tokio::spawn(credentials.clone().watch_file());
+    let serving = async move {
+        let served = serving.await;
+        watching.abort();
+        served
+    };
     // The agent's hub identity may read only its own cluster's namespace.
     let namespace = tekfed_api::cluster_namespace(&args.cluster_name);
     let assignments: kube::Api<tekfed_api::RunAssignment> =
@@ -179,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let agent = Arc::new(tekfed_member_agent::agent::Agent {
         cluster: args.cluster_name,
         hub,
+        credentials,
         member,
         heartbeat,
         metrics,

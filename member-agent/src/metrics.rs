@@ -21,6 +21,11 @@
 //!   `tekfed_agent_memory_bytes{kind}` (`allocatable`, `requested`): the
 //!   rest of the load as last reported.
 //! - `tekfed_agent_leader`: 1 while this replica holds the Lease and acts.
+//! - `tekfed_agent_hub_token_renewals_total{outcome}`: renewals of the
+//!   agent's hub token, `renewed`, `conflict` (its Secret changed first;
+//!   tried again) or `failed`.
+//! - `tekfed_agent_hub_token_expiry_timestamp_seconds`: when the hub token
+//!   in use expires (unix time); alert on `… - time()` nearing zero.
 
 use std::borrow::Cow;
 
@@ -67,6 +72,8 @@ pub struct Metrics {
     pub cpu: Family<KindLabel, Gauge>,
     pub memory: Family<KindLabel, Gauge>,
     pub leader: Gauge,
+    pub hub_token_renewals: Family<OutcomeLabel, Counter>,
+    pub hub_token_expiry: Gauge,
 }
 
 impl Metrics {
@@ -129,6 +136,18 @@ impl Metrics {
             "1 while this replica holds the Lease and acts for its cluster",
             leader.clone(),
         );
+        let hub_token_renewals = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "hub_token_renewals",
+            "Renewals of the agent's hub token, by outcome: renewed, conflict (its Secret changed first) or failed",
+            hub_token_renewals.clone(),
+        );
+        let hub_token_expiry = Gauge::default();
+        registry.register(
+            "hub_token_expiry_timestamp_seconds",
+            "Unix time when the hub token in use expires",
+            hub_token_expiry.clone(),
+        );
         Self {
             registry,
             heartbeats,
@@ -140,6 +159,8 @@ impl Metrics {
             cpu,
             memory,
             leader,
+            hub_token_renewals,
+            hub_token_expiry,
         }
     }
 

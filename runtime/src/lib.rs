@@ -9,11 +9,14 @@
 //! - [`init_tracing`]: logs to stderr, filtered by `RUST_LOG`.
 //! - `serve` (feature `serve`, the daemons'): metrics and the kubelet's
 //!   probes on `--metrics-addr`.
+//! - [`tokens`]: when a ServiceAccount token is due for renewal, and the
+//!   token inside a kubeconfig (join, the hub and the agent renew theirs).
 
 pub mod connect;
 pub mod leader;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod tokens;
 
 use std::future::Future;
 

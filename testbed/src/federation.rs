@@ -302,10 +302,27 @@ impl TestBed {
 }
 
 impl TestBed {
+    /// Where [`TestBed::start_joined_agent`] writes `cluster`'s hub
+    /// kubeconfig (the file the agent reads, as a pod its mounted Secret).
+    pub fn joined_agent_kubeconfig(&self, cluster: &str) -> std::path::PathBuf {
+        self.dir().join(format!("{cluster}-hub.kubeconfig"))
+    }
+
     /// Run `cluster`'s agent with the hub identity `kubectl tekfed join`
-    /// left on the member (Secret `tekfed-system/tekfed-hub-kubeconfig`),
-    /// heartbeating every second, as the agent chart would run it.
+    /// left on the member (Secret `tekfed-system/tekfed-hub-kubeconfig`,
+    /// where it renews its token, copied once to a file: no kubelet copies
+    /// it again), heartbeating every second, as the agent chart would run
+    /// it.
     pub async fn start_joined_agent(&self, cluster: &str) -> Result<u32, TestBedError> {
+        self.start_joined_agent_with(cluster, &[]).await
+    }
+
+    /// [`TestBed::start_joined_agent`] with `extra` arguments.
+    pub async fn start_joined_agent_with(
+        &self,
+        cluster: &str,
+        extra: &[&str],
+    ) -> Result<u32, TestBedError> {
         let secrets: Api<Secret> = Api::namespaced(self.client(cluster).await?, "tekfed-system");
         let secret = secrets
             .get("tekfed-hub-kubeconfig")
@@ -319,7 +336,7 @@ impl TestBed {
             .and_then(|d| d.get("kubeconfig").cloned())
             .map(|b| b.0)
             .unwrap_or_default();
-        let path = self.dir().join(format!("{cluster}-hub.kubeconfig"));
+        let path = self.joined_agent_kubeconfig(cluster);
         std::fs::write(&path, kubeconfig).map_err(|source| TestBedError::Io {
             what: format!("writing {}", path.display()),
             source,
@@ -333,12 +350,15 @@ impl TestBed {
             cluster,
             "--hub-kubeconfig",
             &path.to_string_lossy(),
+            "--hub-kubeconfig-secret",
+            "tekfed-system/tekfed-hub-kubeconfig",
             "--heartbeat-interval",
             "1",
             "--metrics-addr",
             "127.0.0.1:0",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         self.spawn(

@@ -364,6 +364,10 @@ fn the_hub_chart_renders_what_users_rely_on() {
     let role = one(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "tekfed-system");
     assert!(grants(&role["rules"], "", "secrets", "get"));
+    assert!(
+        grants(&role["rules"], "", "secrets", "patch"),
+        "the hub writes the member tokens it renews"
+    );
     assert!(!grants(&role["rules"], "", "secrets", "create"));
     assert_lease_rules(&role["rules"], "tekfed-hub");
 
@@ -449,6 +453,8 @@ fn the_agent_chart_renders_what_users_rely_on() {
         "--leader-elect-namespace=tekfed-system",
         "--leader-elect-lease-name=tekfed-agent-member-7",
         "--leader-elect-lease-duration=15",
+        "--hub-kubeconfig-secret=tekfed-system/tekfed-hub-kubeconfig",
+        "--hub-kubeconfig-secret-key=kubeconfig",
     ] {
         assert!(args.contains(&wanted), "agent args {args:?} lack {wanted}");
     }
@@ -461,6 +467,67 @@ fn the_agent_chart_renders_what_users_rely_on() {
         json!({"name": "hub-kubeconfig", "mountPath": "/etc/tekfed/hub", "readOnly": true})
     );
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+
+    // The member guard, as join installs it, its terms from values.
+    let guard = |docs: &[Value]| one(docs, "ValidatingAdmissionPolicy")["spec"].clone();
+    let policy = |t: &tekfed_api::guard::Tenancy| {
+        serde_json::to_value(tekfed_api::guard::member_policy(t)).unwrap()["spec"].clone()
+    };
+    assert_eq!(guard(&docs), policy(&Default::default()));
+    assert_eq!(
+        one(&docs, "ValidatingAdmissionPolicyBinding")["spec"]["policyName"],
+        "tekfed-member-guard"
+    );
+    let terms = helm.render(
+        AGENT_CHART,
+        &[
+            "--namespace",
+            "tekfed-system",
+            "--set",
+            "clusterName=member-7",
+            "--set",
+            "guard.allowNamespaces={team-*,ci}",
+            "--set",
+            "guard.podSecurity=baseline",
+            "--set",
+            "guard.serviceAccounts={ci/deployer}",
+        ],
+    );
+    let tenancy = tekfed_api::guard::Tenancy {
+        allow_namespaces: vec!["team-*".into(), "ci".into()],
+        pod_security: tekfed_api::guard::PodSecurityLevel::Baseline,
+        service_accounts: vec!["ci/deployer".into()],
+        ..Default::default()
+    };
+    assert_eq!(guard(&terms), policy(&tenancy));
+    let dir = chart(AGENT_CHART);
+    let out = helm.run(&[
+        "template",
+        "a",
+        dir.to_str().unwrap(),
+        "--set",
+        "clusterName=m",
+        "--set",
+        "guard.denyNamespaces={a'b}",
+    ]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("is not a namespace or ServiceAccount name"),
+        "a guard term that could inject CEL renders"
+    );
+    let without = helm.render(
+        AGENT_CHART,
+        &[
+            "--namespace",
+            "tekfed-system",
+            "--set",
+            "clusterName=member-7",
+            "--set",
+            "guard.create=false",
+        ],
+    );
+    assert!(objects(&without, "ValidatingAdmissionPolicy").is_empty());
     assert!(
         objects(&docs, "Secret").is_empty(),
         "kubectl tekfed join creates the Secret"
@@ -483,20 +550,25 @@ fn the_agent_chart_renders_what_users_rely_on() {
     assert!(!grants(rules, "tekton.dev", "pipelineruns", "create"));
     assert!(grants(rules, "", "pods", "list"));
     let roles = objects(&docs, "Role");
-    assert_eq!(roles.len(), 2, "{roles:?}");
-    let in_namespace = |ns: &str| {
+    assert_eq!(roles.len(), 3, "{roles:?}");
+    let in_namespace = |ns: &str, name: &str| {
         *roles
             .iter()
-            .find(|r| r["metadata"]["namespace"] == ns)
-            .unwrap_or_else(|| panic!("no Role in {ns}: {roles:?}"))
+            .find(|r| r["metadata"]["namespace"] == ns && r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Role {ns}/{name}: {roles:?}"))
     };
     assert_eq!(
-        in_namespace("tekton-pipelines")["rules"],
+        in_namespace("tekton-pipelines", "tekfed-member-agent-tekton-version")["rules"],
         json!([{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["pipelines-info"], "verbs": ["get"]}])
     );
     assert_lease_rules(
-        &in_namespace("tekfed-system")["rules"],
+        &in_namespace("tekfed-system", "tekfed-member-agent-leader-election")["rules"],
         "tekfed-agent-member-7",
+    );
+    // The one Secret it writes its renewed hub token into.
+    assert_eq!(
+        in_namespace("tekfed-system", "tekfed-member-agent-hub-kubeconfig")["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["tekfed-hub-kubeconfig"], "verbs": ["get", "patch"]}])
     );
     let no_leader = helm.render(
         AGENT_CHART,
@@ -512,7 +584,7 @@ fn the_agent_chart_renders_what_users_rely_on() {
     )
     .join(" ");
     assert!(!args.contains("--leader-elect"), "{args}");
-    assert_eq!(objects(&no_leader, "Role").len(), 1);
+    assert_eq!(objects(&no_leader, "Role").len(), 2);
 
     let created = helm.render(
         AGENT_CHART,

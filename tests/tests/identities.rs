@@ -48,7 +48,7 @@ const fn q(
 }
 
 /// Asked on the member of the hub's identity, the log reader and the agent.
-const ON_MEMBER: [Question; 15] = [
+const ON_MEMBER: [Question; 22] = [
     q(
         "create a TaskRun in `ci`",
         "create",
@@ -127,6 +127,69 @@ const ON_MEMBER: [Question; 15] = [
         "",
     ),
     q(
+        "mint `tekfed-hub`'s token (the hub's own)",
+        "create",
+        "",
+        "serviceaccounts",
+        "token",
+        "tekfed-system",
+        "tekfed-hub",
+    ),
+    q(
+        "mint `tekfed-logs`'s token (the log reader's)",
+        "create",
+        "",
+        "serviceaccounts",
+        "token",
+        "tekfed-system",
+        "tekfed-logs",
+    ),
+    q(
+        "mint `tekfed-agent`'s token (the agent's)",
+        "create",
+        "",
+        "serviceaccounts",
+        "token",
+        "tekfed-system",
+        "tekfed-agent",
+    ),
+    q(
+        "mint the token of a ServiceAccount `tekfed-hub` in `ci`",
+        "create",
+        "",
+        "serviceaccounts",
+        "token",
+        "ci",
+        "tekfed-hub",
+    ),
+    q(
+        "read Secret `tekfed-system/tekfed-hub-kubeconfig` (the agent's)",
+        "get",
+        "",
+        "secrets",
+        "",
+        "tekfed-system",
+        "tekfed-hub-kubeconfig",
+    ),
+    q(
+        "patch Secret `tekfed-system/tekfed-hub-kubeconfig`",
+        "patch",
+        "",
+        "secrets",
+        "",
+        "tekfed-system",
+        "tekfed-hub-kubeconfig",
+    ),
+    q(
+        "patch another Secret in `tekfed-system`",
+        "patch",
+        "",
+        "secrets",
+        "",
+        "tekfed-system",
+        "other",
+    ),
+    q(
         "delete the member guard",
         "delete",
         "admissionregistration.k8s.io",
@@ -147,7 +210,7 @@ const ON_MEMBER: [Question; 15] = [
 ];
 
 /// Asked on the hub of the agent's hub identity.
-const ON_HUB: [Question; 7] = [
+const ON_HUB: [Question; 9] = [
     q(
         "write its RunAssignments' status",
         "update",
@@ -210,6 +273,24 @@ const ON_HUB: [Question; 7] = [
         "",
         "tekfed-system",
         "",
+    ),
+    q(
+        "mint its own token",
+        "create",
+        "",
+        "serviceaccounts",
+        "token",
+        "tekfed-system",
+        "tekfed-agent-member-1",
+    ),
+    q(
+        "mint another cluster's agent's token",
+        "create",
+        "",
+        "serviceaccounts",
+        "token",
+        "tekfed-system",
+        "tekfed-agent-member-2",
     ),
 ];
 

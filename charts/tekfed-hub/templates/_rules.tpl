@@ -13,3 +13,19 @@
   resourceNames: [{{ .lease | quote }}]
   verbs: [get, update]
 {{- end }}
+
+{{/* The hub's rules on the member kubeconfig Secrets in its namespace. */}}
+{{- define "tekfed-hub.rules.memberSecrets" -}}
+# Member kubeconfig Secrets (MemberCluster spec.secretRef and
+# spec.logsSecretRef; kubectl tekfed join writes them here): watched, so a
+# new kubeconfig is used at once.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch]
+# The hub writes the tokens it renews into those Secrets. Not limited by
+# name: the names are the MemberClusters', known only when members join, and
+# this Role reaches no other namespace.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [patch]
+{{- end }}

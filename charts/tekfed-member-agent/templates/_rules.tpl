@@ -47,3 +47,14 @@
   resourceNames: [{{ .lease | quote }}]
   verbs: [get, update]
 {{- end }}
+
+{{/* The agent's Role on the Secret of its hub kubeconfig: (dict "secret" <the Secret's name>). */}}
+{{- define "tekfed-member-agent.rules.hubKubeconfig" -}}
+# The Secret holding the agent's hub kubeconfig: the agent writes its
+# renewed hub token into it (read, then patched with the version read), so
+# the mounted file and a restarted agent have it. No other Secret.
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [{{ .secret | quote }}]
+  verbs: [get, patch]
+{{- end }}

@@ -1,8 +1,9 @@
 //! `join --install-agent`: the agent on its member, with the rights and
 //! flags the `tekfed-member-agent` chart gives it (the rules are both
 //! `tekfed_api::rbac`'s): its ServiceAccount, ClusterRole, the Role on
-//! Tekton's version ConfigMap, the Role on its leader-election Lease, and
-//! the Deployment running it with `--leader-elect`.
+//! Tekton's version ConfigMap, the Role on its leader-election Lease, the
+//! Role on the Secret of its hub kubeconfig (where it writes its renewed
+//! token), and the Deployment running it with `--leader-elect`.
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -20,6 +21,9 @@ use super::{AGENT, AGENT_SECRET, Joining, SYSTEM_NAMESPACE};
 pub(super) const TEKTON_VERSION_ROLE: &str = "tekfed-agent-tekton-version";
 /// The agent's Role (and binding) in `tekfed-system`, on its Lease.
 const LEADER_ELECTION_ROLE: &str = "tekfed-agent-leader-election";
+/// The agent's Role (and binding) in `tekfed-system`, on the Secret of its
+/// hub kubeconfig.
+pub(super) const HUB_KUBECONFIG_ROLE: &str = "tekfed-agent-hub-kubeconfig";
 
 pub(super) async fn install(m: &Client, image: &str, j: &mut Joining<'_>) -> anyhow::Result<()> {
     let labels = j.labels.clone();
@@ -77,6 +81,14 @@ pub(super) async fn install(m: &Client, image: &str, j: &mut Joining<'_>) -> any
         j,
     )
     .await?;
+    role(
+        m,
+        SYSTEM_NAMESPACE,
+        HUB_KUBECONFIG_ROLE,
+        rbac::policy_rules(rbac::agent_hub_kubeconfig(AGENT_SECRET)),
+        j,
+    )
+    .await?;
     ensure::<Deployment>(
         &Api::namespaced(m.clone(), SYSTEM_NAMESPACE),
         deployment(j.name, image, &labels),
@@ -126,7 +138,7 @@ async fn role(
 
 /// The agent's Deployment for member `name`: one replica (two would do:
 /// only the Lease's holder acts), its hub kubeconfig from the Secret join
-/// wrote.
+/// wrote, which it renews its token in.
 fn deployment(name: &str, image: &str, labels: &Value) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -146,6 +158,7 @@ fn deployment(name: &str, image: &str, labels: &Value) -> Value {
                         "args": [
                             "--cluster-name", name,
                             "--hub-kubeconfig", "/etc/tekfed/hub/kubeconfig",
+                            "--hub-kubeconfig-secret", format!("{SYSTEM_NAMESPACE}/{AGENT_SECRET}"),
                             "--leader-elect",
                             "--leader-elect-namespace", SYSTEM_NAMESPACE,
                             "--leader-elect-lease-name", rbac::agent_lease(name),
@@ -185,5 +198,29 @@ mod tests {
                 .flatten()
                 .collect();
         assert_eq!(named, [lease]);
+    }
+
+    /// The agent renews its token in the Secret its Role names, the one
+    /// mounted as its hub kubeconfig.
+    #[test]
+    fn the_agent_writes_its_token_where_its_role_lets_it() {
+        let d = deployment("member-1", "tekfed:test", &json!({}));
+        let pod = &d["spec"]["template"]["spec"];
+        let args: Vec<&str> = pod["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let after = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
+        let (ns, secret) = after("--hub-kubeconfig-secret").split_once('/').unwrap();
+        assert_eq!(ns, SYSTEM_NAMESPACE);
+        assert_eq!(pod["volumes"][0]["secret"]["secretName"], secret);
+        let named: Vec<String> = rbac::policy_rules(rbac::agent_hub_kubeconfig(AGENT_SECRET))
+            .into_iter()
+            .filter_map(|r| r.resource_names)
+            .flatten()
+            .collect();
+        assert_eq!(named, [secret]);
     }
 }

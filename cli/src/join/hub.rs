@@ -152,7 +152,9 @@ pub(super) async fn member_cluster(
 
 /// The agent's hub identity: ServiceAccount `tekfed-agent-<name>` in
 /// `tekfed-system`, with a Role of [`rbac::agent_on_hub`] in the cluster's
-/// namespace (created here) and nowhere else. Returns the account's name.
+/// namespace (created here) and one of [`rbac::agent_token_on_hub`] in
+/// `tekfed-system` (to renew its own token), nowhere else. Returns the
+/// account's name.
 pub(super) async fn agent_identity(h: &Client, j: &mut Joining<'_>) -> anyhow::Result<String> {
     let labels = j.labels.clone();
     let cluster_ns = cluster_namespace(j.name);
@@ -196,10 +198,32 @@ pub(super) async fn agent_identity(h: &Client, j: &mut Joining<'_>) -> anyhow::R
         &mut j.report,
     )
     .await?;
+    // Named as its ServiceAccount: one per member, in tekfed-system.
+    ensure::<Role>(
+        &Api::namespaced(h.clone(), SYSTEM_NAMESPACE),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": agent_sa, "namespace": SYSTEM_NAMESPACE, "labels": labels},
+               "rules": rbac::policy_rules(rbac::agent_token_on_hub(j.name))}),
+        fields(&["rules"]),
+        j.on_hub(&format!(
+            "Role {SYSTEM_NAMESPACE}/{agent_sa} (the agent renews its own token, no other)"
+        )),
+        &mut j.report,
+    )
+    .await?;
+    ensure::<RoleBinding>(
+        &Api::namespaced(h.clone(), SYSTEM_NAMESPACE),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": agent_sa, "namespace": SYSTEM_NAMESPACE, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": agent_sa},
+               "subjects": [{"kind": "ServiceAccount", "name": agent_sa, "namespace": SYSTEM_NAMESPACE}]}),
+        fields(&["roleRef", "subjects"]),
+        j.on_hub(&format!("RoleBinding {SYSTEM_NAMESPACE}/{agent_sa}")),
+        &mut j.report,
+    )
+    .await?;
     Ok(agent_sa)
 }
 
 /// The agent's hub ServiceAccount for member `name`, in `tekfed-system`.
 pub(super) fn agent_account(name: &str) -> String {
-    format!("tekfed-agent-{name}")
+    rbac::agent_hub_account(name)
 }

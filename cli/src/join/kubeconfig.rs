@@ -183,4 +183,20 @@ mod tests {
         assert_eq!(kubeconfig_token(&yaml), Some((ep, "tok".to_owned())));
         assert!(!yaml.contains("client-key"), "no keys, only the token");
     }
+
+    /// A token the hub or the agent renewed leaves the kubeconfig as join
+    /// writes it with that token: a later join finds nothing to change.
+    #[test]
+    fn a_renewed_kubeconfig_is_the_one_join_writes() {
+        let ep = Endpoint {
+            server: "https://10.0.0.1:6443".into(),
+            ca_data: Some("Q0E=".into()),
+        };
+        let old = token_kubeconfig("member-1", &ep, "tekfed-hub", "old");
+        let renewed = tekfed_runtime::tokens::with_token(&old, None, "new").unwrap();
+        assert_eq!(
+            renewed,
+            token_kubeconfig("member-1", &ep, "tekfed-hub", "new")
+        );
+    }
 }

@@ -1,14 +1,15 @@
 //! The member side of a join: the hub's identity there (namespace
 //! `tekfed-system`, ServiceAccount `tekfed-hub`, its ClusterRole and
-//! binding), and the agent's hub kubeconfig.
+//! binding), the log reader's, the Role with which the hub renews both
+//! tokens, and the agent's hub kubeconfig.
 
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Client;
 use kube::api::Api;
 use serde_json::json;
@@ -20,7 +21,10 @@ use super::objects::{
     secret_kubeconfig,
 };
 use super::tokens::token_for;
-use super::{AGENT_SECRET, HUB_SA, Joining, LOGS_SA, MANAGED_BY, SYSTEM_NAMESPACE};
+use super::{
+    AGENT_SECRET, HUB_SA, HUB_TOKENS_ROLE, Joining, LOGS_SA, MANAGED_BY, SYSTEM_NAMESPACE,
+};
+use anyhow::Context as _;
 
 /// Namespace `tekfed-system`, and in it the ServiceAccount the hub uses on
 /// this member, bound to a ClusterRole of [`rbac::hub_on_member`].
@@ -65,34 +69,73 @@ pub(super) async fn hub_identity(m: &Client, j: &mut Joining<'_>) -> anyhow::Res
         &mut j.report,
     )
     .await?;
-    logs_identity(m, j).await
+    logs_identity(m, j).await?;
+    hub_tokens(m, j).await
 }
 
-/// The member's guard ([`guard::member_policy`]): what the hub's identity
-/// may write there, whatever the hub asks, from this join's tenancy
-/// (ConfigMap `tekfed-system/tekfed-guard`, the policy and its binding).
-async fn member_guard(m: &Client, j: &mut Joining<'_>) -> anyhow::Result<()> {
-    let mut params = guard::params(&j.tenancy);
-    params["metadata"]["labels"] = j.labels.clone();
-    ensure::<ConfigMap>(
+/// The Role with which the hub renews its token and the log reader's
+/// ([`rbac::hub_tokens_on_member`]): in `tekfed-system`, so a ServiceAccount
+/// of the same name in another namespace cannot be minted.
+async fn hub_tokens(m: &Client, j: &mut Joining<'_>) -> anyhow::Result<()> {
+    let labels = j.labels.clone();
+    ensure::<Role>(
         &Api::namespaced(m.clone(), SYSTEM_NAMESPACE),
-        params,
-        fields(&["data"]),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": HUB_TOKENS_ROLE, "namespace": SYSTEM_NAMESPACE, "labels": labels},
+               "rules": rbac::policy_rules(rbac::hub_tokens_on_member())}),
+        fields(&["rules"]),
         j.on_member(&format!(
-            "ConfigMap {SYSTEM_NAMESPACE}/{} (what the hub may do here: namespaces, Pod Security level {}, ServiceAccounts)",
-            guard::GUARD_PARAMS,
-            j.tenancy.pod_security.as_str()
+            "Role {SYSTEM_NAMESPACE}/{HUB_TOKENS_ROLE} (the hub renews its token and the log reader's, no other)"
         )),
         &mut j.report,
     )
     .await?;
+    ensure::<RoleBinding>(
+        &Api::namespaced(m.clone(), SYSTEM_NAMESPACE),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": HUB_TOKENS_ROLE, "namespace": SYSTEM_NAMESPACE, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": HUB_TOKENS_ROLE},
+               "subjects": [{"kind": "ServiceAccount", "name": HUB_SA, "namespace": SYSTEM_NAMESPACE}]}),
+        fields(&["roleRef", "subjects"]),
+        j.on_member(&format!("RoleBinding {SYSTEM_NAMESPACE}/{HUB_TOKENS_ROLE}")),
+        &mut j.report,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The member's guard ([`guard::member_policy`]): what the hub's identity
+/// may write there, whatever the hub asks, from this join's tenancy
+/// written into the policy itself, and its binding.
+async fn member_guard(m: &Client, j: &mut Joining<'_>) -> anyhow::Result<()> {
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(m.clone());
+    let existing = policies
+        .get_metadata_opt(guard::GUARD_POLICY)
+        .await
+        .with_context(|| format!("reading ValidatingAdmissionPolicy {}", guard::GUARD_POLICY))?;
+    if existing.is_some_and(|p| {
+        p.metadata
+            .labels
+            .is_some_and(|l| l.get(MANAGED_BY.0).map(String::as_str) == Some("Helm"))
+    }) {
+        // The agent chart's guard (guard.create): its values are the terms.
+        j.report.note(
+            "kept",
+            j.on_member(&format!(
+                "ValidatingAdmissionPolicy {} (the tekfed-member-agent chart's guard: its guard.* values, not these flags, are this member's terms)",
+                guard::GUARD_POLICY
+            )),
+        );
+        return Ok(());
+    }
     ensure::<ValidatingAdmissionPolicy>(
         &Api::all(m.clone()),
-        serde_json::to_value(guard::member_policy())?,
+        serde_json::to_value(guard::member_policy(&j.tenancy))?,
         not_contained(&["spec"]),
         j.on_member(&format!(
-            "ValidatingAdmissionPolicy {} (refuses the hub's writes outside that)",
-            guard::GUARD_POLICY
+            "ValidatingAdmissionPolicy {} (the hub's writes here: namespaces {}, Pod Security level {}, ServiceAccounts with rights {})",
+            guard::GUARD_POLICY,
+            terms(&j.tenancy.allow_namespaces, &j.tenancy.deny_namespaces),
+            j.tenancy.pod_security.as_str(),
+            if j.tenancy.service_accounts.is_empty() { "none".to_owned() } else { j.tenancy.service_accounts.join(", ") },
         )),
         &mut j.report,
     )
@@ -109,6 +152,19 @@ async fn member_guard(m: &Client, j: &mut Joining<'_>) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// The namespaces a guard opens, in words.
+fn terms(allow: &[String], deny: &[String]) -> String {
+    let mut words = if allow.is_empty() {
+        "all but kube-*, tekton-*, tekfed-system".to_owned()
+    } else {
+        allow.join(", ")
+    };
+    if !deny.is_empty() {
+        words.push_str(&format!(" and not {}", deny.join(", ")));
+    }
+    words
 }
 
 /// The identity the hub reads run logs with on this member, apart from

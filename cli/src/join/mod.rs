@@ -8,23 +8,30 @@
 //!    policy confining that identity to the namespaces and Pod Security
 //!    level the member allows), the ServiceAccount `tekfed-hub` bound to a
 //!    ClusterRole that reaches Tekton's objects and namespaces and nothing
-//!    else;
+//!    else, the log reader `tekfed-logs`, and a Role letting `tekfed-hub`
+//!    renew those two tokens (and no other);
 //! 2. on the hub ([`hub`]), the member's kubeconfig Secret (server, CA and
 //!    a token of `tekfed-hub`; no key of the user's), a second one for
 //!    the log reader `tekfed-logs` (pods and `pods/log` only), and the
 //!    `MemberCluster` naming both;
 //! 3. on the hub, the agent's identity: the cluster's namespace
 //!    `tekfed-cluster-<name>` and a ServiceAccount with a Role confined to
-//!    it;
+//!    it, and a Role in `tekfed-system` to renew its own token;
 //! 4. on the member, the Secret `tekfed-hub-kubeconfig` holding that
 //!    identity;
 //! 5. with `--install-agent`, the agent itself ([`agent`]), as the
-//!    `tekfed-member-agent` chart would install it.
+//!    `tekfed-member-agent` chart would install it (with the right to
+//!    write its renewed token into that Secret).
 //!
 //! Every object is read first and written only when it differs
 //! ([`objects`]), so a second join changes nothing and says so. Tokens come
-//! from the TokenRequest API ([`tokens`]) and are renewed by a join when
-//! they expire within 30 days or no longer authenticate.
+//! from the TokenRequest API ([`tokens`]) with `--token-ttl`'s lifetime
+//! (a week by default). The hub and the agent renew their own before they
+//! expire (`tekfed_runtime::tokens`); a join issues new ones when they are
+//! due anyway (less than a third of their lifetime left: the daemons were
+//! down), were issued for longer than `--token-ttl`, or no longer
+//! authenticate. [`unjoin`] revokes them by deleting their
+//! ServiceAccounts, and says loudly when it could not.
 
 mod agent;
 mod hub;
@@ -39,6 +46,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use serde_json::Value;
+use tekfed_api::rbac;
 use tekfed_runtime::connect::{require_apis, tekfed_apis, tekton_apis};
 
 use kubeconfig::{Endpoint, connect, hub_context, read_kubeconfig};
@@ -47,14 +55,17 @@ pub use unjoin::{UnjoinOptions, unjoin};
 
 /// The namespace tekfed uses on the hub (member Secrets, agent identities)
 /// and on members (the hub's ServiceAccount, the agent).
-pub const SYSTEM_NAMESPACE: &str = "tekfed-system";
+pub const SYSTEM_NAMESPACE: &str = rbac::SYSTEM_NAMESPACE;
 /// The hub's ServiceAccount (and ClusterRole) on a member.
-const HUB_SA: &str = "tekfed-hub";
+const HUB_SA: &str = rbac::HUB_ACCOUNT;
 /// The ServiceAccount (and ClusterRole) on a member the hub reads run logs
 /// with: pods and `pods/log`, nothing else.
-const LOGS_SA: &str = "tekfed-logs";
+const LOGS_SA: &str = rbac::LOGS_ACCOUNT;
+/// The Role (and binding) on a member, in [`SYSTEM_NAMESPACE`], with which
+/// the hub renews its token and the log reader's.
+const HUB_TOKENS_ROLE: &str = "tekfed-hub-tokens";
 /// The Secret on a member holding the agent's hub kubeconfig.
-const AGENT_SECRET: &str = "tekfed-hub-kubeconfig";
+const AGENT_SECRET: &str = rbac::AGENT_HUB_KUBECONFIG;
 /// The agent's ServiceAccount, ClusterRole and Deployment on a member, and
 /// its Role on the hub.
 const AGENT: &str = "tekfed-agent";
@@ -131,6 +142,12 @@ pub async fn join(options: JoinOptions) -> anyhow::Result<()> {
             tekfed_api::common::MAX_CLUSTER_NAME
         );
     }
+    if options.token_ttl < tokens::MIN_TOKEN_TTL {
+        bail!(
+            "--token-ttl {} is too short: the TokenRequest API issues tokens for 10m at least (the hub and the agent renew theirs before they expire, so a week, the default, is usual)",
+            humantime::format_duration(options.token_ttl)
+        );
+    }
     let kubeconfig = read_kubeconfig(&options.kubeconfig)?;
     let hub_context = hub_context(&kubeconfig, &options.hub_context)?;
     if hub_context == options.cluster_context {
@@ -205,10 +222,11 @@ fn print_next_steps(name: &str, member_context: &str, agent_installed: bool) {
     if !agent_installed {
         println!(
             "\nInstall the agent on {name} (it reads its hub kubeconfig from Secret {SYSTEM_NAMESPACE}/{AGENT_SECRET}):\n  \
-             helm upgrade --install tekfed-member-agent charts/tekfed-member-agent --kube-context {member_context} -n {SYSTEM_NAMESPACE} --set clusterName={name}\n\
+             helm upgrade --install tekfed-member-agent charts/tekfed-member-agent --kube-context {member_context} -n {SYSTEM_NAMESPACE} --set clusterName={name} --set guard.create=false\n\
+             (guard.create=false: join installed the member guard already)\n\
              or run it anywhere with that kubeconfig:\n  \
              kubectl --context {member_context} -n {SYSTEM_NAMESPACE} get secret {AGENT_SECRET} -o jsonpath='{{.data.kubeconfig}}' | base64 -d > {name}-hub.kubeconfig\n  \
-             tekfed-agent --cluster-name {name} --context {member_context} --hub-kubeconfig {name}-hub.kubeconfig"
+             tekfed-agent --cluster-name {name} --context {member_context} --hub-kubeconfig {name}-hub.kubeconfig --hub-kubeconfig-secret {SYSTEM_NAMESPACE}/{AGENT_SECRET}"
         );
     }
     println!(

@@ -1,5 +1,11 @@
 //! `kubectl tekfed unjoin`: what join made, removed (refused while runs
 //! are active on the member, unless forced).
+//!
+//! First the identities are revoked: deleting a ServiceAccount invalidates
+//! every token issued for it at once (the agent's on the hub; the hub's
+//! and the log reader's on the member, given its context). One that could
+//! not be deleted is said loudly, with until when its token stays valid
+//! and how to revoke it by hand, and unjoin exits non-zero.
 
 use std::path::PathBuf;
 
@@ -14,11 +20,13 @@ use tekfed_api::tekton::is_final;
 use tekfed_api::{MemberCluster, RunAssignment, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
 
-use super::agent::TEKTON_VERSION_ROLE;
+use tekfed_runtime::tokens::{Claims, kubeconfig_token};
+
+use super::agent::{HUB_KUBECONFIG_ROLE, TEKTON_VERSION_ROLE};
 use super::hub::{agent_account, logs_secret};
 use super::kubeconfig::{connect, hub_context, read_kubeconfig};
-use super::objects::{Report, remove};
-use super::{AGENT, HUB_SA, LOGS_SA, MANAGED_BY, SYSTEM_NAMESPACE};
+use super::objects::{Report, remove, secret_kubeconfig};
+use super::{AGENT, AGENT_SECRET, HUB_SA, HUB_TOKENS_ROLE, LOGS_SA, MANAGED_BY, SYSTEM_NAMESPACE};
 
 /// What `unjoin` is asked to do.
 pub struct UnjoinOptions {
@@ -47,6 +55,65 @@ async fn active_runs(hub: &Client, name: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// An identity unjoin could not revoke.
+struct Unrevoked {
+    /// Which, and where: `the hub's identity on member-1 (ServiceAccount …)`.
+    identity: String,
+    /// When its token expires (seconds since the epoch), if known.
+    expires: Option<i64>,
+    /// The command that revokes it.
+    by_hand: String,
+}
+
+impl Unrevoked {
+    fn describe(&self) -> String {
+        let until = match self.expires {
+            Some(exp) => match k8s_openapi::jiff::Timestamp::from_second(exp) {
+                Ok(t) => format!("until {t}"),
+                Err(_) => "until its token expires".to_owned(),
+            },
+            None => {
+                "until its token expires (at most --token-ttl after it was last renewed)".to_owned()
+            }
+        };
+        format!(
+            "{} stays valid {until}; revoke it: {}",
+            self.identity, self.by_hand
+        )
+    }
+}
+
+/// When the token in kubeconfig Secret `name` expires, if it says.
+async fn token_expiry(secrets: &Api<Secret>, name: &str) -> Option<i64> {
+    let text = secret_kubeconfig(secrets, name).await.ok()??;
+    Claims::of(&kubeconfig_token(&text, None).ok()?)?.exp
+}
+
+/// Delete ServiceAccount `sa` in `tekfed-system`, which invalidates its
+/// tokens; when that fails, say so at once and record it.
+async fn revoke(
+    api: &Api<ServiceAccount>,
+    sa: &str,
+    identity: String,
+    expires: Option<i64>,
+    context: &str,
+    report: &mut Report,
+    unrevoked: &mut Vec<Unrevoked>,
+) {
+    let what = format!("{identity} (ServiceAccount {SYSTEM_NAMESPACE}/{sa})");
+    if let Err(e) = remove(api, sa, format!("{what}: its tokens revoked"), report).await {
+        let failed = Unrevoked {
+            identity: what,
+            expires,
+            by_hand: format!(
+                "kubectl --context {context} -n {SYSTEM_NAMESPACE} delete serviceaccount {sa}"
+            ),
+        };
+        eprintln!("  FAILED    {e:#}\n            {}", failed.describe());
+        unrevoked.push(failed);
+    }
+}
+
 pub async fn unjoin(options: UnjoinOptions) -> anyhow::Result<()> {
     let name = options.name.as_str();
     let kubeconfig = read_kubeconfig(&options.kubeconfig)?;
@@ -70,22 +137,95 @@ pub async fn unjoin(options: UnjoinOptions) -> anyhow::Result<()> {
         Some(ctx) => Some(connect(&kubeconfig, ctx, "member").await?),
         None => None,
     };
+    // When each token expires, read before the Secrets holding them go.
+    let hub_secrets: Api<Secret> = Api::namespaced(h.clone(), SYSTEM_NAMESPACE);
+    let hub_expires = token_expiry(&hub_secrets, &format!("tekfed-member-{name}")).await;
+    let logs_expires = token_expiry(&hub_secrets, &logs_secret(name)).await;
+    let agent_expires = match &member {
+        Some(m) => {
+            let secrets = Api::namespaced(m.client.clone(), SYSTEM_NAMESPACE);
+            token_expiry(&secrets, AGENT_SECRET).await
+        }
+        None => None,
+    };
     let mut report = Report::default();
+    let mut unrevoked = Vec::new();
     println!("unjoining {name}");
+    // Revoke first, so that nothing failing later leaves a valid token.
+    revoke(
+        &Api::namespaced(h.clone(), SYSTEM_NAMESPACE),
+        &agent_account(name),
+        "hub: the agent's hub identity".to_owned(),
+        agent_expires,
+        &hub.context,
+        &mut report,
+        &mut unrevoked,
+    )
+    .await;
+    if let Some(member) = &member {
+        for (sa, what, expires) in [
+            (HUB_SA, "the hub's identity", hub_expires),
+            (LOGS_SA, "the hub's log reader", logs_expires),
+        ] {
+            revoke(
+                &Api::namespaced(member.client.clone(), SYSTEM_NAMESPACE),
+                sa,
+                format!("member {name}: {what}"),
+                expires,
+                &member.context,
+                &mut report,
+                &mut unrevoked,
+            )
+            .await;
+        }
+    }
     unjoin_hub(h, name, &mut report).await?;
     match member {
-        None => println!(
-            "The member side was left as it is; unjoin again with --cluster-context to remove tekfed's objects there."
-        ),
+        None => {
+            println!(
+                "The member side was left as it is; unjoin again with --cluster-context to remove tekfed's objects there."
+            );
+            for (sa, what, expires) in [
+                (HUB_SA, "the hub's identity", hub_expires),
+                (LOGS_SA, "the hub's log reader", logs_expires),
+            ] {
+                let left = Unrevoked {
+                    identity: format!(
+                        "{what} on {name} (ServiceAccount {SYSTEM_NAMESPACE}/{sa} there)"
+                    ),
+                    expires,
+                    by_hand: format!(
+                        "kubectl --context <{name}'s context> -n {SYSTEM_NAMESPACE} delete serviceaccount {sa}"
+                    ),
+                };
+                eprintln!(
+                    "kubectl-tekfed: NOT REVOKED (no --cluster-context): {}",
+                    left.describe()
+                );
+            }
+        }
         Some(member) => unjoin_member(&member.client, name, &mut report).await?,
+    }
+    if !unrevoked.is_empty() {
+        bail!(
+            "unjoined {name}, but {} identit{} could not be revoked and may still be used:\n  {}",
+            unrevoked.len(),
+            if unrevoked.len() == 1 { "y" } else { "ies" },
+            unrevoked
+                .iter()
+                .map(Unrevoked::describe)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
     }
     println!("unjoined {name}");
     Ok(())
 }
 
-/// The MemberCluster, the member's kubeconfig Secret, the agent's hub
-/// identity and the cluster's namespace (its assignments, report and the
-/// agent's Role).
+/// The MemberCluster, the member's kubeconfig Secrets, the agent's token
+/// Role and the cluster's namespace (its assignments, report and the
+/// agent's Role there); the agent's ServiceAccount went first
+/// ([`revoke`]).
 async fn unjoin_hub(h: &Client, name: &str, report: &mut Report) -> anyhow::Result<()> {
     remove(
         &Api::<MemberCluster>::all(h.clone()),
@@ -105,9 +245,16 @@ async fn unjoin_hub(h: &Client, name: &str, report: &mut Report) -> anyhow::Resu
     }
     let agent_sa = agent_account(name);
     remove(
-        &Api::<ServiceAccount>::namespaced(h.clone(), SYSTEM_NAMESPACE),
+        &Api::<RoleBinding>::namespaced(h.clone(), SYSTEM_NAMESPACE),
         &agent_sa,
-        format!("hub: ServiceAccount {SYSTEM_NAMESPACE}/{agent_sa}"),
+        format!("hub: RoleBinding {SYSTEM_NAMESPACE}/{agent_sa}"),
+        report,
+    )
+    .await?;
+    remove(
+        &Api::<Role>::namespaced(h.clone(), SYSTEM_NAMESPACE),
+        &agent_sa,
+        format!("hub: Role {SYSTEM_NAMESPACE}/{agent_sa} (renewing the agent's token)"),
         report,
     )
     .await?;
@@ -205,6 +352,24 @@ async fn unjoin_member(m: &Client, name: &str, report: &mut Report) -> anyhow::R
             &Api::<ClusterRole>::all(m.clone()),
             cr,
             on_member(&format!("ClusterRole {cr}")),
+            report,
+        )
+        .await?;
+    }
+    // Roles in tekfed-system that name the identities: the namespace's
+    // deletion takes them too, but only once its controller runs.
+    for role in [HUB_TOKENS_ROLE, HUB_KUBECONFIG_ROLE] {
+        remove(
+            &Api::<RoleBinding>::namespaced(m.clone(), SYSTEM_NAMESPACE),
+            role,
+            on_member(&format!("RoleBinding {SYSTEM_NAMESPACE}/{role}")),
+            report,
+        )
+        .await?;
+        remove(
+            &Api::<Role>::namespaced(m.clone(), SYSTEM_NAMESPACE),
+            role,
+            on_member(&format!("Role {SYSTEM_NAMESPACE}/{role}")),
             report,
         )
         .await?;

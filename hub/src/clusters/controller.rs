@@ -1,10 +1,13 @@
 //! The `MemberCluster` controller: reads the kubeconfig Secret each one
-//! references, builds (or keeps) the member's client in the
-//! [`registry`](super::registry), checks that the member answers with those
-//! credentials and serves Tekton, makes the member's own hub namespace and
-//! `MemberReport`, and writes its health ([`super::health`]): `Reachable`,
-//! `AgentReady` (heartbeats), `Ready`. Runs again when the `MemberCluster`,
-//! its Secret or its report changes, and every probe interval.
+//! references, renews the tokens in it and in the log reader's Secret when
+//! they are due ([`super::credentials`]), builds (or keeps) the member's
+//! client in the [`registry`](super::registry), checks that the member
+//! answers with those credentials and serves Tekton, makes the member's
+//! own hub namespace and `MemberReport`, and writes its health
+//! ([`super::health`]): `Reachable`, `AgentReady` (heartbeats), `Ready`,
+//! and `CredentialsExpiring` (with an Event when a renewal starts failing).
+//! Runs again when the `MemberCluster`, its Secret or its report changes,
+//! and every probe interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +28,10 @@ use tekfed_api::{
 use tekfed_runtime::connect::{ConnectError, require_apis, tekton_apis};
 
 use super::Unreachable;
-use super::health::fold_member_status;
+use super::credentials::{KubeconfigSecret, publish, renew_member_tokens};
+use super::health::{
+    CREDENTIALS_EXPIRING, Credential, agent_credential, credentials_condition, fold_member_status,
+};
 use super::registry::{Members, client_from_kubeconfig};
 use crate::backoff::ErrorBackoff;
 use crate::errors::{one_line, watch_failure};
@@ -52,6 +58,11 @@ pub struct ClusterContext {
     pub connect_timeout: Duration,
     /// How old the agent's last heartbeat may be for the member to be Ready.
     pub heartbeat_grace: Duration,
+    /// Renew a member token when less than this is left of it; `None`:
+    /// when less than a third of its lifetime is (`--renew-before`).
+    pub renew_before: Option<Duration>,
+    /// Events on `MemberCluster`s (credentials renewed, or not).
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 impl ClusterContext {
@@ -169,7 +180,22 @@ async fn reconcile(
 
 async fn probe_and_report(mc: &MemberCluster, ctx: &ClusterContext) -> Result<Action, Error> {
     let name = mc.name_any();
-    let outcome = connect(mc, ctx).await;
+    let mut credentials = Vec::new();
+    let outcome = match KubeconfigSecret::read(&ctx.hub, &ctx.namespace, &mc.spec.secret_ref).await
+    {
+        Ok(mut secret) => {
+            // The log reader's Secret unreadable is the log API's to say.
+            let mut logs = match &mc.spec.logs_secret_ref {
+                Some(r) => KubeconfigSecret::read(&ctx.hub, &ctx.namespace, r)
+                    .await
+                    .ok(),
+                None => None,
+            };
+            credentials = renew_member_tokens(mc, ctx, &mut secret, logs.as_mut()).await;
+            connect(mc, ctx, &secret).await
+        }
+        Err(why) => Err(why),
+    };
     let version = match outcome {
         Ok((client, server, fingerprint, version)) => {
             let created = mc
@@ -199,7 +225,8 @@ async fn probe_and_report(mc: &MemberCluster, ctx: &ClusterContext) -> Result<Ac
     ctx.members
         .notify_if_changed(&name, mc.labels(), &mc.spec.taints, &mc.spec.tenancy);
     let report = ensure_cluster_namespace(ctx, &name).await;
-    write_status(mc, ctx, version, report).await?;
+    credentials.extend(agent_credential(report.as_ref()));
+    write_status(mc, ctx, version, report, &credentials).await?;
     // Look again soon enough to see a heartbeat go stale within the grace.
     Ok(Action::requeue(ctx.recheck()))
 }
@@ -244,48 +271,15 @@ async fn ensure_cluster_namespace(
     None
 }
 
-/// Build a client from the member's Secret and check it works:
-/// `(client, server URL, secret resourceVersion, Kubernetes version)`.
+/// Build a client from the member's kubeconfig `secret` and check it
+/// works: `(client, server URL, secret resourceVersion, Kubernetes
+/// version)`.
 async fn connect(
     mc: &MemberCluster,
     ctx: &ClusterContext,
+    secret: &KubeconfigSecret,
 ) -> Result<(Client, String, String, String), Unreachable> {
-    let r = &mc.spec.secret_ref;
-    let ns = r.namespace.clone().unwrap_or_else(|| ctx.namespace.clone());
-    let key = r
-        .key
-        .clone()
-        .unwrap_or_else(|| DEFAULT_SECRET_KEY.to_owned());
-    let secrets: Api<Secret> = Api::namespaced(ctx.hub.clone(), &ns);
-    let secret = secrets
-        .get_opt(&r.name)
-        .await
-        .map_err(|e| Unreachable {
-            reason: "SecretUnreadable",
-            message: format!("cannot read Secret {ns}/{}: {}", r.name, one_line(&e)),
-        })?
-        .ok_or_else(|| Unreachable {
-            reason: "SecretNotFound",
-            message: format!(
-                "Secret {ns}/{} not found: create it with the member's kubeconfig under key {key} (kubectl tekfed join does this)",
-                r.name
-            ),
-        })?;
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&key))
-        .ok_or_else(|| Unreachable {
-            reason: "KubeconfigInvalid",
-            message: format!(
-                "Secret {ns}/{} has no key {key}; put the member's kubeconfig there",
-                r.name
-            ),
-        })?;
-    let text = std::str::from_utf8(&data.0).map_err(|_| Unreachable {
-        reason: "KubeconfigInvalid",
-        message: format!("Secret {ns}/{} key {key} is not text", r.name),
-    })?;
+    let text = secret.text.as_str();
     let (client, server) = client_from_kubeconfig(text, ctx.connect_timeout).await?;
     let probe_timeout = ctx.connect_timeout * 3;
     let version = tokio::time::timeout(probe_timeout, client.apiserver_version())
@@ -326,7 +320,7 @@ async fn connect(
             message: "the member failed the check that it serves Tekton's APIs".into(),
         },
     })?;
-    let fingerprint = secret.metadata.resource_version.clone().unwrap_or_default();
+    let fingerprint = secret.resource_version.clone();
     Ok((client, server, fingerprint, version.git_version))
 }
 
@@ -351,18 +345,35 @@ async fn write_status(
     ctx: &ClusterContext,
     version: Result<String, Unreachable>,
     report: Option<MemberReportStatus>,
+    credentials: &[Credential],
 ) -> Result<(), Error> {
     let previous = mc.status.clone().unwrap_or_default();
     let assigned = ctx.members.active_runs(&mc.name_any());
-    let new = fold_member_status(
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut new = fold_member_status(
         &previous,
         version,
         report.as_ref(),
         mc.spec.unschedulable,
         assigned,
         ctx.heartbeat_grace,
-        k8s_openapi::jiff::Timestamp::now(),
+        now,
     );
+    let expiring = credentials_condition(&previous, &mc.name_any(), credentials, now);
+    let was = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CREDENTIALS_EXPIRING);
+    if expiring.status == "True" && was.is_none_or(|c| c.status != "True") {
+        publish(
+            ctx,
+            mc,
+            kube::runtime::events::EventType::Warning,
+            "CredentialsExpiring",
+            expiring.message.clone(),
+        );
+    }
+    new.conditions.push(expiring);
     if new == previous {
         return Ok(());
     }

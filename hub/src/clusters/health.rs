@@ -1,12 +1,16 @@
 //! A member's health, as its `MemberCluster` status says it: `Reachable`
 //! (the hub's own probe of the member's API server), `AgentReady` (the
 //! agent's last heartbeat, timed on the hub's clock against the grace) and
-//! `Ready`, both of them, which runs need. Pure, so every case is a unit
-//! test; [`super::controller`] probes, reads the agent's report, and writes.
+//! `Ready`, both of them, which runs need; and apart from those,
+//! `CredentialsExpiring` ([`credentials_condition`]): whether a credential
+//! of the member could not be renewed. Pure, so every case is a unit test;
+//! [`super::controller`] probes, renews ([`super::credentials`]), reads the
+//! agent's report, and writes.
 
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use tekfed_api::{MemberClusterStatus, MemberReportStatus};
 
 use super::Unreachable;
@@ -17,6 +21,10 @@ pub const REACHABLE: &str = "Reachable";
 pub const AGENT_READY: &str = "AgentReady";
 /// Reachable and AgentReady: runs may be scheduled here.
 pub const READY: &str = "Ready";
+/// True when a credential of the member was due for renewal and could not
+/// be renewed. It does not touch `Ready`: the credential still works until
+/// it expires, and then `Reachable` or `AgentReady` says so.
+pub const CREDENTIALS_EXPIRING: &str = "CredentialsExpiring";
 
 /// The `MemberCluster` status from what the hub saw (`version`: the probe)
 /// and what the agent reported. `Ready` = `Reachable` and `AgentReady` (a
@@ -81,19 +89,7 @@ pub fn fold_member_status(
         (agent_reason.to_owned(), agent_message.clone())
     };
     let condition = |type_: &str, ok: bool, reason: String, message: String| {
-        let old = previous.conditions.iter().find(|c| c.type_ == type_);
-        let status = if ok { "True" } else { "False" };
-        Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason,
-            message,
-            observed_generation: None,
-            last_transition_time: old
-                .filter(|c| c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now)),
-        }
+        condition(previous, type_, ok, reason, message, now)
     };
     MemberClusterStatus {
         conditions: vec![
@@ -115,6 +111,146 @@ pub fn fold_member_status(
         load: report.and_then(|r| r.load.clone()),
         assigned_runs: Some(assigned),
     }
+}
+
+/// Condition `type_` as it is now, keeping its transition time from
+/// `previous` while its status holds.
+fn condition(
+    previous: &MemberClusterStatus,
+    type_: &str,
+    ok: bool,
+    reason: String,
+    message: String,
+    now: Timestamp,
+) -> Condition {
+    let old = previous.conditions.iter().find(|c| c.type_ == type_);
+    let status = if ok { "True" } else { "False" };
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason,
+        message,
+        observed_generation: None,
+        last_transition_time: old
+            .filter(|c| c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now)),
+    }
+}
+
+/// Whose credential: the two the hub holds for a member, or its agent's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialOf {
+    /// The hub's identity on the member (`MemberCluster.spec.secretRef`).
+    Hub,
+    /// The hub's log reader on the member (`spec.logsSecretRef`).
+    LogReader,
+    /// The agent's identity on the hub (its `MemberReport` says).
+    Agent,
+}
+
+impl CredentialOf {
+    /// What the credential is, for a message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CredentialOf::Hub => "the hub's token on the member",
+            CredentialOf::LogReader => "the log reader's token on the member",
+            CredentialOf::Agent => "the agent's token on the hub",
+        }
+    }
+}
+
+/// One credential of a member, as last seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub of: CredentialOf,
+    /// When it expires; `None` when it does not say (not a token, or one
+    /// without an expiry).
+    pub expires: Option<Timestamp>,
+    /// Why renewing it failed, when it was due (one line).
+    pub renewal_failure: Option<String>,
+}
+
+/// The agent's credential as its report says it (its words bounded and on
+/// one line: a member's report is not trusted).
+pub fn agent_credential(report: Option<&MemberReportStatus>) -> Option<Credential> {
+    let reported = report?.credential.as_ref()?;
+    Some(Credential {
+        of: CredentialOf::Agent,
+        expires: reported.expiration_time.as_ref().map(|t| t.0),
+        renewal_failure: reported
+            .renewal_failure
+            .as_deref()
+            .map(crate::errors::sanitize),
+    })
+}
+
+/// `CredentialsExpiring` from what was seen of each credential:
+/// - `True`, `RenewalFailed`: one was due for renewal and could not be
+///   renewed; the message names each, when it expires, why, and what to
+///   do (join again);
+/// - `False`, `Valid`: renewal works; the message says when each expires;
+/// - `False`, `NoExpiry`: none says when it expires (not tokens).
+///
+/// The message holds no relative time, so it changes only when a
+/// credential does: a status is not rewritten at every probe.
+pub fn credentials_condition(
+    previous: &MemberClusterStatus,
+    cluster: &str,
+    credentials: &[Credential],
+    now: Timestamp,
+) -> Condition {
+    let failed: Vec<String> = credentials
+        .iter()
+        .filter_map(|c| {
+            let why = c.renewal_failure.as_ref()?;
+            let when = match c.expires {
+                Some(t) if t <= now => format!("it expired at {t}"),
+                Some(t) => format!("it expires at {t}"),
+                None => "its expiry is unknown".to_owned(),
+            };
+            Some(format!(
+                "{} could not be renewed ({when}): {why}",
+                c.of.describe()
+            ))
+        })
+        .collect();
+    let (expiring, reason, message) = if !failed.is_empty() {
+        (
+            true,
+            "RenewalFailed",
+            format!(
+                "{}. Run `kubectl tekfed join {cluster} --cluster-context <its context>` again to issue new tokens",
+                failed.join("; ")
+            ),
+        )
+    } else {
+        let valid: Vec<String> = credentials
+            .iter()
+            .filter_map(|c| Some(format!("{} expires at {}", c.of.describe(), c.expires?)))
+            .collect();
+        if valid.is_empty() {
+            (
+                false,
+                "NoExpiry",
+                "the member's credentials do not say when they expire (not ServiceAccount tokens): nothing to renew".to_owned(),
+            )
+        } else {
+            (
+                false,
+                "Valid",
+                format!("{}; each is renewed before then", valid.join(", ")),
+            )
+        }
+    };
+    condition(
+        previous,
+        CREDENTIALS_EXPIRING,
+        expiring,
+        reason.to_owned(),
+        message,
+        now,
+    )
 }
 
 #[cfg(test)]
@@ -248,5 +384,127 @@ mod tests {
             first.conditions[0].last_transition_time,
             later.conditions[0].last_transition_time
         );
+    }
+
+    fn credential(of: CredentialOf, expires: i64, failure: Option<&str>) -> Credential {
+        Credential {
+            of,
+            expires: Some(at(expires)),
+            renewal_failure: failure.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn credentials_that_renew_are_valid_until_their_expiry() {
+        let c = credentials_condition(
+            &Default::default(),
+            "member-1",
+            &[
+                credential(CredentialOf::Hub, 1000, None),
+                credential(CredentialOf::LogReader, 1001, None),
+                credential(CredentialOf::Agent, 1002, None),
+            ],
+            at(100),
+        );
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str()),
+            (CREDENTIALS_EXPIRING, "False")
+        );
+        assert_eq!(c.reason, "Valid");
+        assert_eq!(
+            c.message,
+            "the hub's token on the member expires at 1970-01-01T00:16:40Z, the log reader's token on the member expires at 1970-01-01T00:16:41Z, the agent's token on the hub expires at 1970-01-01T00:16:42Z; each is renewed before then"
+        );
+        // The same credentials later: the same message, the same time.
+        let later = credentials_condition(
+            &MemberClusterStatus {
+                conditions: vec![c.clone()],
+                ..Default::default()
+            },
+            "member-1",
+            &[
+                credential(CredentialOf::Hub, 1000, None),
+                credential(CredentialOf::LogReader, 1001, None),
+                credential(CredentialOf::Agent, 1002, None),
+            ],
+            at(500),
+        );
+        assert_eq!(later, c);
+    }
+
+    #[test]
+    fn a_failed_renewal_names_the_credential_its_expiry_and_what_to_do() {
+        let c = credentials_condition(
+            &Default::default(),
+            "member-1",
+            &[
+                credential(
+                    CredentialOf::Hub,
+                    1000,
+                    Some(
+                        "member-1 refused a token for ServiceAccount tekfed-system/tekfed-hub: forbidden",
+                    ),
+                ),
+                credential(CredentialOf::LogReader, 1001, None),
+            ],
+            at(900),
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "RenewalFailed")
+        );
+        assert_eq!(
+            c.message,
+            "the hub's token on the member could not be renewed (it expires at 1970-01-01T00:16:40Z): member-1 refused a token for ServiceAccount tekfed-system/tekfed-hub: forbidden. Run `kubectl tekfed join member-1 --cluster-context <its context>` again to issue new tokens"
+        );
+        let expired = credentials_condition(
+            &Default::default(),
+            "member-1",
+            &[credential(CredentialOf::Agent, 1000, Some("x"))],
+            at(1000),
+        );
+        assert!(
+            expired
+                .message
+                .starts_with("the agent's token on the hub could not be renewed (it expired at"),
+            "{}",
+            expired.message
+        );
+    }
+
+    #[test]
+    fn credentials_without_an_expiry_have_nothing_to_renew() {
+        let c = credentials_condition(
+            &Default::default(),
+            "member-1",
+            &[Credential {
+                of: CredentialOf::Hub,
+                expires: None,
+                renewal_failure: None,
+            }],
+            at(1),
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoExpiry")
+        );
+    }
+
+    /// What an agent reports is bounded and on one line.
+    #[test]
+    fn an_agents_renewal_failure_is_sanitized() {
+        let report = MemberReportStatus {
+            credential: Some(tekfed_api::AgentCredential {
+                expiration_time: Some(Time(at(50))),
+                renewal_failure: Some(format!("line\n{}", "x".repeat(5000))),
+            }),
+            ..Default::default()
+        };
+        let c = agent_credential(Some(&report)).unwrap();
+        let failure = c.renewal_failure.unwrap();
+        assert!(!failure.contains('\n'));
+        assert!(failure.chars().count() <= crate::errors::MAX_MESSAGE + 1);
+        assert_eq!(c.expires, Some(at(50)));
+        assert_eq!(agent_credential(None), None);
     }
 }

@@ -7,10 +7,14 @@
 //! - [`controller`]: the `MemberCluster` controller: credentials,
 //!   reachability, the member's hub namespace and `MemberReport`, and the
 //!   status it folds with [`health`].
+//! - [`credentials`]: the member kubeconfig Secrets, and the renewal of
+//!   the tokens in them before they expire.
 //! - [`health`]: pure: `Reachable`, `AgentReady` (heartbeats) and `Ready`
-//!   from what the hub's probe saw and what the agent last reported.
+//!   from what the hub's probe saw and what the agent last reported, and
+//!   `CredentialsExpiring` from what came of each credential's renewal.
 
 pub mod controller;
+pub mod credentials;
 pub mod health;
 pub mod registry;
 
