@@ -11,6 +11,7 @@
 //! Tests share one test bed per test binary through [`shared`] and each
 //! work in namespaces of their own ([`TestBed::namespace`]).
 
+pub mod access;
 pub mod bins;
 pub mod federation;
 pub mod logs;

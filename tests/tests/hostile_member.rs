@@ -483,6 +483,28 @@ async fn what_a_member_does_not_allow_is_refused_by_the_hub_and_by_the_members_g
         );
         println!("queued   {name}: {message}");
     }
+    // A ServiceAccount neither carried from the hub nor allowed by the
+    // member: the member's powerful `deployer` in a namespace of its name.
+    federated_run(
+        &hub,
+        "team-a",
+        "as-their-deployer",
+        json!({"serviceAccountName": "deployer", "taskSpec": safe_task_spec()}),
+        json!([]),
+    )
+    .await;
+    let message = condition(
+        &bed,
+        &hub,
+        "team-a",
+        "as-their-deployer",
+        "DependenciesReady",
+        "DependencyMissing",
+    )
+    .await;
+    assert!(message.contains("ServiceAccount deployer"), "{message}");
+    println!("queued   a run as a ServiceAccount not carried nor allowed: {message}");
+    assert!(!on_member(&member, "team-a", "as-their-deployer").await);
     // An override that adds what the template does not: the member run is
     // checked as rendered for its cluster.
     federated_run(&hub, "hostile-hub", "via-override", json!({"taskSpec": safe_task_spec()}),

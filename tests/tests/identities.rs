@@ -5,11 +5,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
 use kube::Client;
-use kube::api::{Api, PostParams};
+use tekfed_testbed::access;
 use tekfed_testbed::federation::wait_condition;
 use tekfed_testbed::{HUB, TestBed, kubectl_tekfed};
 
@@ -295,35 +292,19 @@ const ON_HUB: [Question; 9] = [
 ];
 
 async fn allowed(client: &Client, user: &str, q: &Question) -> bool {
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(user.into()),
-            groups: Some(vec![
-                "system:serviceaccounts".into(),
-                "system:serviceaccounts:tekfed-system".into(),
-                "system:authenticated".into(),
-            ]),
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(q.verb.into()),
-                group: Some(q.group.into()),
-                resource: Some(q.resource.into()),
-                subresource: opt(q.subresource),
-                namespace: opt(q.namespace),
-                name: opt(q.name),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
+    let resource = if q.subresource.is_empty() {
+        q.resource.to_owned()
+    } else {
+        format!("{}/{}", q.resource, q.subresource)
     };
-    Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .allowed
+    let mut attributes = access::attributes(q.verb, q.group, &resource);
+    if !q.namespace.is_empty() {
+        attributes = access::in_namespace(attributes, q.namespace);
+    }
+    if !q.name.is_empty() {
+        attributes = access::named(attributes, q.name);
+    }
+    access::may(client, user, attributes).await
 }
 
 fn yes(allowed: bool) -> &'static str {

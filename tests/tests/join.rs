@@ -5,9 +5,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
@@ -15,6 +12,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tekfed_api::{FederatedTaskRun, MemberCluster, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
+use tekfed_testbed::access;
 use tekfed_testbed::federation::{create_task_runs, wait_all_succeeded, wait_condition};
 use tekfed_testbed::{HUB, TestBed, eventually_logged, kubectl_tekfed};
 
@@ -45,26 +43,7 @@ fn join(bed: &TestBed, member: &str) -> (bool, String) {
 }
 
 async fn can(client: &Client, user: &str, verb: &str, group: &str, resource: &str) -> bool {
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(user.into()),
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .allowed
+    access::may(client, user, access::attributes(verb, group, resource)).await
 }
 
 #[tokio::test]
@@ -220,51 +199,13 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
     }
     // The agent's hub identity touches its own cluster's namespace only.
     let agent_1 = "system:serviceaccount:tekfed-system:tekfed-agent-member-1";
-    let ns_review = |ns: &str, verb: &str, resource: &str| SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(agent_1.into()),
-            resource_attributes: Some(ResourceAttributes {
-                namespace: Some(ns.into()),
-                verb: Some(verb.into()),
-                group: Some("tekfed.io".into()),
-                resource: Some(resource.into()),
-                subresource: Some("status".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
+    let status_of = |ns: &str, resource: &str| {
+        let attributes = access::attributes("update", "tekfed.io", &format!("{resource}/status"));
+        access::may(&hub, agent_1, access::in_namespace(attributes, ns))
     };
-    let reviews: Api<SubjectAccessReview> = Api::all(hub.clone());
-    let allowed = |r: SubjectAccessReview| {
-        let reviews = reviews.clone();
-        async move {
-            reviews
-                .create(&PostParams::default(), &r)
-                .await
-                .unwrap()
-                .status
-                .unwrap()
-                .allowed
-        }
-    };
-    assert!(
-        allowed(ns_review(
-            &cluster_namespace("member-1"),
-            "update",
-            "runassignments"
-        ))
-        .await
-    );
-    assert!(
-        !allowed(ns_review(
-            &cluster_namespace("member-2"),
-            "update",
-            "runassignments"
-        ))
-        .await
-    );
-    assert!(!allowed(ns_review("default", "update", "federatedtaskruns")).await);
+    assert!(status_of(&cluster_namespace("member-1"), "runassignments").await);
+    assert!(!status_of(&cluster_namespace("member-2"), "runassignments").await);
+    assert!(!status_of("default", "federatedtaskruns").await);
 
     // Agents run with the hub kubeconfig join left on each member.
     for member in &members {

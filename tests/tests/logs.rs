@@ -7,15 +7,13 @@
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tekfed_api::tekton::is_final;
 use tekfed_api::{FederatedPipelineRun, FederatedTaskRun, RunPhase};
+use tekfed_testbed::access;
 use tekfed_testbed::federation::wait_condition;
 use tekfed_testbed::logs::TEST_LOG_ENV;
 use tekfed_testbed::{HUB, HUB_API_SERVER_NAME, TestBed, binary, eventually, kubectl_tekfed};
@@ -406,30 +404,10 @@ async fn logs_of_a_federated_run_are_read_from_the_hub_with_hub_rbac() {
     let member = bed.client(MEMBER).await.unwrap();
     let logs_sa = "system:serviceaccount:tekfed-system:tekfed-logs";
     let can = |verb: &str, resource: &str, sub: Option<&str>| {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(logs_sa.into()),
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some(verb.into()),
-                    resource: Some(resource.into()),
-                    subresource: sub.map(Into::into),
-                    namespace: Some(ns.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let resource = sub.map_or(resource.to_owned(), |sub| format!("{resource}/{sub}"));
+        let attributes = access::in_namespace(access::attributes(verb, "", &resource), &ns);
         let member = member.clone();
-        async move {
-            Api::<SubjectAccessReview>::all(member)
-                .create(&PostParams::default(), &review)
-                .await
-                .unwrap()
-                .status
-                .unwrap()
-                .allowed
-        }
+        async move { access::may(&member, logs_sa, attributes).await }
     };
     assert!(can("get", "pods", Some("log")).await);
     assert!(can("list", "pods", None).await);
