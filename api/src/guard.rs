@@ -200,6 +200,40 @@ pub fn refusal(tenancy: &Tenancy, kind: &str, namespace: &str, spec: &Spec) -> O
     ))
 }
 
+/// The members (name, tenancy) that do not allow a run of `kind` in
+/// `namespace` with this `spec`, each with why: [`refusal`], and, when
+/// the run names a ServiceAccount some member lists as its own
+/// ([`allows_service_account`]), every member that does not list it.
+pub fn refusals(
+    members: &[(String, &Tenancy)],
+    kind: &str,
+    namespace: &str,
+    spec: &Spec,
+) -> BTreeMap<String, String> {
+    let owned: Vec<String> = service_account_names(kind, spec)
+        .into_iter()
+        .filter(|sa| {
+            members
+                .iter()
+                .any(|(_, t)| allows_service_account(t, namespace, sa))
+        })
+        .collect();
+    members
+        .iter()
+        .filter_map(|(name, tenancy)| {
+            let why = refusal(tenancy, kind, namespace, spec).or_else(|| {
+                let sa = owned
+                    .iter()
+                    .find(|sa| !allows_service_account(tenancy, namespace, sa))?;
+                Some(format!(
+                    "ServiceAccount {sa} is the own of the members that list it (spec.tenancy.serviceAccounts), and this one does not"
+                ))
+            })?;
+            Some((name.clone(), why))
+        })
+        .collect()
+}
+
 /// What a Tekton object of `kind` asks of its pods that `level` forbids,
 /// each as `field path (why)`.
 pub fn pod_refusals(level: PodSecurityLevel, kind: &str, spec: &Spec) -> Vec<String> {
@@ -319,6 +353,40 @@ fn container(path: &str, c: &Spec, addable: &[&str], found: &mut Vec<String>) {
             added.join(", ")
         ));
     }
+}
+
+/// The ServiceAccounts a run of `kind` names (`serviceAccountName`, a
+/// PipelineRun's `taskRunTemplate` and `taskRunSpecs[]`), `default` left
+/// out.
+pub fn service_account_names(kind: &str, spec: &Spec) -> Vec<String> {
+    let name = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let mut names = Vec::new();
+    match kind {
+        "TaskRun" => names.extend(name(spec.get("serviceAccountName"))),
+        "PipelineRun" => {
+            names.extend(name(
+                spec.get("taskRunTemplate")
+                    .and_then(|t| t.get("serviceAccountName")),
+            ));
+            for (_, s) in items(spec.get("taskRunSpecs")) {
+                names.extend(name(s.get("serviceAccountName")));
+            }
+        }
+        _ => {}
+    }
+    names.retain(|n| !n.is_empty() && n != "default");
+    names.dedup();
+    names
+}
+
+/// Whether a member with `tenancy` lists ServiceAccount `name` of
+/// `namespace` as one runs may use there: such a ServiceAccount is the
+/// member's own, which tekfed never carries.
+pub fn allows_service_account(tenancy: &Tenancy, namespace: &str, name: &str) -> bool {
+    tenancy
+        .service_accounts
+        .iter()
+        .any(|a| a == name || *a == format!("{namespace}/{name}"))
 }
 
 /// The labels of a namespace tekfed creates on a member with `tenancy`.
@@ -706,6 +774,48 @@ mod tests {
                 json!({"params": []}).as_object().unwrap()
             ),
             None
+        );
+    }
+
+    #[test]
+    fn a_runs_service_accounts_are_found_and_members_list_theirs_by_namespace() {
+        let run = json!({
+            "taskRunTemplate": {"serviceAccountName": "builder"},
+            "taskRunSpecs": [{"pipelineTaskName": "a", "serviceAccountName": "deployer"}, {"serviceAccountName": "default"}],
+        });
+        assert_eq!(
+            service_account_names("PipelineRun", run.as_object().unwrap()),
+            ["builder", "deployer"]
+        );
+        let t = Tenancy {
+            service_accounts: vec!["ci/deployer".into(), "builder".into()],
+            ..Default::default()
+        };
+        assert!(allows_service_account(&t, "ci", "deployer"));
+        assert!(!allows_service_account(&t, "other", "deployer"));
+        assert!(allows_service_account(&t, "other", "builder"));
+    }
+
+    #[test]
+    fn a_run_as_a_members_own_service_account_goes_only_where_it_is_listed() {
+        let lists = Tenancy {
+            service_accounts: vec!["ci/builder".into()],
+            ..Default::default()
+        };
+        let open = Tenancy::default();
+        let members = [("a".to_owned(), &lists), ("b".to_owned(), &open)];
+        let run = json!({"serviceAccountName": "builder"});
+        let refused = refusals(&members, "TaskRun", "ci", run.as_object().unwrap());
+        assert_eq!(refused.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(
+            refused["b"].contains("ServiceAccount builder is the own of the members that list it")
+        );
+        // Elsewhere the name is no member's own: carried from the hub as ever.
+        assert!(refusals(&members, "TaskRun", "other", run.as_object().unwrap()).is_empty());
+        let root = json!({"podTemplate": {"hostNetwork": true}});
+        assert_eq!(
+            refusals(&members, "TaskRun", "ci", root.as_object().unwrap()).len(),
+            2
         );
     }
 

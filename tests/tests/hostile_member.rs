@@ -162,6 +162,8 @@ async fn what_a_member_does_not_allow_is_refused_by_the_hub_and_by_the_members_g
             HUB,
             "--deny-namespaces",
             "secret-*",
+            "--service-accounts",
+            "team-a/builder",
         ],
     );
     assert!(ok, "join: {out}");
@@ -181,6 +183,8 @@ async fn what_a_member_does_not_allow_is_refused_by_the_hub_and_by_the_members_g
             HUB,
             "--deny-namespaces",
             "secret-*",
+            "--service-accounts",
+            "team-a/builder",
         ],
     );
     assert!(
@@ -216,31 +220,41 @@ async fn what_a_member_does_not_allow_is_refused_by_the_hub_and_by_the_members_g
         .patch("theirs", &apply, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "theirs"}, "data": {"k": "v"}})))
         .await
         .unwrap();
-    Api::<ServiceAccount>::namespaced(member.clone(), "team-a")
-        .patch("deployer", &apply, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "deployer"}})))
-        .await
-        .unwrap();
-    Api::<Role>::namespaced(member.clone(), "team-a")
-        .patch(
-            "deployer",
-            &apply,
-            &Patch::Apply(json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "deployer"},
-                "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]})),
-        )
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(member.clone(), "team-a")
-        .patch(
-            "deployer",
-            &apply,
-            &Patch::Apply(json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "deployer"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployer"},
-                "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": "team-a"}]})),
-        )
-        .await
-        .unwrap();
+    // Two ServiceAccounts of the member's, both able to read Secrets:
+    // `builder`, which the member allows runs to use, and `deployer`.
+    for sa in ["deployer", "builder"] {
+        Api::<ServiceAccount>::namespaced(member.clone(), "team-a")
+            .patch(
+                sa,
+                &apply,
+                &Patch::Apply(
+                    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
+                ),
+            )
+            .await
+            .unwrap();
+        Api::<Role>::namespaced(member.clone(), "team-a")
+            .patch(
+                sa,
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": sa},
+                    "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]})),
+            )
+            .await
+            .unwrap();
+        Api::<RoleBinding>::namespaced(member.clone(), "team-a")
+            .patch(
+                sa,
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": sa},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "team-a"}]})),
+            )
+            .await
+            .unwrap();
+    }
 
     // --- The hub's member token used directly (a compromised hub) ---
     let hub_cms = |ns: &str| Api::<ConfigMap>::namespaced(as_hub.clone(), ns);
@@ -505,6 +519,35 @@ async fn what_a_member_does_not_allow_is_refused_by_the_hub_and_by_the_members_g
     assert!(message.contains("ServiceAccount deployer"), "{message}");
     println!("queued   a run as a ServiceAccount not carried nor allowed: {message}");
     assert!(!on_member(&member, "team-a", "as-their-deployer").await);
+    // The member's own `builder`, which it allows: the run goes there as
+    // it, and tekfed carries no ServiceAccount of that name.
+    federated_run(
+        &hub,
+        "team-a",
+        "as-builder",
+        json!({"serviceAccountName": "builder", "taskSpec": safe_task_spec()}),
+        json!([]),
+    )
+    .await;
+    condition(&bed, &hub, "team-a", "as-builder", "Succeeded", "Succeeded").await;
+    let copy: Api<DynamicObject> =
+        Api::namespaced_with(member.clone(), "team-a", &tekton_resource("TaskRun"));
+    let copy = copy.get("as-builder").await.unwrap();
+    assert_eq!(copy.data["spec"]["serviceAccountName"], "builder");
+    let builder = Api::<ServiceAccount>::namespaced(member.clone(), "team-a")
+        .get("builder")
+        .await
+        .unwrap();
+    assert!(
+        !builder
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("app.kubernetes.io/managed-by"),
+        "the member's own ServiceAccount was left as it is"
+    );
+    println!("ran      a run as the member's own ServiceAccount it allows (builder)");
+
     // An override that adds what the template does not: the member run is
     // checked as rendered for its cluster.
     federated_run(&hub, "hostile-hub", "via-override", json!({"taskSpec": safe_task_spec()}),

@@ -104,6 +104,12 @@ pub trait Lookup {
     fn step_action(&self, name: &str) -> bool;
     /// A ServiceAccount's `secrets` and `imagePullSecrets`, by name.
     fn service_account(&self, name: &str) -> Option<Vec<String>>;
+    /// Whether a member lists this ServiceAccount as its own
+    /// (`MemberCluster.spec.tenancy.serviceAccounts`): never carried, the
+    /// scheduler sends the run only to members that list it.
+    fn member_owned(&self, _name: &str) -> bool {
+        false
+    }
     fn config_map(&self, name: &str) -> bool;
     /// A Secret: `Some(carriable)` when it exists.
     fn secret(&self, name: &str) -> Option<bool>;
@@ -380,7 +386,10 @@ impl<L: Lookup> Walk<'_, L> {
         let Some(name) = name.and_then(Value::as_str).filter(|n| !n.is_empty()) else {
             return;
         };
-        if name == "default" || self.substituted("ServiceAccount", name) {
+        if name == "default"
+            || self.substituted("ServiceAccount", name)
+            || self.lookup.member_owned(name)
+        {
             return;
         }
         let dep = Dep::new(DepKind::ServiceAccount, name);
@@ -489,6 +498,8 @@ mod tests {
         config_maps: BTreeSet<String>,
         /// name → carriable
         secrets: BTreeMap<String, bool>,
+        /// ServiceAccounts a member lists as its own.
+        member_owned: BTreeSet<String>,
     }
 
     impl Lookup for Hub {
@@ -503,6 +514,9 @@ mod tests {
         }
         fn service_account(&self, name: &str) -> Option<Vec<String>> {
             self.service_accounts.get(name).cloned()
+        }
+        fn member_owned(&self, name: &str) -> bool {
+            self.member_owned.contains(name)
         }
         fn config_map(&self, name: &str) -> bool {
             self.config_maps.contains(name)
@@ -654,6 +668,17 @@ mod tests {
                 (Secret, "registry"),
             ])
         );
+    }
+
+    #[test]
+    fn a_service_account_a_member_lists_as_its_own_is_never_carried_nor_missing() {
+        let mut hub = ci_hub();
+        hub.member_owned.insert("builder".into());
+        let c = closure(RunKind::PipelineRun, &ci_run(), &hub);
+        assert!(!c.needs.contains(&Dep::new(ServiceAccount, "builder")));
+        hub.service_accounts.remove("builder");
+        let c = closure(RunKind::PipelineRun, &ci_run(), &hub);
+        assert!(c.missing.is_empty(), "{:?}", c.missing);
     }
 
     #[test]

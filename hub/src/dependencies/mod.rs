@@ -34,7 +34,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Map, Value};
 use tekfed_api::dependencies::{LABEL_CARRY, LABEL_CARRY_SECRETS};
-use tekfed_api::{FederatedPipeline, FederatedStepAction, FederatedTask, RunKind};
+use tekfed_api::{FederatedPipeline, FederatedStepAction, FederatedTask, MemberCluster, RunKind};
 use tokio::sync::Mutex;
 
 use crate::errors::watch_failure;
@@ -51,6 +51,8 @@ pub type Place = (String, String);
 /// The hub's view of what runs may need, and what it carried where.
 pub struct Dependencies {
     hub: Client,
+    /// The members, for the ServiceAccounts they list as their own.
+    clusters: Store<MemberCluster>,
     tasks: Store<FederatedTask>,
     pipelines: Store<FederatedPipeline>,
     step_actions: Store<FederatedStepAction>,
@@ -82,7 +84,7 @@ struct Writers {
 }
 
 impl Dependencies {
-    pub fn new(hub: Client) -> Self {
+    pub fn new(hub: Client, clusters: Store<MemberCluster>) -> Self {
         let (tasks, tasks_w) = reflector::store();
         let (pipelines, pipelines_w) = reflector::store();
         let (step_actions, step_actions_w) = reflector::store();
@@ -92,6 +94,7 @@ impl Dependencies {
         let (namespaces, namespaces_w) = reflector::store();
         Self {
             hub,
+            clusters,
             tasks,
             pipelines,
             step_actions,
@@ -238,6 +241,12 @@ impl closure::Lookup for NamespaceView<'_> {
 
     fn step_action(&self, name: &str) -> bool {
         self.deps.step_actions.get(&self.key(name)).is_some()
+    }
+
+    fn member_owned(&self, name: &str) -> bool {
+        self.deps.clusters.state().iter().any(|mc| {
+            tekfed_api::guard::allows_service_account(&mc.spec.tenancy, self.namespace, name)
+        })
     }
 
     fn service_account(&self, name: &str) -> Option<Vec<String>> {

@@ -62,7 +62,7 @@ impl RunContext {
     ) -> Self {
         let (assignments, writer) = reflector::store();
         Self {
-            deps: Arc::new(Dependencies::new(hub.clone())),
+            deps: Arc::new(Dependencies::new(hub.clone(), clusters.clone())),
             recorder: crate::ownership::recorder(hub.clone()),
             hub,
             members,

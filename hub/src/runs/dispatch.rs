@@ -177,22 +177,22 @@ fn entries<K: FederatedRun>(
 }
 
 /// The members that do not allow a run of kind `K` in `namespace` with
-/// this template spec ([`guard::refusal`]), with why. Overrides are not
-/// applied here: the member run is checked again, rendered, before it is
-/// created, and the member's own guard checks it once more.
+/// this template spec ([`guard::refusal`]), with why; and, when the run
+/// names a ServiceAccount some member lists as its own, every member that
+/// does not. Overrides are not applied here: the member run is checked
+/// again, rendered, before it is created, and the member's own guard
+/// checks it once more.
 fn refusals<K: FederatedRun>(
     ctx: &RunContext,
     namespace: &str,
     spec: &guard::Spec,
 ) -> BTreeMap<String, String> {
-    ctx.clusters
-        .state()
+    let clusters = ctx.clusters.state();
+    let members: Vec<(String, &guard::Tenancy)> = clusters
         .iter()
-        .filter_map(|mc| {
-            let why = guard::refusal(&mc.spec.tenancy, K::KIND.tekton_kind(), namespace, spec)?;
-            Some((mc.name_any(), why))
-        })
-        .collect()
+        .map(|mc| (mc.name_any(), &mc.spec.tenancy))
+        .collect();
+    guard::refusals(&members, K::KIND.tekton_kind(), namespace, spec)
 }
 
 /// The scheduling loop: woken by a new run, a finished run, or any change
