@@ -116,6 +116,12 @@ fn entries<K: FederatedRun>(
     phases: &mut PhaseCounts,
 ) -> Vec<Entry> {
     let mut entries = Vec::new();
+    // What each member allows, once per round (not once per waiting run).
+    let clusters = ctx.clusters.state();
+    let members: Vec<(String, &guard::Tenancy)> = clusters
+        .iter()
+        .map(|mc| (mc.name_any(), &mc.spec.tenancy))
+        .collect();
     for run in store.state() {
         let phase = run.run_status().and_then(|s| s.phase);
         phases.add(phase.unwrap_or(RunPhase::Queued));
@@ -131,9 +137,12 @@ fn entries<K: FederatedRun>(
                 None => Ok(closure.resolved_message()),
             }
         });
+        // Overrides are not applied here: the member run is checked again,
+        // rendered, before it is created, and the member's guard once more.
         let refused = if undecided {
-            refusals::<K>(
-                ctx,
+            guard::refusals(
+                &members,
+                K::KIND.tekton_kind(),
                 &run.namespace().unwrap_or_default(),
                 &run.template().spec,
             )
@@ -174,25 +183,6 @@ fn entries<K: FederatedRun>(
         });
     }
     entries
-}
-
-/// The members that do not allow a run of kind `K` in `namespace` with
-/// this template spec ([`guard::refusal`]), with why; and, when the run
-/// names a ServiceAccount some member lists as its own, every member that
-/// does not. Overrides are not applied here: the member run is checked
-/// again, rendered, before it is created, and the member's own guard
-/// checks it once more.
-fn refusals<K: FederatedRun>(
-    ctx: &RunContext,
-    namespace: &str,
-    spec: &guard::Spec,
-) -> BTreeMap<String, String> {
-    let clusters = ctx.clusters.state();
-    let members: Vec<(String, &guard::Tenancy)> = clusters
-        .iter()
-        .map(|mc| (mc.name_any(), &mc.spec.tenancy))
-        .collect();
-    guard::refusals(&members, K::KIND.tekton_kind(), namespace, spec)
 }
 
 /// The scheduling loop: woken by a new run, a finished run, or any change
