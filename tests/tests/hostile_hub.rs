@@ -936,8 +936,27 @@ async fn a_template_too_large_to_carry_fails_before_anything_is_made() {
         "the size is given: {message}"
     );
     assert!(run.data["status"]["cluster"].is_null());
-    // Nothing anywhere, and nothing later either.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Nothing anywhere, and nothing later either: a run created after it
+    // goes through the same dispatcher and run controller to the end.
+    let control = spec(
+        "FederatedTaskRun",
+        json!({"template": {"spec": {"taskSpec": {"steps": [{"name": "build", "image": "busybox", "script": "true"}]}}},
+               "placement": {"clusters": [{"name": "member-1"}]}}),
+    );
+    runs.create(
+        &PostParams::default(),
+        &object("FederatedTaskRun", "after-huge", &ns, control),
+    )
+    .await
+    .unwrap();
+    eventually("a run created after it to succeed", WAIT, || {
+        let runs = runs.clone();
+        async move {
+            let run = runs.get("after-huge").await.ok()?;
+            (run.data["status"]["phase"] == "Succeeded").then_some(())
+        }
+    })
+    .await;
     let assignments: Api<RunAssignment> = Api::all(hub.clone());
     let records = assignments.list(&ListParams::default()).await.unwrap();
     assert!(
@@ -1174,8 +1193,13 @@ async fn a_member_answering_html_500_is_reported_without_its_body() {
     .await
     .unwrap();
     let (reason, message) = unreachable(&hub, name).await;
-    // Probed more than once: the answer is the same each time.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Probed again since: the answer is the same each time.
+    let asked = seen.lock().unwrap().len();
+    eventually("the hub to probe the server again", WAIT, || {
+        let more = seen.lock().unwrap().len() > asked;
+        async move { more.then_some(()) }
+    })
+    .await;
     let mc = Api::<MemberCluster>::all(hub.clone())
         .get(name)
         .await

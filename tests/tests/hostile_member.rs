@@ -19,7 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 use tekfed_api::guard::{PSA_ENFORCE, restricted_security_context};
-use tekfed_api::{FederatedTask, FederatedTaskRun};
+use tekfed_api::{FederatedTask, FederatedTaskRun, PropagationState};
 use tekfed_runtime::connect::tekton_resource;
 use tekfed_testbed::federation::wait_condition;
 use tekfed_testbed::{HUB, TestBed, eventually_logged, kubectl_tekfed};
@@ -151,42 +151,26 @@ async fn federated_run(hub: &Client, ns: &str, name: &str, spec: Value, override
 #[tokio::test]
 async fn what_a_member_does_not_allow_is_refused_by_the_hub_and_by_the_members_guard() {
     let bed = TestBed::start(1).await.unwrap();
-    let (ok, out) = tekfed(
-        &bed,
-        &[
-            "join",
-            MEMBER,
-            "--cluster-context",
-            MEMBER,
-            "--hub-context",
-            HUB,
-            "--deny-namespaces",
-            "secret-*",
-            "--service-accounts",
-            "team-a/builder",
-        ],
-    );
+    let join = [
+        "join",
+        MEMBER,
+        "--cluster-context",
+        MEMBER,
+        "--hub-context",
+        HUB,
+        "--deny-namespaces",
+        "secret-*",
+        "--service-accounts",
+        "team-a/builder",
+    ];
+    let (ok, out) = tekfed(&bed, &join);
     assert!(ok, "join: {out}");
     assert!(
         out.contains("ValidatingAdmissionPolicy tekfed-member-guard")
             && out.contains("Pod Security level restricted"),
         "join installs the guard: {out}"
     );
-    let (ok, again) = tekfed(
-        &bed,
-        &[
-            "join",
-            MEMBER,
-            "--cluster-context",
-            MEMBER,
-            "--hub-context",
-            HUB,
-            "--deny-namespaces",
-            "secret-*",
-            "--service-accounts",
-            "team-a/builder",
-        ],
-    );
+    let (ok, again) = tekfed(&bed, &join);
     assert!(
         ok && again.contains("nothing changed"),
         "a second join changes nothing: {again}"
@@ -588,7 +572,7 @@ async fn what_a_member_does_not_allow_is_refused_by_the_hub_and_by_the_members_g
                 status
                     .clusters
                     .into_iter()
-                    .find(|c| c.cluster == MEMBER && format!("{:?}", c.state) == "Failed")?
+                    .find(|c| c.cluster == MEMBER && c.state == PropagationState::Failed)?
                     .message
             }
         },
