@@ -277,8 +277,18 @@ impl TestBed {
         cluster: &str,
         heartbeat_secs: f64,
     ) -> Result<u32, TestBedError> {
+        self.start_agent_with(cluster, heartbeat_secs, &[]).await
+    }
+
+    /// [`TestBed::start_agent`] with `extra` arguments.
+    pub async fn start_agent_with(
+        &self,
+        cluster: &str,
+        heartbeat_secs: f64,
+        extra: &[&str],
+    ) -> Result<u32, TestBedError> {
         let hub_kubeconfig = self.agent_identity(cluster).await?;
-        let args = vec![
+        let mut args = vec![
             "--cluster-name".to_owned(),
             cluster.to_owned(),
             "--kubeconfig".into(),
@@ -292,6 +302,7 @@ impl TestBed {
             "--metrics-addr".into(),
             "127.0.0.1:0".into(),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn(
             &format!("agent-{cluster}"),
             &binary("tekfed-agent"),

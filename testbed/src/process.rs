@@ -216,6 +216,26 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// Send a signal (`KILL`, `STOP`, `CONT`, …) and return; after `KILL`,
+    /// wait for the exit.
+    pub(crate) fn signal(&mut self, signal: &str) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+        if signal == "KILL" {
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Its command line's arguments, to change before a [`Process::restart`].
+    pub(crate) fn args_mut(&mut self) -> &mut Vec<String> {
+        &mut self.args
+    }
+
     /// Resident memory of the process now, from `/proc`.
     pub(crate) fn rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;

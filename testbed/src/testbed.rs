@@ -484,6 +484,39 @@ impl TestBed {
         Ok(())
     }
 
+    /// Whether every process named `name` is running (false when one
+    /// exited, or there is none).
+    pub fn alive(&self, name: &str) -> bool {
+        let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut named = processes.iter_mut().filter(|p| p.name == name).peekable();
+        named.peek().is_some() && named.all(|p| p.check_alive().is_ok())
+    }
+
+    /// Send `signal` (`KILL`, `STOP`, `CONT`) to the processes named `name`,
+    /// as a fault would: no grace, no cleanup. After `KILL` they are gone
+    /// until [`TestBed::restart`].
+    pub fn signal(&self, name: &str, signal: &str) {
+        let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        for p in processes.iter_mut().filter(|p| p.name == name) {
+            p.signal(signal);
+        }
+    }
+
+    /// [`TestBed::restart`] with its arguments changed by `change` first.
+    pub fn restart_with(
+        &self,
+        name: &str,
+        change: impl Fn(&mut Vec<String>),
+    ) -> Result<(), TestBedError> {
+        {
+            let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+            for p in processes.iter_mut().filter(|p| p.name == name) {
+                change(p.args_mut());
+            }
+        }
+        self.restart(name)
+    }
+
     /// Stop the processes named `name` (SIGTERM, then SIGKILL).
     pub fn stop(&self, name: &str) {
         let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
@@ -767,11 +800,17 @@ impl Drop for TestBed {
         for p in processes.iter_mut().rev() {
             p.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        self.reaper
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .finish();
+        // TEKFED_KEEP_BED=1 keeps the folder (every process's log) to read
+        // after a failure or a benchmark.
+        let mut reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner());
+        if std::env::var_os("TEKFED_KEEP_BED").is_some() {
+            eprintln!("test bed kept (TEKFED_KEEP_BED): {}", self.dir.display());
+            // The processes are stopped; the reaper keeps the folder.
+            reaper.detach();
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            reaper.finish();
+        }
     }
 }
 
