@@ -101,7 +101,9 @@ pub struct MemberClusterStatus {
     /// Whether new runs may land here now (not cordoned, and Ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedulable: Option<bool>,
-    /// When the member's agent last reported.
+    /// When the hub last saw a new heartbeat from the member's agent, on
+    /// the hub's own clock (the agent's clock is never trusted for this; a
+    /// hub that starts counts from its first look).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
     /// The member's Kubernetes version, as its API server reports it.

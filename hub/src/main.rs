@@ -58,6 +58,23 @@ struct Args {
     /// stay Ready (and get new runs).
     #[arg(long, value_parser = humantime_secs, default_value = "30")]
     heartbeat_grace: Duration,
+    /// How long a member must have been lost (no heartbeat past
+    /// --heartbeat-grace) before runs that had started there are failed or
+    /// moved as their spec.onClusterLost says. Runs that had not started
+    /// move as soon as the member is lost. Kubernetes waits 5 minutes
+    /// before evicting pods from a node that stopped reporting, for the
+    /// same reason: an agent that restarts must not cost the builds running.
+    #[arg(long, value_parser = humantime_secs, default_value = "300")]
+    started_run_grace: Duration,
+    /// Delete a finished federated run (with its member runs and records)
+    /// this long after it finished (e.g. 24h, 30m); 0 keeps them until
+    /// --finished-run-history removes them.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    finished_run_ttl: Duration,
+    /// Keep at most this many finished runs of each kind per namespace,
+    /// the newest; 0 for no limit.
+    #[arg(long, default_value_t = 1000)]
+    finished_run_history: usize,
     /// Renew a member token (the hub's own on each member, and its log
     /// reader's) when less than this is left of it (e.g. 2d, 9m30s).
     /// Default: when less than a third of the token's lifetime is left.
@@ -193,6 +210,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         heartbeat_grace: args.heartbeat_grace,
         renew_before: args.renew_before,
         recorder: tekfed_hub::ownership::recorder(client.clone()),
+        heartbeats: Default::default(),
     });
     let member_controller = clusters::controller::controller(&member_ctx);
     let run_ctx = Arc::new(RunContext::new(
@@ -200,12 +218,26 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         members.clone(),
         member_controller.store(),
         metrics.clone(),
+        runs::Graces {
+            unreachable: args.heartbeat_grace,
+            started: args.started_run_grace,
+        },
     ));
     let task_runs = runs::controller::<FederatedTaskRun>(&run_ctx);
     let pipeline_runs = runs::controller::<FederatedPipelineRun>(&run_ctx);
     let dispatcher = runs::dispatch(run_ctx.clone(), task_runs.store(), pipeline_runs.store());
     let sweep =
         dependencies::sweep::sweep(run_ctx.clone(), task_runs.store(), pipeline_runs.store());
+    let retention = runs::retention::sweep(
+        run_ctx.clone(),
+        task_runs.store(),
+        pipeline_runs.store(),
+        runs::retention::Retention {
+            ttl: (!args.finished_run_ttl.is_zero()).then_some(args.finished_run_ttl),
+            keep: (args.finished_run_history > 0).then_some(args.finished_run_history),
+        },
+        Duration::from_secs(10),
+    );
     let deps = run_ctx.deps.clone();
     // Native Tekton runs, when the hub cluster has Tekton's CRDs.
     let native = tekfed_hub::native::served(&client).await;
@@ -257,6 +289,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Arc<tekfed_hub::
         _ = deps.watch() => {}
         _ = dispatcher => {}
         _ = sweep => {}
+        _ = retention => {}
         _ = native_task_runs => {}
         _ = native_pipeline_runs => {}
     }

@@ -288,9 +288,19 @@ async fn a_lost_member_s_held_runs_move_and_started_ones_fail_or_rerun_as_asked(
     // loaded machine, declares the live members lost too (their heartbeats
     // arrive late), failing their started runs.
     let grace = 30;
-    federate(&bed, &["--heartbeat-grace", &grace.to_string()])
-        .await
-        .unwrap();
+    // Started runs wait this much longer before onClusterLost applies.
+    let started_grace = 40;
+    federate(
+        &bed,
+        &[
+            "--heartbeat-grace",
+            &grace.to_string(),
+            "--started-run-grace",
+            &started_grace.to_string(),
+        ],
+    )
+    .await
+    .unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let ns = bed.namespace("loss", &[HUB]).await.unwrap();
     let api: Api<FederatedPipelineRun> = Api::namespaced(hub.clone(), &ns);
@@ -421,18 +431,37 @@ async fn a_lost_member_s_held_runs_move_and_started_ones_fail_or_rerun_as_asked(
         ("False", "HeartbeatLost")
     );
 
-    // The started runs: one failed with its cluster, one runs again elsewhere.
-    let all = statuses(&api, status).await;
+    // The started runs wait out the started-run grace, counted from the
+    // loss: then one fails with its cluster, the other runs again elsewhere.
+    // (Asserted by the times the hub wrote, not by looking in between.)
+    let all = eventually_logged(&bed, "the started runs to leave member-2", WAIT, || {
+        let api = api.clone();
+        async move {
+            let all = statuses(&api, status).await;
+            (all["long-fail"].phase == Some(RunPhase::Failed)
+                && !all["long-reschedule"].attempts.is_empty())
+            .then_some(all)
+        }
+    })
+    .await;
     let failed = &all["long-fail"];
     let condition = failed
         .conditions
         .iter()
         .find(|c| c.type_ == "Succeeded")
         .unwrap();
-    assert_eq!(failed.phase, Some(RunPhase::Failed));
     assert_eq!(
         (condition.status.as_str(), condition.reason.as_str()),
         ("False", "ClusterLost")
+    );
+    let waited = condition
+        .last_transition_time
+        .0
+        .duration_since(agent.last_transition_time.0)
+        .as_secs_f64();
+    assert!(
+        waited >= f64::from(started_grace),
+        "failed {waited:.1}s after member-2 was lost, within the started-run grace ({started_grace}s)"
     );
     let rerun = &all["long-reschedule"];
     assert_eq!(rerun.attempts.len(), 1, "{rerun:?}");

@@ -9,12 +9,14 @@
 //! Runs again when the `MemberCluster`, its Secret or its report changes,
 //! and every probe interval.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -30,7 +32,8 @@ use tekfed_runtime::connect::{ConnectError, require_apis, tekton_apis};
 use super::Unreachable;
 use super::credentials::{KubeconfigSecret, publish, renew_member_tokens};
 use super::health::{
-    CREDENTIALS_EXPIRING, Credential, agent_credential, credentials_condition, fold_member_status,
+    CREDENTIALS_EXPIRING, Credential, HeartbeatView, Seen, agent_credential, credentials_condition,
+    disrupted, fold_member_status, observe, silence,
 };
 use super::registry::{Members, client_from_kubeconfig};
 use crate::backoff::ErrorBackoff;
@@ -63,6 +66,75 @@ pub struct ClusterContext {
     pub renew_before: Option<Duration>,
     /// Events on `MemberCluster`s (credentials renewed, or not).
     pub recorder: kube::runtime::events::Recorder,
+    /// What the hub has seen of each member's heartbeats, on its clock.
+    pub heartbeats: Heartbeats,
+}
+
+/// What the hub has seen of every member's heartbeats, and since when its
+/// own view of them holds (see [`super::health::silence`]). Kept in memory
+/// only: a hub that starts (or a replica that starts leading) has seen
+/// nothing yet, and counts each member's grace from its first look.
+pub struct Heartbeats {
+    seen: DashMap<String, Seen>,
+    view_since: Mutex<Timestamp>,
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Self {
+            seen: DashMap::new(),
+            view_since: Mutex::new(Timestamp::now()),
+        }
+    }
+}
+
+impl Heartbeats {
+    /// The hub could not read the reports (its API server down, a watch
+    /// that failed): what it saw before is no measure of the members, and
+    /// every grace starts again from now.
+    pub fn interrupted(&self) {
+        *self.view_since.lock().unwrap_or_else(|p| p.into_inner()) = Timestamp::now();
+    }
+
+    /// Take in a member's report as read now, and say how its heartbeats
+    /// look from the hub, beside every other member's.
+    fn view(
+        &self,
+        cluster: &str,
+        report: Option<&MemberReportStatus>,
+        grace: Duration,
+    ) -> HeartbeatView {
+        let now = Timestamp::now();
+        let heartbeat = report.and_then(|r| r.heartbeat_time.as_ref());
+        let seen = observe(self.seen.get(cluster).as_deref(), heartbeat, now);
+        match &seen {
+            Some(s) => {
+                self.seen.insert(cluster.to_owned(), s.clone());
+            }
+            None => {
+                self.seen.remove(cluster);
+            }
+        }
+        let since = *self.view_since.lock().unwrap_or_else(|p| p.into_inner());
+        // Every member judged at the same instant, so one silence is
+        // weighed against the others as they are now; a member silent for
+        // half the grace counts as going silent with it, so members that
+        // stopped together are not judged one by one as each crosses.
+        let silent = self
+            .seen
+            .iter()
+            .filter(|s| silence(Some(s.value()), since, now).is_some_and(|d| d > grace / 2))
+            .count();
+        HeartbeatView {
+            silence: silence(seen.as_ref(), since, now),
+            seen_at: seen.map(|s| s.at),
+            disrupted: disrupted(silent, self.seen.len()),
+        }
+    }
+
+    fn forget(&self, cluster: &str) {
+        self.seen.remove(cluster);
+    }
 }
 
 impl ClusterContext {
@@ -80,7 +152,19 @@ impl ClusterContext {
 pub enum Error {
     #[error("writing the status of MemberCluster {name}: {}", one_line(.source))]
     Status { name: String, source: kube::Error },
+    #[error("removing the hub namespace of MemberCluster {name}: {}", one_line(.source))]
+    Namespace { name: String, source: kube::Error },
+    /// Not an error of the hub's: a deleted member keeps its finalizer
+    /// until its runs have left it (a cleanup that returns `Ok` lets it go).
+    #[error("MemberCluster {name} is deleted; waiting for its runs to leave it ({active} unfinished)")]
+    RunsLeaving { name: String, active: String },
 }
+
+/// The finalizer on every `MemberCluster`: deleting one first takes its
+/// runs off it (moved, or ended as their `onClusterLost` says; see
+/// [`crate::runs::moves::Leaving::Removed`]), then removes its hub
+/// namespace (its assignments and report).
+pub const FINALIZER: &str = "tekfed.io/member-cluster";
 
 /// The controller, ready to run; `store()` gives the `MemberCluster`s it sees.
 pub fn controller(ctx: &ClusterContext) -> Controller<MemberCluster> {
@@ -103,6 +187,8 @@ pub fn controller(ctx: &ClusterContext) -> Controller<MemberCluster> {
 /// Run the controller until the hub stops.
 pub async fn run(controller: Controller<MemberCluster>, ctx: Arc<ClusterContext>) {
     let members = ctx.members.clone();
+    let heartbeats = ctx.clone();
+    let heartbeats = &heartbeats.heartbeats;
     // A failed status write is retried from the old flat wait, doubling up
     // to the healthy recheck interval and never beyond it: health must be
     // looked at within the heartbeat grace, failing or not.
@@ -116,6 +202,12 @@ pub async fn run(controller: Controller<MemberCluster>, ctx: Arc<ClusterContext>
         .run(
             move |mc, ctx| reconcile(mc, ctx, for_reconcile.clone()),
             move |mc, error, _| {
+                use kube::runtime::finalizer::Error as F;
+                if let F::CleanupFailed(Error::RunsLeaving { .. }) = error {
+                    // Looked at again soon: the dispatcher moves them now.
+                    tracing::info!(cluster = %mc.name_any(), %error, "waiting");
+                    return Action::requeue(Duration::from_secs(2));
+                }
                 let wait = on_error.failed(ObjectRef::from_obj(mc.as_ref()).erase());
                 tracing::warn!(cluster = %mc.name_any(), %error, retry_in = ?wait, "retrying");
                 Action::requeue(wait)
@@ -129,10 +221,17 @@ pub async fn run(controller: Controller<MemberCluster>, ctx: Arc<ClusterContext>
                 Err(controller::Error::ObjectNotFound(gone)) => {
                     retries.succeeded(&gone);
                     members.remove(&gone.name);
+                    heartbeats.forget(&gone.name);
                 }
                 // Logged by the error policy.
                 Err(controller::Error::ReconcilerFailed(..)) => {}
                 Err(controller::Error::QueueError(e)) => {
+                    // The hub could not reach its API server: the watch on
+                    // reports may have missed heartbeats. (An answer such as
+                    // 410 Gone, on which the watcher lists again, is not.)
+                    if !matches!(e, watcher::Error::WatchError(_)) {
+                        heartbeats.interrupted();
+                    }
                     tracing::warn!(error = %watch_failure(&e), "watching MemberClusters, their Secrets or reports; retrying")
                 }
                 Err(e) => tracing::warn!(error = %e, "member cluster reconcile failed"),
@@ -172,10 +271,49 @@ async fn reconcile(
     mc: Arc<MemberCluster>,
     ctx: Arc<ClusterContext>,
     retries: Arc<ErrorBackoff>,
-) -> Result<Action, Error> {
-    let action = probe_and_report(&mc, &ctx).await?;
-    retries.succeeded(&ObjectRef::from_obj(mc.as_ref()).erase());
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    use kube::runtime::finalizer::{Event, finalizer};
+    let key = ObjectRef::from_obj(mc.as_ref()).erase();
+    let api: Api<MemberCluster> = Api::all(ctx.hub.clone());
+    let action = finalizer(&api, FINALIZER, mc, |event| async {
+        match event {
+            Event::Apply(mc) => probe_and_report(&mc, &ctx).await,
+            Event::Cleanup(mc) => remove(&mc, &ctx).await,
+        }
+    })
+    .await?;
+    retries.succeeded(&key);
     Ok(action)
+}
+
+/// A `MemberCluster` being deleted: once no unfinished run is on it (the
+/// dispatcher takes them off), its hub namespace goes, and with it its
+/// assignments and report.
+async fn remove(mc: &MemberCluster, ctx: &ClusterContext) -> Result<Action, Error> {
+    let name = mc.name_any();
+    match ctx.members.counted_active_runs(&name) {
+        Some(0) => {}
+        active => {
+            ctx.members.schedule.notify_one();
+            return Err(Error::RunsLeaving {
+                name,
+                active: active.map_or("not counted yet".into(), |n| n.to_string()),
+            });
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(ctx.hub.clone());
+    match namespaces
+        .delete(&cluster_namespace(&name), &Default::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(source) => return Err(Error::Namespace { name, source }),
+    }
+    tracing::info!(cluster = %name, "MemberCluster removed: no run is on it, its hub namespace is deleted");
+    ctx.members.remove(&name);
+    ctx.heartbeats.forget(&name);
+    Ok(Action::await_change())
 }
 
 async fn probe_and_report(mc: &MemberCluster, ctx: &ClusterContext) -> Result<Action, Error> {
@@ -224,7 +362,10 @@ async fn probe_and_report(mc: &MemberCluster, ctx: &ClusterContext) -> Result<Ac
     // any change to one is a reason to look at every federated object.
     ctx.members
         .notify_if_changed(&name, mc.labels(), &mc.spec.taints, &mc.spec.tenancy);
-    let report = ensure_cluster_namespace(ctx, &name).await;
+    let Ok(report) = ensure_cluster_namespace(ctx, &name).await else {
+        // Judging health without the report would judge the hub's outage.
+        return Ok(Action::requeue(ctx.recheck()));
+    };
     credentials.extend(agent_credential(report.as_ref()));
     write_status(mc, ctx, version, report, &credentials).await?;
     // Look again soon enough to see a heartbeat go stale within the grace.
@@ -232,15 +373,23 @@ async fn probe_and_report(mc: &MemberCluster, ctx: &ClusterContext) -> Result<Ac
 }
 
 /// The member's own hub namespace (`tekfed-cluster-<name>`) and its
-/// `MemberReport` exist; returns what the agent last reported.
+/// `MemberReport` exist; returns what the agent last reported, or `Err`
+/// when the hub could not read it.
 async fn ensure_cluster_namespace(
     ctx: &ClusterContext,
     cluster: &str,
-) -> Option<MemberReportStatus> {
+) -> Result<Option<MemberReportStatus>, ()> {
     let namespace = cluster_namespace(cluster);
     let reports: Api<MemberReport> = Api::namespaced(ctx.hub.clone(), &namespace);
-    if let Ok(Some(report)) = reports.get_opt(cluster).await {
-        return report.status;
+    match reports.get_opt(cluster).await {
+        Ok(Some(report)) => return Ok(report.status),
+        Ok(None) => {}
+        Err(e) => {
+            // Not a member's silence: the hub's own view is interrupted.
+            ctx.heartbeats.interrupted();
+            tracing::warn!(%cluster, error = %one_line(&e), "cannot read the cluster's MemberReport");
+            return Err(());
+        }
     }
     let namespaces: Api<Namespace> = Api::all(ctx.hub.clone());
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY, "tekfed.io/cluster": cluster}}});
@@ -253,7 +402,7 @@ async fn ensure_cluster_namespace(
         .await
     {
         tracing::warn!(%cluster, error = %one_line(&e), "cannot create the cluster's hub namespace");
-        return None;
+        return Ok(None);
     }
     let report = MemberReport::new(
         cluster,
@@ -268,7 +417,7 @@ async fn ensure_cluster_namespace(
             tracing::warn!(%cluster, error = %one_line(&e), "cannot create the cluster's MemberReport")
         }
     }
-    None
+    Ok(None)
 }
 
 /// Build a client from the member's kubeconfig `secret` and check it
@@ -349,11 +498,15 @@ async fn write_status(
 ) -> Result<(), Error> {
     let previous = mc.status.clone().unwrap_or_default();
     let assigned = ctx.members.active_runs(&mc.name_any());
-    let now = k8s_openapi::jiff::Timestamp::now();
+    let heartbeats = ctx
+        .heartbeats
+        .view(&mc.name_any(), report.as_ref(), ctx.heartbeat_grace);
+    let now = Timestamp::now();
     let mut new = fold_member_status(
         &previous,
         version,
         report.as_ref(),
+        heartbeats,
         mc.spec.unschedulable,
         assigned,
         ctx.heartbeat_grace,

@@ -1,6 +1,6 @@
 //! A member's health, as its `MemberCluster` status says it: `Reachable`
 //! (the hub's own probe of the member's API server), `AgentReady` (the
-//! agent's last heartbeat, timed on the hub's clock against the grace) and
+//! agent's heartbeats, timed on the hub's own clock against the grace) and
 //! `Ready`, both of them, which runs need; and apart from those,
 //! `CredentialsExpiring` ([`credentials_condition`]): whether a credential
 //! of the member could not be renewed. Pure, so every case is a unit test;
@@ -21,18 +21,85 @@ pub const REACHABLE: &str = "Reachable";
 pub const AGENT_READY: &str = "AgentReady";
 /// Reachable and AgentReady: runs may be scheduled here.
 pub const READY: &str = "Ready";
+/// `AgentReady=False`: no new heartbeat seen for longer than the grace.
+/// Runs leave the cluster ([`crate::runs::moves`]).
+pub const HEARTBEAT_LOST: &str = "HeartbeatLost";
+/// `AgentReady=False`: silent too, but so are most members at once, which
+/// says more about the hub's own view (its API server, its network) than
+/// about the members: no run moves while it lasts.
+pub const DISRUPTION: &str = "Disruption";
 /// True when a credential of the member was due for renewal and could not
 /// be renewed. It does not touch `Ready`: the credential still works until
 /// it expires, and then `Reachable` or `AgentReady` says so.
 pub const CREDENTIALS_EXPIRING: &str = "CredentialsExpiring";
 
-/// The `MemberCluster` status from what the hub saw (`version`: the probe)
-/// and what the agent reported. `Ready` = `Reachable` and `AgentReady` (a
-/// heartbeat younger than `grace`); runs need `Ready`.
+/// What the hub has seen of one member's heartbeats. The heartbeat the
+/// agent writes is a time on the member's clock, so it is only ever
+/// compared with the one before it, never subtracted from the hub's
+/// clock: what counts is when the hub saw it change (as Kubernetes' node
+/// lifecycle controller times node leases).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The heartbeat as the agent last wrote it.
+    pub heartbeat: Time,
+    /// When the hub first saw that value, on its own clock.
+    pub at: Timestamp,
+}
+
+/// What the hub has seen after reading the report again: a new value is
+/// seen now; the same one keeps the time it was first seen.
+pub fn observe(previous: Option<&Seen>, heartbeat: Option<&Time>, now: Timestamp) -> Option<Seen> {
+    let heartbeat = heartbeat?;
+    match previous {
+        Some(p) if &p.heartbeat == heartbeat => Some(p.clone()),
+        _ => Some(Seen {
+            heartbeat: heartbeat.clone(),
+            at: now,
+        }),
+    }
+}
+
+/// How long the hub has gone without seeing a new heartbeat (`None`: it
+/// never saw one). Counted from the later of when it saw the last one and
+/// when its own view of the reports began (`view_since`: the hub's start,
+/// or the last time it could not read them): a hub that was down, or cut
+/// off from its API server, gives every member a whole grace again rather
+/// than declaring all of them lost at once.
+pub fn silence(seen: Option<&Seen>, view_since: Timestamp, now: Timestamp) -> Option<Duration> {
+    let since = seen?.at.max(view_since);
+    Some(now.duration_since(since).unsigned_abs())
+}
+
+/// Whether the members going silent (the caller counts those silent for
+/// half the grace) are most of them: at least two, and more than half of
+/// those that ever reported. Then the hub suspects
+/// itself and moves nothing (Kubernetes' full-disruption mode). One silent
+/// member of one is lost as before: there is nothing to compare it with.
+pub fn disrupted(silent: usize, reporting: usize) -> bool {
+    silent >= 2 && silent * 2 > reporting
+}
+
+/// The hub's view of one member's heartbeats, for [`fold_member_status`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatView {
+    /// [`silence`]: `None` when no heartbeat was ever seen.
+    pub silence: Option<Duration>,
+    /// When the hub last saw a new heartbeat (its clock).
+    pub seen_at: Option<Timestamp>,
+    /// Most members are silent together ([`disrupted`]).
+    pub disrupted: bool,
+}
+
+/// The `MemberCluster` status from what the hub saw (`version`: the probe;
+/// `heartbeats`: when it saw the agent's heartbeat change) and what the
+/// agent reported. `Ready` = `Reachable` and `AgentReady` (a new heartbeat
+/// seen within `grace`); runs need `Ready`.
+#[allow(clippy::too_many_arguments)]
 pub fn fold_member_status(
     previous: &MemberClusterStatus,
     version: Result<String, Unreachable>,
     report: Option<&MemberReportStatus>,
+    heartbeats: HeartbeatView,
     unschedulable: bool,
     assigned: i64,
     grace: Duration,
@@ -52,11 +119,7 @@ pub fn fold_member_status(
             previous.kubernetes_version.clone(),
         ),
     };
-    let heartbeat = report.and_then(|r| r.heartbeat_time.clone());
-    let age = heartbeat
-        .as_ref()
-        .map(|t| now.duration_since(t.0).unsigned_abs());
-    let (agent_ready, agent_reason, agent_message) = match age {
+    let (agent_ready, agent_reason, agent_message) = match heartbeats.silence {
         None => (
             false,
             "NoHeartbeat",
@@ -65,13 +128,23 @@ pub fn fold_member_status(
         Some(age) if age <= grace => (
             true,
             "HeartbeatFresh",
-            format!("last heartbeat {}s ago", age.as_secs()),
+            format!("last heartbeat seen {}s ago", age.as_secs()),
+        ),
+        Some(age) if heartbeats.disrupted => (
+            false,
+            DISRUPTION,
+            format!(
+                "no heartbeat seen for {}s (grace {}s), but most members went silent together: \
+                 the hub suspects its own view (its API server or network) and moves no runs until heartbeats return",
+                age.as_secs(),
+                grace.as_secs()
+            ),
         ),
         Some(age) => (
             false,
-            "HeartbeatLost",
+            HEARTBEAT_LOST,
             format!(
-                "no heartbeat for {}s (grace {}s)",
+                "no heartbeat seen for {}s (grace {}s)",
                 age.as_secs(),
                 grace.as_secs()
             ),
@@ -103,7 +176,8 @@ pub fn fold_member_status(
             condition(READY, ready, ready_reason, ready_message),
         ],
         schedulable: Some(ready && !unschedulable),
-        last_heartbeat_time: heartbeat,
+        // The hub's time, like every time it judges by.
+        last_heartbeat_time: heartbeats.seen_at.map(Time),
         kubernetes_version: report
             .and_then(|r| r.kubernetes_version.clone())
             .or(kubernetes_version),
@@ -273,6 +347,15 @@ mod tests {
         }
     }
 
+    /// A heartbeat seen at `since` and not since, judged at `now`.
+    fn seen(since: i64, now: i64) -> HeartbeatView {
+        HeartbeatView {
+            silence: Some(Duration::from_secs((now - since) as u64)),
+            seen_at: Some(at(since)),
+            disrupted: false,
+        }
+    }
+
     fn status_of(s: &MemberClusterStatus, type_: &str) -> (String, String) {
         let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
         (c.status.clone(), c.reason.clone())
@@ -285,6 +368,7 @@ mod tests {
             &Default::default(),
             Ok("v1.37.2".into()),
             Some(&report(100)),
+            seen(100, 110),
             false,
             2,
             grace,
@@ -299,6 +383,7 @@ mod tests {
             &fresh,
             Ok("v1.37.2".into()),
             Some(&report(100)),
+            seen(100, 200),
             false,
             2,
             grace,
@@ -318,6 +403,7 @@ mod tests {
             &Default::default(),
             Ok("v1.37.2".into()),
             None,
+            HeartbeatView::default(),
             false,
             0,
             grace,
@@ -333,6 +419,7 @@ mod tests {
             &fresh,
             Err(down),
             Some(&report(195)),
+            seen(195, 200),
             false,
             0,
             grace,
@@ -345,11 +432,83 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_counts_from_when_the_hub_saw_it_change_not_from_its_own_time() {
+        // The agent's clock is an hour ahead: what it writes is compared,
+        // never subtracted.
+        let first = observe(None, Some(&Time(at(3700))), at(100)).unwrap();
+        assert_eq!(first.at, at(100));
+        assert_eq!(
+            silence(Some(&first), at(0), at(110)),
+            Some(Duration::from_secs(10))
+        );
+        // The same value read again keeps the time it was first seen...
+        let again = observe(Some(&first), Some(&Time(at(3700))), at(140)).unwrap();
+        assert_eq!(again.at, at(100));
+        assert_eq!(
+            silence(Some(&again), at(0), at(140)),
+            Some(Duration::from_secs(40))
+        );
+        // ... and a new value, even an earlier one (the agent's clock set
+        // back), is a new heartbeat.
+        let back = observe(Some(&again), Some(&Time(at(1))), at(141)).unwrap();
+        assert_eq!(back.at, at(141));
+        assert_eq!(observe(Some(&back), None, at(150)), None);
+        assert_eq!(silence(None, at(0), at(150)), None);
+    }
+
+    #[test]
+    fn the_grace_starts_again_when_the_hubs_own_view_does() {
+        let seen_long_ago = Seen {
+            heartbeat: Time(at(5)),
+            at: at(10),
+        };
+        // The hub was down (or could not read the reports) until 1000.
+        assert_eq!(
+            silence(Some(&seen_long_ago), at(1000), at(1005)),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            silence(Some(&seen_long_ago), at(0), at(1005)),
+            Some(Duration::from_secs(995))
+        );
+    }
+
+    #[test]
+    fn most_members_silent_together_is_a_disruption_and_moves_nothing() {
+        assert!(!disrupted(1, 1), "one member of one: lost as ever");
+        assert!(!disrupted(1, 3));
+        assert!(!disrupted(2, 4), "half is not most");
+        assert!(disrupted(2, 3));
+        assert!(disrupted(3, 3));
+        assert!(disrupted(2, 2));
+        let mut view = seen(100, 200);
+        view.disrupted = true;
+        let s = fold_member_status(
+            &Default::default(),
+            Ok("v".into()),
+            Some(&report(100)),
+            view,
+            false,
+            0,
+            Duration::from_secs(30),
+            at(200),
+        );
+        assert_eq!(
+            status_of(&s, AGENT_READY),
+            ("False".into(), DISRUPTION.into())
+        );
+        assert_eq!(status_of(&s, READY), ("False".into(), DISRUPTION.into()));
+        assert_eq!(s.schedulable, Some(false));
+        assert_eq!(s.last_heartbeat_time, Some(Time(at(100))), "the hub's time");
+    }
+
+    #[test]
     fn a_cordoned_ready_cluster_is_not_schedulable() {
         let s = fold_member_status(
             &Default::default(),
             Ok("v".into()),
             Some(&report(100)),
+            seen(100, 101),
             true,
             0,
             Duration::from_secs(30),
@@ -366,6 +525,7 @@ mod tests {
             &Default::default(),
             Ok("v".into()),
             Some(&report(100)),
+            seen(100, 101),
             false,
             0,
             grace,
@@ -375,6 +535,7 @@ mod tests {
             &first,
             Ok("v".into()),
             Some(&report(100)),
+            seen(100, 105),
             false,
             0,
             grace,

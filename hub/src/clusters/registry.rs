@@ -54,6 +54,10 @@ pub struct Connection {
     pub stores: BTreeMap<&'static str, Store<DynamicObject>>,
     /// Namespaces known to exist on the member.
     pub namespaces: DashSet<String>,
+    /// The fingerprint of each copy's `spec` as the member held it after
+    /// tekfed's last write, by (Tekton kind, namespace, name): how a change
+    /// made on the member is told apart ([`crate::templates::drift`]).
+    pub written: DashMap<(&'static str, String, String), String>,
     watches: Vec<AbortHandle>,
 }
 
@@ -89,6 +93,8 @@ pub struct Members {
     pub schedule: Arc<tokio::sync::Notify>,
     /// Runs the hub has assigned to each cluster that have not finished.
     active: DashMap<String, i64>,
+    /// Whether the dispatcher has counted them once.
+    counted: std::sync::atomic::AtomicBool,
     /// Each member's API server and when its MemberCluster was created
     /// (milliseconds, name): who keeps a server joined under two names.
     servers: DashMap<String, (String, (i64, String))>,
@@ -119,6 +125,7 @@ impl Members {
             tenancies: DashMap::new(),
             schedule: Arc::new(tokio::sync::Notify::new()),
             active: DashMap::new(),
+            counted: Default::default(),
             servers: DashMap::new(),
             syncs,
         };
@@ -240,12 +247,23 @@ impl Members {
         self.active.get(cluster).map(|n| *n).unwrap_or(0)
     }
 
+    /// The scheduler's count of unfinished runs on `cluster`, once it has
+    /// counted at all (`None` before its first round: a hub that just
+    /// started knows of no run yet, which is not knowing there are none).
+    pub fn counted_active_runs(&self, cluster: &str) -> Option<i64> {
+        self.counted
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| self.active_runs(cluster))
+    }
+
     /// Record the scheduler's count of unfinished runs per cluster.
     pub fn set_active_runs(&self, counts: &BTreeMap<String, i64>) {
         self.active.retain(|k, _| counts.contains_key(k));
         for (k, v) in counts {
             self.active.insert(k.clone(), *v);
         }
+        self.counted
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Forget a member whose `MemberCluster` is gone.
@@ -314,6 +332,7 @@ impl Members {
             fingerprint: fingerprint.to_owned(),
             stores,
             namespaces: DashSet::new(),
+            written: DashMap::new(),
             watches,
         }
     }

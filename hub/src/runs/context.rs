@@ -51,6 +51,8 @@ pub struct RunContext {
     pub(super) recorder: Recorder,
     /// What runs need from the hub, and what was carried where.
     pub deps: Arc<Dependencies>,
+    /// How long runs wait on a silent cluster before they move.
+    pub graces: super::moves::Graces,
 }
 
 impl RunContext {
@@ -59,6 +61,7 @@ impl RunContext {
         members: Arc<Members>,
         clusters: Store<MemberCluster>,
         metrics: Arc<Metrics>,
+        graces: super::moves::Graces,
     ) -> Self {
         let (assignments, writer) = reflector::store();
         Self {
@@ -74,6 +77,7 @@ impl RunContext {
             decided: Mutex::default(),
             written: Mutex::default(),
             retries: ErrorBackoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            graces,
         }
     }
 

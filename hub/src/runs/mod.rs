@@ -71,12 +71,14 @@ pub mod events;
 pub mod member_run;
 pub mod moves;
 pub mod reconcile;
+pub mod retention;
 pub mod scheduler;
 pub mod status;
 
 pub use assignments::watch_assignments;
 pub use context::RunContext;
 pub use dispatch::dispatch;
+pub use moves::Graces;
 pub use reconcile::{controller, run};
 
 /// The finalizer that lets the hub delete a run's member runs and
@@ -168,6 +170,14 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// The member refused to create the run (its admission webhooks,
+    /// Tekton's among them; a quota; a namespace being deleted; a schema):
+    /// made again it would be refused again, so the run ends there.
+    #[error("{message}")]
+    Rejected {
+        /// `member-1 refused PipelineRun ns/name: …`
+        message: String,
+    },
 }
 
 impl Error {
@@ -187,7 +197,7 @@ impl Error {
             Error::Waiting {
                 reason, message, ..
             } => Some(status::member_run_blocked(reason, message, now)),
-            Error::Kube { .. } => None,
+            Error::Kube { .. } | Error::Rejected { .. } => None,
         }
     }
 }
