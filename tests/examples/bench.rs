@@ -952,7 +952,11 @@ async fn main() -> anyhow::Result<()> {
     // --- tekfed ---------------------------------------------------------------
     // Tekton's CRDs on the hub, for the native runs of 1c.
     bed.install_tekton_on_hub().await?;
-    federate(&bed, &["--heartbeat-grace", "30"])
+    // Every run stays stored: the figures at rest are for that many.
+    federate(
+        &bed,
+        &["--heartbeat-grace", "30", "--finished-run-history", "0"],
+    )
         .await
         .map_err(anyhow::Error::msg)?;
     let hub_pid = bed.pid_of("tekfed-hub").expect("the hub runs");
