@@ -92,6 +92,22 @@ fn first_attempt() -> i32 {
     1
 }
 
+/// The label on a member run saying which placement of its federated run
+/// it was made for ([`RunAssignmentSpec::attempt`]). A run moved off a
+/// cluster and placed there again gets a new copy under the same name: the
+/// old one, told apart by this label, is ended and removed first, and is
+/// never taken for the new one.
+pub const ATTEMPT_LABEL: &str = "tekfed.io/attempt";
+
+/// The placement a member run was made for, from its labels: a copy made
+/// before the label existed is the first.
+pub fn attempt_of(labels: &std::collections::BTreeMap<String, String>) -> i32 {
+    labels
+        .get(ATTEMPT_LABEL)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1)
+}
+
 /// The federated run an assignment is for.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct RunRef {

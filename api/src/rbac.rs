@@ -166,10 +166,10 @@ pub fn agent_on_member() -> Vec<Rule> {
             &["list"],
         ),
         rule(
-            "Load: pending pods, and requested vs allocatable CPU and memory.",
+            "Load: pending pods, and requested vs allocatable CPU and memory, from watch caches (a heartbeat lists nothing).",
             &[""],
             &["pods", "nodes"],
-            &["list"],
+            &["list", "watch"],
         ),
     ]
 }

@@ -16,14 +16,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{
+    Container, Node, NodeStatus, Pod, PodStatus, ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use serde_json::json;
+use tekfed_api::assignment::attempt_of;
+use tekfed_api::guard::{LABEL_MANAGED_BY, MANAGED_BY};
 use tekfed_api::tekton::{TektonRun, cancel_values};
 use tekfed_api::{MemberReport, RunAssignment, RunKind, cluster_namespace};
 use tekfed_runtime::connect::{drop_managed_fields, tekton_resource};
@@ -35,7 +41,6 @@ use crate::load;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::plan::{Assignment, MemberRun, Step, plan};
 
-const MANAGED: &str = "app.kubernetes.io/managed-by=tekfed";
 /// The label Tekton puts on a PipelineRun's child TaskRuns. Tekton copies
 /// a PipelineRun's labels (tekfed's among them) to its TaskRuns: those are
 /// Tekton's, part of a run already counted, not runs of tekfed's.
@@ -52,12 +57,40 @@ pub struct Agent {
     pub heartbeat: Duration,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Added to every time the agent writes (test-only `--clock-offset`):
+    /// a member whose clock is off must change nothing on the hub.
+    pub clock_offset: SignedDuration,
+}
+
+/// The longest any one call to either API server may take. A call that
+/// hangs (a server stopped mid-answer) must not hold up the heartbeat or
+/// the runs behind it; it fails and is made again.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A call with [`CALL_TIMEOUT`]: a hung call becomes an error like any other.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer within {CALL_TIMEOUT:?}").into(),
+            ))
+        })
 }
 
 struct Stores {
     assignments: Store<RunAssignment>,
+    /// Every TaskRun on the member that is not a PipelineRun's child, and
+    /// every PipelineRun: tekfed's are found by label, the rest are counted
+    /// for load. Stripped of what neither needs ([`slim_run`]).
     task_runs: Store<TektonRun>,
     pipeline_runs: Store<TektonRun>,
+    /// Pods not finished, for load ([`slim_pod`]).
+    pods: Store<Pod>,
+    /// Nodes, for load (their allocatable only).
+    nodes: Store<Node>,
     /// Assignments whose steps were all taken (or had none), with the versions
     /// of assignment and member run they were planned from. Until either
     /// changes there is nothing new to do: a pass skips them. That keeps a
@@ -83,11 +116,82 @@ impl Stores {
     }
 }
 
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
+/// Whether the run is tekfed's.
+fn managed(run: &TektonRun) -> bool {
+    run.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+}
+
+/// What the agent keeps of a member run: not its managed fields, and not
+/// the Task or Pipeline spec Tekton copies into its status (what was run
+/// is the hub's; the status reported keeps what users read).
+fn slim_run(run: &mut TektonRun) {
+    drop_managed_fields(run);
+    if let Some(status) = run.status.as_mut().and_then(Value::as_object_mut) {
+        for copied in ["taskSpec", "pipelineSpec", "provenance"] {
+            status.remove(copied);
+        }
+    }
+}
+
+/// What the agent keeps of a pod: where it is, its phase and what its
+/// containers request; nothing else.
+fn slim_pod(pod: &mut Pod) {
+    drop_managed_fields(pod);
+    pod.metadata.annotations = None;
+    pod.metadata.labels = None;
+    pod.metadata.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        for c in spec.containers.iter_mut() {
+            let requests = c.resources.take().and_then(|r| r.requests);
+            *c = Container {
+                name: std::mem::take(&mut c.name),
+                resources: Some(ResourceRequirements {
+                    requests,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+        }
+        spec.init_containers = None;
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status = PodStatus {
+            phase: status.phase.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// What the agent keeps of a node: its allocatable resources.
+fn slim_node(node: &mut Node) {
+    drop_managed_fields(node);
+    node.metadata.annotations = None;
+    node.metadata.labels = None;
+    node.spec = None;
+    if let Some(status) = node.status.as_mut() {
+        *status = NodeStatus {
+            allocatable: status.allocatable.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// Whether a store has its first list.
+fn ready<K: kube::Resource + Clone + 'static>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.wait_until_ready().now_or_never().is_some()
 }
 
 impl Agent {
+    /// The time the agent writes: its clock (plus the test-only offset).
+    fn now(&self) -> Time {
+        let now = Timestamp::now();
+        Time(now.checked_add(self.clock_offset).unwrap_or(now))
+    }
+
     fn namespace(&self) -> String {
         cluster_namespace(&self.cluster)
     }
@@ -114,20 +218,46 @@ impl Agent {
             let api: Api<TektonRun> = Api::all_with(self.member.clone(), &resource);
             let writer = reflector::store::Writer::<TektonRun>::new(resource);
             run_stores.push(writer.as_reader());
-            let selector = match kind {
-                RunKind::TaskRun => format!("{MANAGED},{CHILD_OF_PIPELINE_RUN}"),
-                RunKind::PipelineRun => MANAGED.to_owned(),
+            let config = match kind {
+                RunKind::TaskRun => watcher::Config::default().labels(CHILD_OF_PIPELINE_RUN),
+                RunKind::PipelineRun => watcher::Config::default(),
             };
-            let stream = watcher(api, watcher::Config::default().labels(&selector))
+            let stream = watcher(api, config)
                 .default_backoff()
-                .modify(drop_managed_fields)
+                .modify(slim_run)
                 .reflect(writer);
             run_watches.push(watch(stream, wake.clone()));
         }
+        // Pods and nodes change often and matter only to the next
+        // heartbeat: they do not wake the sync.
+        let (pods, pods_writer) = reflector::store();
+        let pods_watch = watch(
+            watcher(
+                Api::<Pod>::all(self.member.clone()),
+                watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+            )
+            .default_backoff()
+            .modify(slim_pod)
+            .reflect(pods_writer),
+            Arc::new(Notify::new()),
+        );
+        let (nodes, nodes_writer) = reflector::store();
+        let nodes_watch = watch(
+            watcher(
+                Api::<Node>::all(self.member.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(slim_node)
+            .reflect(nodes_writer),
+            Arc::new(Notify::new()),
+        );
         let stores = Stores {
             assignments,
             pipeline_runs: run_stores.pop().expect("two stores"),
             task_runs: run_stores.pop().expect("two stores"),
+            pods,
+            nodes,
             settled: Mutex::default(),
         };
         let sync = async {
@@ -141,9 +271,10 @@ impl Agent {
             }
         };
         let heartbeat = async {
+            let mut versions = Reported::default();
             loop {
                 let began = std::time::Instant::now();
-                let written = self.report(&stores).await;
+                let written = self.report(&stores, &mut versions).await;
                 self.metrics
                     .heartbeat_duration
                     .observe(began.elapsed().as_secs_f64());
@@ -177,7 +308,17 @@ impl Agent {
             run_watches.next().expect("two watches"),
             run_watches.next().expect("two watches"),
         );
-        tokio::join!(assignments_watch, a, b, sync, heartbeat, pulse, renewal);
+        tokio::join!(
+            assignments_watch,
+            a,
+            b,
+            pods_watch,
+            nodes_watch,
+            sync,
+            heartbeat,
+            pulse,
+            renewal
+        );
     }
 
     async fn sync(&self, stores: &Stores) {
@@ -192,10 +333,13 @@ impl Agent {
                     tekton_resource(kind.tekton_kind()),
                 )
                 .within(&assignment.spec.run.namespace);
-                let member_run = stores
-                    .runs(kind)
-                    .get(&key)
-                    .filter(|r| r.labels().get(UID_LABEL) == Some(&assignment.spec.run.uid));
+                // This placement's copy only: one from an earlier placement
+                // on this cluster is the hub's to end and remove.
+                let member_run = stores.runs(kind).get(&key).filter(|r| {
+                    managed(r)
+                        && r.labels().get(UID_LABEL) == Some(&assignment.spec.run.uid)
+                        && attempt_of(r.labels()) == assignment.spec.attempt
+                });
                 let versions: Versions = (
                     assignment.resource_version(),
                     member_run.as_ref().and_then(|r| r.resource_version()),
@@ -242,7 +386,7 @@ impl Agent {
         }
         // Held runs whose assignment is gone were revoked: delete them unstarted.
         for kind in [RunKind::PipelineRun] {
-            for run in stores.runs(kind).state() {
+            for run in stores.runs(kind).state().into_iter().filter(|r| managed(r)) {
                 let held = MemberRun::of(&run);
                 if !held.held() {
                     continue;
@@ -253,7 +397,7 @@ impl Agent {
                 }
                 // The store may lag the hub: ask the hub itself before deleting.
                 let api: Api<RunAssignment> = Api::namespaced(self.hub.clone(), &self.namespace());
-                if let Ok(None) = api.get_opt(&uid).await
+                if let Ok(None) = bounded(api.get_opt(&uid)).await
                     && plan(kind, None, Some(&held)) == vec![Step::DeleteHeld]
                 {
                     self.delete_held(&run, kind).await;
@@ -274,10 +418,13 @@ impl Agent {
                 let mut released = assignment.clone();
                 let status = released.status.get_or_insert_with(Default::default);
                 status.released = Some(true);
-                status.released_time = Some(now());
-                let written = assignments
-                    .replace_status(&assignment.name_any(), &PostParams::default(), &released)
-                    .await;
+                status.released_time = Some(self.now());
+                let written = bounded(assignments.replace_status(
+                    &assignment.name_any(),
+                    &PostParams::default(),
+                    &released,
+                ))
+                .await;
                 self.metrics.step("release", &written);
                 match written {
                     Ok(_) => {
@@ -297,9 +444,9 @@ impl Agent {
                     &tekton_resource(kind.tekton_kind()),
                 );
                 let patch = json!({"spec": {"status": null}});
-                let started = api
-                    .patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await;
+                let started =
+                    bounded(api.patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch)))
+                        .await;
                 self.metrics.step("start", &started);
                 started
                     .map_err(|e| tracing::warn!(run = %run.name, error = %e, "could not start the released run"))
@@ -314,9 +461,9 @@ impl Agent {
                 );
                 let cancel = cancel_values(kind)[0];
                 let patch = json!({"spec": {"status": cancel}});
-                let cancelled = api
-                    .patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await;
+                let cancelled =
+                    bounded(api.patch(&run.name, &PatchParams::default(), &Patch::Merge(&patch)))
+                        .await;
                 self.metrics.step("cancel", &cancelled);
                 match cancelled {
                     Ok(_) => {
@@ -330,15 +477,13 @@ impl Agent {
                 }
             }
             Step::Report { phase, status } => {
-                let patch =
-                    json!({"status": {"phase": phase, "runStatus": status, "observedTime": now()}});
-                let reported = assignments
-                    .patch_status(
-                        &assignment.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await;
+                let patch = json!({"status": {"phase": phase, "runStatus": status, "observedTime": self.now()}});
+                let reported = bounded(assignments.patch_status(
+                    &assignment.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                ))
+                .await;
                 self.metrics.step("report", &reported);
                 reported
                     .map_err(
@@ -363,7 +508,7 @@ impl Agent {
             }),
             ..Default::default()
         };
-        let deleted = api.delete(&run.name_any(), &params).await;
+        let deleted = bounded(api.delete(&run.name_any(), &params)).await;
         self.metrics.step("delete_held", &deleted);
         match deleted {
             Ok(_) => {
@@ -377,99 +522,83 @@ impl Agent {
         }
     }
 
-    /// Heartbeat: load, pending pods and versions into the MemberReport.
-    /// `Err` says why it was not written.
-    async fn report(&self, stores: &Stores) -> Result<(), String> {
-        let tekfed_runs: Vec<_> = stores
+    /// Heartbeat: load, pending pods and versions into the MemberReport,
+    /// all from the watch caches (versions from [`Reported`], read once a
+    /// minute): one write, and one cheap read that tells the probes whether
+    /// the member answers. `Err` says why it was not written.
+    async fn report(&self, stores: &Stores, versions: &mut Reported) -> Result<(), String> {
+        let runs: Vec<Arc<TektonRun>> = stores
             .task_runs
             .state()
             .into_iter()
             .chain(stores.pipeline_runs.state())
             .collect();
-        let load = load::count(
-            tekfed_runs
+        fn status(r: &Arc<TektonRun>) -> &Value {
+            r.status.as_ref().unwrap_or(&Value::Null)
+        }
+        let mut load = load::count(runs.iter().filter(|r| managed(r)).map(status));
+        // Until every cache has its first list, the member's totals are
+        // not known: said by leaving them out, not by a count too low.
+        let complete = ready(&stores.task_runs)
+            && ready(&stores.pipeline_runs)
+            && ready(&stores.pods)
+            && ready(&stores.nodes);
+        let pods = stores.pods.state();
+        let total = complete.then(|| {
+            let mut total = load::count(runs.iter().map(status));
+            total.pending_pods = pods
                 .iter()
-                .map(|r| r.status.as_ref().unwrap_or(&Value::Null)),
-        );
-        let mut total = None;
-        let mut all_statuses = Vec::new();
-        let mut complete = true;
-        for kind in [RunKind::TaskRun, RunKind::PipelineRun] {
-            let api: Api<TektonRun> =
-                Api::all_with(self.member.clone(), &tekton_resource(kind.tekton_kind()));
-            let params = match kind {
-                RunKind::TaskRun => ListParams::default().labels(CHILD_OF_PIPELINE_RUN),
-                RunKind::PipelineRun => ListParams::default(),
-            };
-            match api.list(&params).await {
-                Ok(list) => all_statuses
-                    .extend(list.items.into_iter().map(|r| r.status.unwrap_or_default())),
-                Err(_) => complete = false,
-            }
-        }
-        if complete {
-            let mut counted = load::count(&all_statuses);
-            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.member.clone());
-            if let Ok(list) = pods
-                .list_metadata(&ListParams::default().fields("status.phase=Pending"))
-                .await
-            {
-                counted.pending_pods = list.items.len() as i64;
-            }
-            total = Some(counted);
-        }
-        // The member's answer to this one tells the probes whether the
-        // member's API server is reachable (the reads above may be refused
-        // by RBAC alone).
-        let version = self.member.apiserver_version().await;
-        self.health
-            .member(version.as_ref().map(|_| ()).map_err(describe));
-        let version = version.ok().map(|v| v.git_version);
-        let mut load = load;
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"))
+                .count() as i64;
+            total
+        });
         if let Some(t) = &total {
             load.pending_pods = t.pending_pods;
         }
-        // Allocatable vs requested CPU and memory, where the member has nodes.
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.member.clone());
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.member.clone());
-        if let (Ok(nodes), Ok(pods)) = (
-            nodes.list(&ListParams::default()).await,
-            pods.list(&ListParams::default()).await,
-        ) && !nodes.items.is_empty()
-        {
-            let (cpu, cpu_requested, memory, memory_requested) =
-                load::capacity(&nodes.items, &pods.items);
+        let nodes = stores.nodes.state();
+        if complete && !nodes.is_empty() {
+            let nodes: Vec<Node> = nodes.iter().map(|n| n.as_ref().clone()).collect();
+            let pods: Vec<Pod> = pods.iter().map(|p| p.as_ref().clone()).collect();
+            let (cpu, cpu_requested, memory, memory_requested) = load::capacity(&nodes, &pods);
             load.cpu_allocatable_millis = Some(cpu);
             load.cpu_requested_millis = Some(cpu_requested);
             load.memory_allocatable_bytes = Some(memory);
             load.memory_requested_bytes = Some(memory_requested);
         }
-        // Tekton publishes its version in this ConfigMap.
-        let infos: Api<k8s_openapi::api::core::v1::ConfigMap> =
-            Api::namespaced(self.member.clone(), tekfed_api::rbac::TEKTON_NAMESPACE);
-        let tekton_version = infos
-            .get_opt(tekfed_api::rbac::TEKTON_VERSION_CONFIGMAP)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|cm| cm.data?.get("version").cloned());
+        // The member's answer to this one tells the probes whether the
+        // member's API server is reachable.
+        let version = bounded(self.member.apiserver_version()).await;
+        self.health
+            .member(version.as_ref().map(|_| ()).map_err(describe));
+        if let Ok(v) = version {
+            versions.kubernetes = Some(v.git_version);
+        }
+        if versions.due() {
+            // Tekton publishes its version in this ConfigMap.
+            let infos: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(self.member.clone(), tekfed_api::rbac::TEKTON_NAMESPACE);
+            if let Ok(cm) = bounded(infos.get_opt(tekfed_api::rbac::TEKTON_VERSION_CONFIGMAP)).await
+            {
+                versions.tekton = cm.and_then(|cm| cm.data?.get("version").cloned());
+                versions.read = Some(std::time::Instant::now());
+            }
+        }
         let patch = json!({"status": {
-            "tektonVersion": tekton_version,
-            "heartbeatTime": now(),
+            "tektonVersion": versions.tekton,
+            "heartbeatTime": self.now(),
             "load": load,
             "total": total,
-            "kubernetesVersion": version,
+            "kubernetesVersion": versions.kubernetes,
             "agentVersion": env!("CARGO_PKG_VERSION"),
             "credential": self.credentials.report(),
         }});
         let reports: Api<MemberReport> = Api::namespaced(self.hub.clone(), &self.namespace());
-        match reports
-            .patch_status(
-                &self.cluster,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
+        match bounded(reports.patch_status(
+            &self.cluster,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ))
+        .await
         {
             Ok(_) => {
                 self.metrics.load(&load, total.as_ref());
@@ -480,6 +609,22 @@ impl Agent {
                 Err(describe(&e))
             }
         }
+    }
+}
+
+/// The versions a heartbeat reports: Kubernetes' from the read each
+/// heartbeat makes anyway, Tekton's read again once a minute.
+#[derive(Default)]
+struct Reported {
+    kubernetes: Option<String>,
+    tekton: Option<String>,
+    read: Option<std::time::Instant>,
+}
+
+impl Reported {
+    fn due(&self) -> bool {
+        self.read
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
     }
 }
 

@@ -96,6 +96,11 @@ struct Args {
     #[arg(long, default_value_t = leader::DEFAULT_LEASE_SECONDS,
           value_parser = clap::value_parser!(u32).range(i64::from(leader::MIN_LEASE_SECONDS)..=3600))]
     leader_elect_lease_duration: u32,
+    /// Test-only: seconds added to every time the agent writes (its
+    /// heartbeat, release and report times), to play a member whose clock
+    /// is off. The hub must judge the member by its own clock regardless.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    clock_offset: i64,
 }
 
 #[tokio::main]
@@ -221,6 +226,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         heartbeat,
         metrics,
         health,
+        clock_offset: k8s_openapi::jiff::SignedDuration::from_secs(args.clock_offset),
     });
     tekfed_runtime::run_while_leading(elector, serving, move || agent.run()).await
 }

@@ -18,10 +18,11 @@
 - apiGroups: [tekton.dev]
   resources: [tasks, pipelines, stepactions]
   verbs: [list]
-# Load: pending pods, and requested vs allocatable CPU and memory.
+# Load: pending pods, and requested vs allocatable CPU and memory, from
+# watch caches (a heartbeat lists nothing).
 - apiGroups: [""]
   resources: [pods, nodes]
-  verbs: [list]
+  verbs: [list, watch]
 {{- end }}
 
 {{/* The agent's Role in Tekton's namespace. */}}
