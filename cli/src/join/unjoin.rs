@@ -265,7 +265,18 @@ async fn unjoin_hub(h: &Client, name: &str, report: &mut Report) -> anyhow::Resu
         format!("hub: Namespace {cluster_ns} (its assignments, report and the agent's Role)"),
         report,
     )
-    .await
+    .await?;
+    // The hub's finalizer lets the MemberCluster go once its runs left it.
+    if let Ok(Some(mc)) = Api::<MemberCluster>::all(h.clone()).get_opt(name).await
+        && mc.metadata.deletion_timestamp.is_some()
+    {
+        println!(
+            "hub: MemberCluster {name} goes once the hub has taken its runs off it \
+             (finalizer tekfed.io/member-cluster). With no hub running, it stays: \
+             kubectl patch membercluster {name} --type merge -p '{{\"metadata\":{{\"finalizers\":null}}}}'"
+        );
+    }
+    Ok(())
 }
 
 async fn unjoin_member(m: &Client, name: &str, report: &mut Report) -> anyhow::Result<()> {

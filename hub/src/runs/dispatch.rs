@@ -15,7 +15,7 @@ use kube::api::PostParams;
 use kube::runtime::reflector::Store;
 use tekfed_api::guard;
 use tekfed_api::runs::{RunPhase, RunStatus};
-use tekfed_api::tekton::is_final;
+use tekfed_api::tekton::{cancel_values, is_final};
 use tekfed_api::{
     ClusterLoad, FederatedPipelineRun, FederatedTaskRun, PlacementMode, RunPlacement,
 };
@@ -80,6 +80,8 @@ struct Entry {
     /// For a run waiting for a cluster, the members that do not allow it
     /// (their `spec.tenancy`), with why.
     refused: BTreeMap<String, String>,
+    /// The user cancelled it (`spec.template.spec.status`).
+    cancelled: bool,
     write: Box<
         dyn Fn(RunStatus) -> futures::future::BoxFuture<'static, Result<(), Error>> + Send + Sync,
     >,
@@ -175,6 +177,12 @@ fn entries<K: FederatedRun>(
             dependencies,
             too_large,
             refused,
+            cancelled: run
+                .template()
+                .spec
+                .get("status")
+                .and_then(|s| s.as_str())
+                .is_some_and(|s| cancel_values(K::KIND).contains(&s)),
             write: Box::new(move |status| {
                 let ctx = ctx.clone();
                 let run = for_write.clone();
@@ -213,6 +221,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
     let mut queue = Vec::new();
     let mut waiting = Vec::new();
     let mut too_large = Vec::new();
+    let mut cancelled = Vec::new();
     {
         let mut decided = ctx.decided.lock().unwrap_or_else(|p| p.into_inner());
         let seen: BTreeSet<&str> = all.iter().map(|e| e.uid.as_str()).collect();
@@ -236,6 +245,11 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
                     *active.entry(c.clone()).or_default() += 1;
                 }
             } else if !entry.deleting && entry.ready {
+                if entry.cancelled {
+                    // Ends now: it does not wait for a slot to be cancelled in.
+                    cancelled.push(entry);
+                    continue;
+                }
                 if let Some(message) = &entry.too_large {
                     // Cannot work on any cluster: fails, holds nothing.
                     too_large.push((entry, message));
@@ -289,6 +303,12 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
             now(),
         );
         (entry, status)
+    }));
+    waits.extend(cancelled.into_iter().map(|entry| {
+        (
+            entry,
+            run_status::cancelled_in_queue(entry.status.as_ref(), now()),
+        )
     }));
     if queue.is_empty() && waits.is_empty() {
         return;
@@ -393,21 +413,28 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
 /// read, never a delete. Their run controllers then move or fail them.
 async fn evacuate(ctx: &RunContext, all: &[Entry]) {
     let clusters = ctx.clusters.state();
-    let leaving = moves::leaving(clusters.iter().map(|c| c.as_ref()));
+    let leaving = moves::leaving(
+        clusters.iter().map(|c| c.as_ref()),
+        ctx.graces,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
     if leaving.is_empty() {
         return;
     }
-    let targets = all.iter().filter_map(|entry| {
-        let status = entry.status.as_ref()?;
-        if entry.deleting
-            || entry.placement.mode != PlacementMode::One
-            || status.phase.is_some_and(is_final)
-        {
-            return None;
-        }
-        let cluster = status.cluster.clone()?;
-        let why = *leaving.get(&cluster)?;
-        Some((entry, cluster, why))
+    let targets = all.iter().flat_map(|entry| {
+        let status = entry
+            .status
+            .as_ref()
+            .filter(|s| !entry.deleting && !s.phase.is_some_and(is_final));
+        // `mode: One`: its cluster; `mode: All`: each copy's.
+        let clusters = match status {
+            Some(_) => run_status::decided_clusters(status),
+            None => Vec::new(),
+        };
+        let leaving = &leaving;
+        clusters
+            .into_iter()
+            .filter_map(move |cluster| Some((entry, cluster.clone(), *leaving.get(&cluster)?)))
     });
     futures::stream::iter(targets)
         .for_each_concurrent(16, |(entry, cluster, why)| async move {
@@ -415,7 +442,14 @@ async fn evacuate(ctx: &RunContext, all: &[Entry]) {
             // From the store: if it lags, the revoke's precondition fails
             // and the next round looks again.
             let assignment = ctx.assignment(&cluster, &entry.uid).map(|r| r.as_ref().clone());
-            let step = moves::step(why, assignment.as_ref().map(|r| r.status.as_ref()));
+            let step = match entry.placement.mode {
+                PlacementMode::One => {
+                    moves::step(why, assignment.as_ref().map(|r| r.status.as_ref()))
+                }
+                PlacementMode::All => {
+                    moves::step_all(why, assignment.as_ref().map(|r| r.status.as_ref()))
+                }
+            };
             let Some(mut assignment) = assignment.filter(|_| step == moves::Step::Revoke) else {
                 return;
             };

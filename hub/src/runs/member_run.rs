@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use tekfed_api::assignment::{ATTEMPT_LABEL, attempt_of};
 use tekfed_api::tekton::{PIPELINE_RUN_PENDING, TektonRun, cancel_values, is_final};
 use tekfed_api::{ClusterOverrides, RunAssignment, RunKind, Template};
 use tekfed_runtime::connect::tekton_resource;
@@ -85,6 +86,49 @@ pub(super) async fn ensure_member_run<K: FederatedRun>(
     };
     match existing {
         Some(member) if !owner.owns(member.labels()) => Err(conflict()),
+        Some(member) if attempt_of(member.labels()) < assignment.spec.attempt => {
+            // A copy from an earlier placement on this cluster (the run
+            // moved off it and was placed here again): ended, then removed,
+            // before the new one is made under the same name.
+            let previous = format!(
+                "the copy of an earlier placement (attempt {}) is still on {cluster}",
+                attempt_of(member.labels())
+            );
+            let tekton_status = member.status.clone().unwrap_or_default();
+            let ended = is_final(tekfed_api::tekton::phase(&tekton_status));
+            let held = member.spec.status.as_deref() == Some(PIPELINE_RUN_PENDING);
+            if ended || held {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: member.uid(),
+                        resource_version: member.resource_version(),
+                    }),
+                    ..Default::default()
+                };
+                api.delete(&name, &params).await.map_err(kube_error(
+                    run,
+                    format!("removing the earlier placement's copy on {cluster}"),
+                ))?;
+                return Err(waiting(
+                    "PreviousAttemptEnding",
+                    format!("{previous}; it ended and is being removed"),
+                ));
+            }
+            let cancel = cancel_values(K::KIND)[0];
+            if member.spec.status.as_deref() != Some(cancel) {
+                let patch = json!({"spec": {"status": cancel}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(kube_error(
+                        run,
+                        format!("cancelling the earlier placement's copy on {cluster}"),
+                    ))?;
+            }
+            Err(waiting(
+                "PreviousAttemptEnding",
+                format!("{previous}, running; it is cancelled, and removed once it ends"),
+            ))
+        }
         Some(member) => {
             if let Some(cancel) = cancel
                 && member.spec.status.as_deref() != Some(cancel)
@@ -120,6 +164,8 @@ pub(super) async fn ensure_member_run<K: FederatedRun>(
             };
             let mut desired = render(&source, cluster)
                 .map_err(|e| waiting("OverrideFailed", format!("{e}; fix spec.overrides")))?;
+            desired["metadata"]["labels"][ATTEMPT_LABEL] =
+                json!(assignment.spec.attempt.to_string());
             if K::KIND == RunKind::PipelineRun && !released && cancel.is_none() {
                 desired["spec"]["status"] = json!(PIPELINE_RUN_PENDING);
             }
@@ -159,6 +205,13 @@ pub(super) async fn ensure_member_run<K: FederatedRun>(
                     Ok(Some(member)) if owner.owns(member.labels()) => Ok(()),
                     _ => Err(conflict()),
                 },
+                Err(e) if rejected(&e) => Err(Error::Rejected {
+                    message: crate::errors::member_refusal(
+                        cluster,
+                        &format!("{} {namespace}/{name}", K::KIND.tekton_kind()),
+                        &e,
+                    ),
+                }),
                 Err(e) => Err(kube_error(
                     run,
                     format!("creating the member run on {cluster}"),
@@ -166,6 +219,15 @@ pub(super) async fn ensure_member_run<K: FederatedRun>(
             }
         }
     }
+}
+
+/// Whether a member's answer to creating a run refuses the run itself: 400
+/// (an admission webhook, Tekton's validation among them), 403 (a quota,
+/// a namespace being deleted, an admission policy, the hub's RBAC there),
+/// 422 (invalid). Made again, it would be refused again. Anything else (no
+/// answer, 5xx, 429, 404 while a namespace is made) is tried again.
+pub(super) fn rejected(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422))
 }
 
 /// How long after its creation a member namespace is checked for its
@@ -282,6 +344,27 @@ mod tests {
                 value: Some(json!("y".repeat(bytes))),
             }],
         }
+    }
+
+    #[test]
+    fn a_member_refuses_a_run_with_400_403_or_422_and_fails_to_answer_otherwise() {
+        let answer = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                status: Some(kube::core::response::StatusSummary::Failure),
+                code,
+                message: "no".into(),
+                metadata: None,
+                reason: "Reason".into(),
+                details: None,
+            }))
+        };
+        for code in [400, 403, 422] {
+            assert!(rejected(&answer(code)), "{code}");
+        }
+        for code in [404, 409, 429, 500, 503] {
+            assert!(!rejected(&answer(code)), "{code}");
+        }
+        assert!(!rejected(&kube::Error::Service("timed out".into())));
     }
 
     #[test]

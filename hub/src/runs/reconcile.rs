@@ -199,8 +199,40 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
             }
             return Ok(Action::await_change());
         }
+        if let Some(revoked) = assignment.status.as_ref().filter(|s| s.is_revoked())
+            && run.placement().mode == PlacementMode::All
+            && !revoked.phase.is_some_and(is_final)
+        {
+            // A copy of a `mode: All` run its cluster lost (or removed):
+            // failed in the fold, or, when the run asks to be rescheduled,
+            // run again on that cluster once it is back.
+            if let Some(action) = rerun_copy(run, cluster, &assignment, revoked, ctx).await? {
+                return Ok(action);
+            }
+            assignments.push((cluster.clone(), assignment.status.clone()));
+            continue;
+        }
         match ensure_member_run(run, cluster, &assignment, ctx).await {
             Ok(()) => {}
+            Err(Error::Rejected { message }) => {
+                // The member answered for the run: its copy there ended
+                // before it began. Written where the agent reports a copy
+                // that ended, so both placement modes fold it as one.
+                tracing::info!(%cluster, %message, "the member refused the run");
+                let mut ended = assignment.clone();
+                let report = ended.status.get_or_insert_with(Default::default);
+                report.phase = Some(tekfed_api::runs::RunPhase::Failed);
+                report.run_status = Some(run_status::rejected(&message, &now()));
+                ctx.assignment_api(cluster)
+                    .replace_status(&ended.name_any(), &PostParams::default(), &ended)
+                    .await
+                    .map_err(kube_error(
+                        run,
+                        format!("recording that {cluster} refused the run"),
+                    ))?;
+                // Folded when the assignment's change comes back.
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
             Err(e) => {
                 let Some(condition) = e.blocked(now()) else {
                     return Err(e);
@@ -236,7 +268,13 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
         ],
         &now(),
     );
-    let folded = run_status::fold(run.placement().mode, &base, &assignments, now());
+    let folded = run_status::fold(
+        run.placement().mode,
+        run.on_cluster_lost(),
+        &base,
+        &assignments,
+        now(),
+    );
     if run_status::changed(&previous, &folded) {
         write_status(run, ctx, folded.clone()).await?;
         if folded.phase.is_some_and(is_final) {
@@ -245,6 +283,70 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
         }
     }
     Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// A `mode: All` copy on a lost cluster, for a run that asks to be
+/// rescheduled: the loss is recorded in `attempts`, then, once the cluster
+/// is Ready again, the revoked assignment makes way for a new one (the
+/// next attempt), and a new copy is made there (the old one, told apart by
+/// its attempt label, ended and removed first). `Some` when something was
+/// done and the run is looked at again; `None` to fold the copy as it is.
+async fn rerun_copy<K: FederatedRun>(
+    run: &K,
+    cluster: &str,
+    assignment: &RunAssignment,
+    revoked: &tekfed_api::RunAssignmentStatus,
+    ctx: &RunContext,
+) -> Result<Option<Action>, Error> {
+    let reason = revoked.revoked_reason.clone().unwrap_or_default();
+    if run.on_cluster_lost() != tekfed_api::runs::OnClusterLost::Reschedule
+        || reason == "ClusterRemoved"
+    {
+        return Ok(None);
+    }
+    let previous = run.run_status().cloned().unwrap_or_default();
+    let recorded = previous.attempts.iter().any(|a| {
+        a.cluster == cluster && revoked.revoked_time.as_ref().is_none_or(|t| &a.time >= t)
+    });
+    if !recorded {
+        let mut next = previous.clone();
+        next.attempts.push(tekfed_api::runs::RunAttempt {
+            cluster: cluster.to_owned(),
+            reason,
+            time: now(),
+        });
+        write_status(run, ctx, next).await?;
+        return Ok(Some(Action::requeue(Duration::from_millis(100))));
+    }
+    let back = ctx
+        .clusters
+        .get(&ObjectRef::new(cluster))
+        .is_some_and(|mc| {
+            mc.metadata.deletion_timestamp.is_none()
+                && mc.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+        });
+    if !back {
+        return Ok(None);
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: assignment.uid(),
+            resource_version: assignment.resource_version(),
+        }),
+        ..Default::default()
+    };
+    ctx.assignment_api(cluster)
+        .delete(&assignment.name_any(), &params)
+        .await
+        .map_err(kube_error(
+            run,
+            format!("replacing the revoked assignment on {cluster}"),
+        ))?;
+    Ok(Some(Action::requeue(Duration::from_millis(100))))
 }
 
 /// Deleting a federated run deletes its member runs and assignments.

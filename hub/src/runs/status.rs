@@ -55,6 +55,61 @@ fn mirrored(run_status: &Value, now: &Time) -> Option<Condition> {
     })
 }
 
+/// A `mode: All` copy whose assignment the hub revoked (its cluster lost
+/// after the copy started, or removed): it cannot move, since every
+/// selected cluster runs its own copy. It ends `Failed` with the
+/// revocation's reason, unless the run asks to be rescheduled
+/// (`onClusterLost: Reschedule`), when it waits to run again on that
+/// cluster once it is back; a removed cluster never comes back. `None` for
+/// a copy not revoked, or one that ended first.
+fn lost_copy(
+    cluster: &str,
+    assignment: &RunAssignmentStatus,
+    on_lost: OnClusterLost,
+) -> Option<RunClusterStatus> {
+    if !assignment.is_revoked() || assignment.phase.is_some_and(is_final) {
+        return None;
+    }
+    let reason = assignment
+        .revoked_reason
+        .clone()
+        .unwrap_or_else(|| "Revoked".into());
+    let removed = reason == "ClusterRemoved";
+    let (phase, message, completion_time) = if on_lost == OnClusterLost::Reschedule && !removed {
+        (
+            RunPhase::Queued,
+            format!(
+                "cluster {cluster} was lost with this copy on it; it runs again there once the cluster is back (spec.onClusterLost: Reschedule)"
+            ),
+            None,
+        )
+    } else {
+        (
+            RunPhase::Failed,
+            format!(
+                "cluster {cluster} was {} with this copy on it, so tekfed cannot tell how it ends",
+                if removed {
+                    "removed from the federation"
+                } else {
+                    "lost"
+                }
+            ),
+            assignment.revoked_time.clone(),
+        )
+    };
+    Some(RunClusterStatus {
+        cluster: cluster.to_owned(),
+        phase,
+        reason: Some(reason),
+        message: Some(message),
+        start_time: assignment
+            .run_status
+            .as_ref()
+            .and_then(|s| time(&s["startTime"])),
+        completion_time,
+    })
+}
+
 /// The phase of one cluster's copy from its assignment.
 fn phase_of(assignment: Option<&RunAssignmentStatus>) -> RunPhase {
     assignment
@@ -86,6 +141,7 @@ fn overall(phases: &[RunPhase]) -> RunPhase {
 /// (`assignments`, one per cluster in `previous`'s decision, in that order).
 pub fn fold(
     mode: PlacementMode,
+    on_lost: OnClusterLost,
     previous: &RunStatus,
     assignments: &[(String, Option<RunAssignmentStatus>)],
     now: Time,
@@ -112,6 +168,10 @@ pub fn fold(
                 .iter()
                 .map(|(cluster, assignment)| {
                     let assignment = assignment.as_ref();
+                    if let Some(copy) = assignment.and_then(|a| lost_copy(cluster, a, on_lost)) {
+                        phases.push(copy.phase);
+                        return copy;
+                    }
                     let phase = phase_of(assignment);
                     phases.push(phase);
                     let run_status = assignment.and_then(|r| r.run_status.as_ref());
@@ -347,6 +407,23 @@ pub fn refused(previous: Option<&RunStatus>, reason: &str, message: &str, now: T
     status
 }
 
+/// The status of a run cancelled (`spec.template.spec.status`) before it
+/// was scheduled: `Cancelled` at once, having run nowhere and holding
+/// nothing (it does not wait for a slot to be cancelled in).
+pub fn cancelled_in_queue(previous: Option<&RunStatus>, now: Time) -> RunStatus {
+    let mut status = refused(
+        previous,
+        CANCELLED_IN_QUEUE,
+        "cancelled (spec.template.spec.status) before it was scheduled: it ran on no cluster",
+        now,
+    );
+    status.phase = Some(RunPhase::Cancelled);
+    status
+}
+
+/// The reason of a run cancelled while it waited for a cluster.
+pub const CANCELLED_IN_QUEUE: &str = "CancelledInQueue";
+
 /// The status of a run that waits, before scheduling, for what it needs
 /// from the hub: `Queued`, `Scheduled=False` (`WaitingForDependencies`)
 /// and `DependenciesReady=False` saying what and why. It holds no cluster.
@@ -368,6 +445,25 @@ pub fn waiting_for_dependencies(
         dependencies_not_ready(reason, message, now),
     );
     status
+}
+
+/// The reason a run ends with when its member refused to create it.
+pub const MEMBER_REJECTED: &str = "MemberRejected";
+
+/// What a member's refusal to create the run reads as, in the shape of the
+/// run status an agent reports: ended, `Succeeded=False`,
+/// [`MEMBER_REJECTED`], with the member's words.
+pub fn rejected(message: &str, now: &Time) -> Value {
+    serde_json::json!({
+        "conditions": [{
+            "type": SUCCEEDED,
+            "status": "False",
+            "reason": MEMBER_REJECTED,
+            "message": message,
+            "lastTransitionTime": now,
+        }],
+        "completionTime": now,
+    })
 }
 
 /// Record that what the run needs is on the hub (set when it is scheduled).
@@ -404,9 +500,16 @@ pub fn revoked(
                 status: "False".into(),
                 reason: reason.clone(),
                 message: format!(
-                    "cluster {cluster} stopped reporting after the run started there, so tekfed \
-                     cannot tell how it ends; it is not run again elsewhere unless \
-                     spec.onClusterLost is Reschedule"
+                    "{}, so tekfed cannot tell how it ends; it is not run again elsewhere \
+                     unless spec.onClusterLost is Reschedule",
+                    match reason.as_str() {
+                        "ClusterRemoved" => format!(
+                            "cluster {cluster} was removed from the federation after the run started there"
+                        ),
+                        _ => format!(
+                            "cluster {cluster} stopped reporting after the run started there"
+                        ),
+                    }
                 ),
                 observed_generation: None,
                 last_transition_time: now,
@@ -519,6 +622,7 @@ mod tests {
         let base = scheduled(None, PlacementMode::One, &["m".into()], "", Some(1), at(5));
         let running = fold(
             PlacementMode::One,
+            OnClusterLost::Fail,
             &base,
             &[(
                 "m".into(),
@@ -530,6 +634,7 @@ mod tests {
         assert!(running.start_time.is_some() && running.completion_time.is_none());
         let done = fold(
             PlacementMode::One,
+            OnClusterLost::Fail,
             &running,
             &[(
                 "m".into(),
@@ -561,7 +666,14 @@ mod tests {
     fn no_assignment_yet_is_still_scheduled() {
         let base = scheduled(None, PlacementMode::One, &["m".into()], "", Some(1), at(5));
         assert_eq!(
-            fold(PlacementMode::One, &base, &[("m".into(), None)], at(6)).phase,
+            fold(
+                PlacementMode::One,
+                OnClusterLost::Fail,
+                &base,
+                &[("m".into(), None)],
+                at(6)
+            )
+            .phase,
             Some(RunPhase::Scheduled)
         );
     }
@@ -578,6 +690,7 @@ mod tests {
         );
         let half = fold(
             PlacementMode::All,
+            OnClusterLost::Fail,
             &base,
             &[
                 (
@@ -596,6 +709,7 @@ mod tests {
         assert_eq!(half.clusters[1].phase, RunPhase::Running);
         let failed = fold(
             PlacementMode::All,
+            OnClusterLost::Fail,
             &half,
             &[
                 (
@@ -619,6 +733,134 @@ mod tests {
             (c.status.as_str(), c.message.as_str()),
             ("False", "2 of 2 clusters finished")
         );
+    }
+
+    #[test]
+    fn a_run_its_member_refused_ends_failed_with_the_members_words_in_either_mode() {
+        let refused = RunAssignmentStatus {
+            phase: Some(RunPhase::Failed),
+            run_status: Some(rejected(
+                "member-1 refused PipelineRun ns/r: exceeded quota",
+                &at(6),
+            )),
+            ..Default::default()
+        };
+        let one = scheduled(
+            None,
+            PlacementMode::One,
+            &["member-1".into()],
+            "",
+            Some(1),
+            at(5),
+        );
+        let ended = fold(
+            PlacementMode::One,
+            OnClusterLost::Fail,
+            &one,
+            &[("member-1".into(), Some(refused.clone()))],
+            at(7),
+        );
+        assert_eq!(ended.phase, Some(RunPhase::Failed));
+        let c = ended
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SUCCEEDED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", MEMBER_REJECTED)
+        );
+        assert!(c.message.contains("exceeded quota"), "{}", c.message);
+        assert_eq!(ended.completion_time, Some(at(6)));
+
+        let all = scheduled(
+            None,
+            PlacementMode::All,
+            &["member-1".into(), "member-2".into()],
+            "",
+            Some(1),
+            at(5),
+        );
+        let copies = fold(
+            PlacementMode::All,
+            OnClusterLost::Fail,
+            &all,
+            &[
+                ("member-1".into(), Some(refused)),
+                (
+                    "member-2".into(),
+                    Some(assignment(RunPhase::Running, "Unknown", "Running")),
+                ),
+            ],
+            at(7),
+        );
+        assert_eq!(
+            copies.phase,
+            Some(RunPhase::Running),
+            "the other copy runs on"
+        );
+        assert_eq!(copies.clusters[0].phase, RunPhase::Failed);
+        assert_eq!(copies.clusters[0].reason.as_deref(), Some(MEMBER_REJECTED));
+    }
+
+    #[test]
+    fn a_run_cancelled_in_the_queue_ends_cancelled_on_no_cluster() {
+        let queued = queued(None, "NoCapacity", "every cluster is full", None, at(5));
+        let s = cancelled_in_queue(Some(&queued), at(9));
+        assert_eq!(s.phase, Some(RunPhase::Cancelled));
+        assert_eq!(s.cluster, None);
+        assert_eq!(s.completion_time, Some(at(9)));
+        let c = s.conditions.iter().find(|c| c.type_ == SUCCEEDED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", CANCELLED_IN_QUEUE)
+        );
+    }
+
+    #[test]
+    fn a_mode_all_copy_on_a_lost_cluster_fails_or_waits_to_run_again_as_asked() {
+        let base = scheduled(
+            None,
+            PlacementMode::All,
+            &["a".into(), "b".into()],
+            "",
+            Some(1),
+            at(5),
+        );
+        let mut lost = assignment(RunPhase::Running, "Unknown", "Running");
+        lost.released = Some(true);
+        lost.revoked = Some(true);
+        lost.revoked_reason = Some("ClusterLost".into());
+        lost.revoked_time = Some(at(8));
+        let copies = |on_lost, lost: &RunAssignmentStatus| {
+            fold(
+                PlacementMode::All,
+                on_lost,
+                &base,
+                &[
+                    ("a".into(), Some(lost.clone())),
+                    (
+                        "b".into(),
+                        Some(assignment(RunPhase::Succeeded, "True", "Succeeded")),
+                    ),
+                ],
+                at(9),
+            )
+        };
+        let failed = copies(OnClusterLost::Fail, &lost);
+        assert_eq!(failed.clusters[0].phase, RunPhase::Failed);
+        assert_eq!(failed.clusters[0].reason.as_deref(), Some("ClusterLost"));
+        assert_eq!(failed.clusters[0].completion_time, Some(at(8)));
+        assert_eq!(failed.phase, Some(RunPhase::Failed), "every copy ended");
+
+        let waiting = copies(OnClusterLost::Reschedule, &lost);
+        assert_eq!(waiting.clusters[0].phase, RunPhase::Queued);
+        assert_eq!(waiting.phase, Some(RunPhase::Running), "not over yet");
+
+        // A removed cluster never comes back: failed either way.
+        lost.revoked_reason = Some("ClusterRemoved".into());
+        let removed = copies(OnClusterLost::Reschedule, &lost);
+        assert_eq!(removed.clusters[0].phase, RunPhase::Failed);
     }
 
     #[test]
