@@ -26,6 +26,13 @@ fn task_spec(image: &str) -> Value {
     })
 }
 
+/// [`task_spec`] with a description.
+fn described(description: &str) -> Value {
+    let mut spec = task_spec("maven:3.9");
+    spec["description"] = json!(description);
+    spec
+}
+
 async fn create_task(hub: &Client, ns: &str, name: &str, spec: Value) -> FederatedTask {
     let api: Api<FederatedTask> = Api::namespaced(hub.clone(), ns);
     let object: FederatedTask = serde_json::from_value(json!({
@@ -297,7 +304,7 @@ async fn drift_on_a_member_is_reverted() {
         &ns,
         "build",
         json!({
-            "template": {"spec": task_spec("maven:3.9")},
+            "template": {"spec": described("built by the hub")},
             "placement": {"clusters": [{"name": "member-1"}]},
         }),
     )
@@ -307,7 +314,7 @@ async fn drift_on_a_member_is_reverted() {
     let api: Api<DynamicObject> = Api::namespaced_with(member, &ns, &tekton_resource("Task"));
 
     let wanted = bed
-        .admitted("member-1", &ns, "Task", &task_spec("maven:3.9"))
+        .admitted("member-1", &ns, "Task", &described("built by the hub"))
         .await;
     // An edit by hand on the member…
     api.patch("build", &PatchParams::default(), &Patch::Merge(json!({"spec": {"steps": [{"name": "echo", "image": "evil/maven", "script": "curl evil"}]}})))
@@ -329,6 +336,45 @@ async fn drift_on_a_member_is_reverted() {
         async move {
             let task = api.get_opt("build").await.ok()??;
             (task.data["spec"] == wanted).then_some(())
+        }
+    })
+    .await;
+
+    // …a field added by hand (a subset check would keep it)…
+    api.patch(
+        "build",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"displayName": "added on the member"}})),
+    )
+    .await
+    .unwrap();
+    eventually("the added field to be taken out", WAIT, || {
+        let (api, wanted) = (api.clone(), wanted.clone());
+        async move {
+            let task = api.get("build").await.ok()?;
+            (task.data["spec"] == wanted).then_some(())
+        }
+    })
+    .await;
+
+    // …and a field removed from the template is removed on the member.
+    let tasks: Api<FederatedTask> = Api::namespaced(hub.clone(), &ns);
+    tasks
+        .patch(
+            "build",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"description": null}}}})),
+        )
+        .await
+        .unwrap();
+    let without = bed
+        .admitted("member-1", &ns, "Task", &task_spec("maven:3.9"))
+        .await;
+    eventually("the field removed from the template to go", WAIT, || {
+        let (api, without) = (api.clone(), without.clone());
+        async move {
+            let task = api.get("build").await.ok()?;
+            (task.data["spec"] == without).then_some(())
         }
     })
     .await;

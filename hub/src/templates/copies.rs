@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
+use serde_json::{Value, json};
 use tekfed_api::PropagationState;
 use tekfed_api::guard::{self, Tenancy};
 use tekfed_runtime::connect::tekton_resource;
@@ -61,7 +61,10 @@ async fn check_and_apply<K: Federated>(
     if run_dependency {
         desired["metadata"]["labels"][LABEL_RUN_DEPENDENCY] = json!("true");
     }
+    drift::stamp(&mut desired);
     let unchanged = (PropagationState::Synced, None, "unchanged");
+    let key = (K::TEKTON_KIND, owner.namespace.to_owned(), name.clone());
+    let last_written = conn.written.get(&key).map(|p| p.clone());
     // The member watch's store answers without a request in the common
     // case: an unchanged copy that is ours.
     let cached = conn.stores.get(K::TEKTON_KIND).and_then(|s| {
@@ -69,12 +72,12 @@ async fn check_and_apply<K: Federated>(
     });
     if let Some(live) = cached
         && owner.owns(live.labels())
-        && drift::in_sync(
-            &serde_json::to_value(live.as_ref()).unwrap_or_default(),
-            &desired,
-        )
     {
-        return unchanged;
+        let live = serde_json::to_value(live.as_ref()).unwrap_or_default();
+        if drift::verdict(&live, &desired, last_written.as_deref()) == drift::Verdict::InSync {
+            remember(&conn, key, &live, last_written.is_none());
+            return unchanged;
+        }
     }
     let tenancy = members.tenancy(cluster);
     if let Some(why) = guard::refusal(
@@ -93,7 +96,7 @@ async fn check_and_apply<K: Federated>(
         owner.namespace,
         &tekton_resource(K::TEKTON_KIND),
     );
-    match api.get_opt(&name).await {
+    let live = match api.get_opt(&name).await {
         Err(e) => {
             return failed(member_refusal(
                 cluster,
@@ -112,22 +115,68 @@ async fn check_and_apply<K: Federated>(
                 "conflict",
             );
         }
-        Ok(Some(live))
-            if drift::in_sync(&serde_json::to_value(&live).unwrap_or_default(), &desired) =>
-        {
-            return unchanged;
+        Ok(live) => live,
+    };
+    let written = match live {
+        Some(live) => {
+            let live_value = serde_json::to_value(&live).unwrap_or_default();
+            match drift::verdict(&live_value, &desired, last_written.as_deref()) {
+                drift::Verdict::InSync => {
+                    remember(&conn, key, &live_value, last_written.is_none());
+                    return unchanged;
+                }
+                verdict => {
+                    tracing::info!(%cluster, kind = K::TEKTON_KIND, ns = owner.namespace, %name, ?verdict, "member copy differs from what tekfed wrote: writing it again");
+                    // A whole write, on the version read: what anyone else
+                    // added goes too (an apply would keep their fields).
+                    let mut replacement = live;
+                    let desired_meta = &desired["metadata"];
+                    for (field, map) in [
+                        (
+                            "labels",
+                            replacement.metadata.labels.get_or_insert_default(),
+                        ),
+                        (
+                            "annotations",
+                            replacement.metadata.annotations.get_or_insert_default(),
+                        ),
+                    ] {
+                        for (k, v) in desired_meta[field].as_object().into_iter().flatten() {
+                            map.insert(k.clone(), v.as_str().unwrap_or_default().to_owned());
+                        }
+                    }
+                    replacement.data["spec"] = desired["spec"].clone();
+                    api.replace(
+                        &name,
+                        &PostParams {
+                            field_manager: Some(FIELD_MANAGER.into()),
+                            ..Default::default()
+                        },
+                        &replacement,
+                    )
+                    .await
+                }
+            }
         }
-        Ok(_) => {}
-    }
-    match api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&desired),
-        )
-        .await
-    {
-        Ok(_) => (PropagationState::Synced, None, "applied"),
+        None => {
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await
+        }
+    };
+    match written {
+        Ok(copy) => {
+            remember(
+                &conn,
+                key,
+                &serde_json::to_value(&copy).unwrap_or_default(),
+                true,
+            );
+            (PropagationState::Synced, None, "applied")
+        }
         Err(kube::Error::Api(status)) if status.code == 404 => {
             // The namespace went away under us: look again next time.
             conn.namespaces.remove(owner.namespace);
@@ -141,6 +190,15 @@ async fn check_and_apply<K: Federated>(
             &format!("{} {}/{name}", K::TEKTON_KIND, owner.namespace),
             &e,
         )),
+    }
+}
+
+/// Record the fingerprint of a copy's `spec` as the member holds it after
+/// tekfed's write, or as first seen in sync when tekfed does
+/// not know its last write (after a restart): the member's side of drift.
+fn remember(conn: &Connection, key: (&'static str, String, String), live: &Value, record: bool) {
+    if record {
+        conn.written.insert(key, drift::fingerprint(&live["spec"]));
     }
 }
 
