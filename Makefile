@@ -5,13 +5,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help test demo demo-down bench bench-full bins crds lint fmt testbed
+.PHONY: help test demo demo-down bench bench-full soak bins crds lint fmt testbed
 
 help:
 	@echo "make test     build the Kubernetes test binaries, helm and tkn (cached), then run every test"
 	@echo "make demo     start a local federation (hub + 3 members), show a burst spreading and a drain; it stays up"
 	@echo "make demo-down  stop the demo's federation"
 	@echo "make bench    quick benchmarks (about 3 minutes once built); make bench-full for the README's figures (about 8 min)"
+	@echo "make soak     the chaos soak: 2,000+ runs over 10+ minutes on 3 members, a fault every ~20 s (SOAK_ARGS=\"--seed N\" repeats one)"
 	@echo "make bins     build kube-apiserver, kubectl, etcd and fetch Tekton's CRDs (cached outside the repo)"
 	@echo "make crds     regenerate api/manifests/ (and the hub chart's copies) from the Rust types, and the charts' RBAC rules (_rules.tpl) from api/src/rbac.rs"
 	@echo "make lint     cargo fmt --check, clippy -D warnings, and cargo deny (licenses, bans, sources: deny.toml; cargo-deny built once, cached)"
@@ -85,3 +86,11 @@ bench-full:
 	  target=$$($(CARGO) metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/') && \
 	  "$$target/release/examples/bench_scheduler" && \
 	  TEKFED_BIN_PROFILE=release TEKFED_K8S_BIN_DIR="$$bin_dir" "$$target/release/examples/bench" --full
+
+# The chaos soak at full length (tests/examples/soak.rs); `make test` runs a
+# short one. SOAK_ARGS passes --seed N, --runs, --minutes, --fault-every.
+soak:
+	@bin_dir=$$(bash hack/k8s-bins.sh | tail -n1) && \
+	  $(CARGO) build --locked --workspace --bins --examples && \
+	  target=$$($(CARGO) metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/') && \
+	  TEKFED_K8S_BIN_DIR="$$bin_dir" "$$target/debug/examples/soak" $(SOAK_ARGS)

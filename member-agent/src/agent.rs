@@ -68,7 +68,7 @@ pub struct Agent {
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A call with [`CALL_TIMEOUT`]: a hung call becomes an error like any other.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, kube::Error> {
     tokio::time::timeout(CALL_TIMEOUT, call)

@@ -42,6 +42,7 @@ use serde_json::{Value, json};
 use tekfed_runtime::tokens::{Claims, kubeconfig_token, with_token};
 use tokio::sync::Notify;
 
+use crate::agent::bounded;
 use crate::metrics::{Metrics, OutcomeLabel};
 
 /// How often the `--hub-kubeconfig` file is read for a change.
@@ -356,8 +357,8 @@ impl HubCredentials {
             }),
             ..Default::default()
         };
-        let issued = Api::<ServiceAccount>::namespaced(hub.clone(), &ns)
-            .create_token_request(&sa, &PostParams::default(), &request)
+        let accounts = Api::<ServiceAccount>::namespaced(hub.clone(), &ns);
+        let issued = bounded(accounts.create_token_request(&sa, &PostParams::default(), &request))
             .await
             .map_err(|e| {
                 format!(
@@ -378,8 +379,7 @@ impl HubCredentials {
         // a restart.
         let secrets: Api<Secret> = Api::namespaced(member.clone(), &secret.namespace);
         let what = format!("Secret {}/{}", secret.namespace, secret.name);
-        let current = secrets
-            .get(&secret.name)
+        let current = bounded(secrets.get(&secret.name))
             .await
             .map_err(|e| format!("reading {what} on the member: {}", short(&e)))?;
         let held = current
@@ -401,8 +401,7 @@ impl HubCredentials {
             "metadata": {"resourceVersion": current.metadata.resource_version},
             "data": {&secret.key: ByteString(text.into_bytes())},
         });
-        match secrets
-            .patch(&secret.name, &PatchParams::default(), &Patch::Merge(&patch))
+        match bounded(secrets.patch(&secret.name, &PatchParams::default(), &Patch::Merge(&patch)))
             .await
         {
             Ok(_) => {}

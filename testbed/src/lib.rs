@@ -18,6 +18,7 @@ pub mod logs;
 pub mod member;
 pub mod pki;
 mod process;
+pub mod soak;
 pub mod testbed;
 
 use std::path::PathBuf;
