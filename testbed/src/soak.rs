@@ -103,6 +103,10 @@ pub struct Report {
     /// Resident memory of the leading hub at the first and last look.
     pub hub_memory_before: u64,
     pub hub_memory_after: u64,
+    /// The leading hub's resident memory at each fault once the retention
+    /// TTL has passed (runs are deleted as fast as they finish from then
+    /// on): `(seconds into the soak, bytes)`.
+    pub hub_memory_steady: Vec<(u64, u64)>,
     /// Moves off a member (runs placed again), by reason.
     pub moves: BTreeMap<String, usize>,
     /// Finished runs still on the hub well past the retention TTL.
@@ -169,6 +173,20 @@ impl Report {
                 mib(self.hub_memory_after)
             ),
         );
+        if let (Some(min), Some(max)) = (
+            self.hub_memory_steady.iter().map(|(_, b)| *b).min(),
+            self.hub_memory_steady.iter().map(|(_, b)| *b).max(),
+        ) {
+            row(
+                "hub memory (leader) once retention runs, min / max",
+                format!(
+                    "{:.1} MiB / {:.1} MiB over {} looks",
+                    mib(min),
+                    mib(max),
+                    self.hub_memory_steady.len()
+                ),
+            );
+        }
         let mut out = String::from("| what | figure |\n|---|---|\n");
         out.push_str(&t);
         out.push_str("\nfaults:\n");
@@ -367,6 +385,7 @@ pub async fn run(soak: &Soak) -> Result<Report, String> {
     let mut rng = Rng::new(soak.seed);
     let mut faults = Vec::new();
     let mut memory_before = 0;
+    let mut steady = Vec::new();
     let mut last_fault_end = Instant::now();
     let fault_every = soak.fault_every.as_secs_f64();
     while !creator.is_finished() {
@@ -377,6 +396,11 @@ pub async fn run(soak: &Soak) -> Result<Report, String> {
         }
         if memory_before == 0 {
             memory_before = leader_memory(&bed, &hub).await.unwrap_or(0);
+        }
+        if began.elapsed().as_secs() > RETENTION_SECS as u64 + 60
+            && let Some(bytes) = leader_memory(&bed, &hub).await
+        {
+            steady.push((began.elapsed().as_secs(), bytes));
         }
         let leader = leader(&bed, &hub)
             .await
@@ -431,6 +455,7 @@ pub async fn run(soak: &Soak) -> Result<Report, String> {
         created: names.len(),
         hub_memory_before: memory_before,
         hub_memory_after: memory_after,
+        hub_memory_steady: steady,
         ..Default::default()
     };
     // Retention: nothing finished more than the TTL (and a sweep or two)

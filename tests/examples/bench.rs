@@ -957,8 +957,8 @@ async fn main() -> anyhow::Result<()> {
         &bed,
         &["--heartbeat-grace", "30", "--finished-run-history", "0"],
     )
-        .await
-        .map_err(anyhow::Error::msg)?;
+    .await
+    .map_err(anyhow::Error::msg)?;
     let hub_pid = bed.pid_of("tekfed-hub").expect("the hub runs");
     let ns = bed.namespace("bench", &[HUB]).await?;
     let seen: Shared = Arc::default();

@@ -307,9 +307,17 @@ async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
         }
     })
     .await;
-    let status = pipelines.get("held").await.unwrap().status.unwrap_or_default();
+    let status = pipelines
+        .get("held")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
     assert_eq!(status.cluster.as_deref(), Some("member-1"), "{status:?}");
-    assert!(status.attempts.is_empty(), "nothing moves in a disruption: {status:?}");
+    assert!(
+        status.attempts.is_empty(),
+        "nothing moves in a disruption: {status:?}"
+    );
     for member in bed.members() {
         bed.restart(&format!("agent-{member}")).unwrap();
     }

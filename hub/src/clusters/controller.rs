@@ -156,7 +156,9 @@ pub enum Error {
     Namespace { name: String, source: kube::Error },
     /// Not an error of the hub's: a deleted member keeps its finalizer
     /// until its runs have left it (a cleanup that returns `Ok` lets it go).
-    #[error("MemberCluster {name} is deleted; waiting for its runs to leave it ({active} unfinished)")]
+    #[error(
+        "MemberCluster {name} is deleted; waiting for its runs to leave it ({active} unfinished)"
+    )]
     RunsLeaving { name: String, active: String },
 }
 
