@@ -98,6 +98,8 @@ struct Stores {
     /// second pass from repeating a write the stores have not shown yet
     /// (a release that would fail its precondition, a report made twice).
     settled: Mutex<HashMap<String, Versions>>,
+    /// Assignments whose steps are being taken now: a pass leaves them.
+    in_flight: Mutex<HashSet<String>>,
 }
 
 /// The resourceVersions of a assignment and its member run.
@@ -106,6 +108,10 @@ type Versions = (Option<String>, Option<String>);
 impl Stores {
     fn settled(&self) -> std::sync::MutexGuard<'_, HashMap<String, Versions>> {
         self.settled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn runs(&self, kind: RunKind) -> &Store<TektonRun> {
@@ -252,18 +258,26 @@ impl Agent {
             .reflect(nodes_writer),
             Arc::new(Notify::new()),
         );
-        let stores = Stores {
+        let stores = Arc::new(Stores {
             assignments,
             pipeline_runs: run_stores.pop().expect("two stores"),
             task_runs: run_stores.pop().expect("two stores"),
             pods,
             nodes,
             settled: Mutex::default(),
-        };
+            in_flight: Mutex::default(),
+        });
         let sync = async {
             let _ = stores.assignments.wait_until_ready().await;
+            // Each assignment's steps run as a task of their own, so a
+            // pass never waits for a slow write: a new run's release does
+            // not queue behind other runs' reports. Dropped with this
+            // loop (when the agent stops leading), the tasks stop too.
+            let mut tasks = tokio::task::JoinSet::new();
+            let permits = Arc::new(tokio::sync::Semaphore::new(64));
             loop {
-                self.sync(&stores).await;
+                while tasks.try_join_next().is_some() {}
+                self.sync(&stores, &mut tasks, &permits).await;
                 // Woken by any change; at worst once a second.
                 let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
                 // Let a burst of events settle into one pass.
@@ -321,65 +335,50 @@ impl Agent {
         );
     }
 
-    async fn sync(&self, stores: &Stores) {
+    async fn sync(
+        self: &Arc<Self>,
+        stores: &Arc<Stores>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        permits: &Arc<tokio::sync::Semaphore>,
+    ) {
         let assignments = stores.assignments.state();
-        // Assignments are independent: take them concurrently, so one pass over
-        // a burst costs the slowest write, not the sum of them.
-        futures::stream::iter(assignments.iter())
-            .for_each_concurrent(64, |assignment| async move {
-                let kind = assignment.spec.run.kind;
-                let key = ObjectRef::new_with(
-                    &assignment.spec.run.name,
-                    tekton_resource(kind.tekton_kind()),
-                )
-                .within(&assignment.spec.run.namespace);
-                // This placement's copy only: one from an earlier placement
-                // on this cluster is the hub's to end and remove.
-                let member_run = stores.runs(kind).get(&key).filter(|r| {
-                    managed(r)
-                        && r.labels().get(UID_LABEL) == Some(&assignment.spec.run.uid)
-                        && attempt_of(r.labels()) == assignment.spec.attempt
-                });
-                let versions: Versions = (
-                    assignment.resource_version(),
-                    member_run.as_ref().and_then(|r| r.resource_version()),
-                );
-                let uid = assignment.name_any();
-                if stores.settled().get(&uid) == Some(&versions) {
-                    return;
-                }
-                let view = Assignment {
-                    released: assignment
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.released)
-                        .unwrap_or(false),
-                    revoked: assignment.status.as_ref().is_some_and(|s| s.is_revoked()),
-                    phase: assignment.status.as_ref().and_then(|s| s.phase),
-                    run_status: assignment
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.run_status.clone()),
-                };
-                let run_view = member_run.as_deref().map(MemberRun::of);
-                let mut all_taken = true;
-                for step in plan(kind, Some(&view), run_view.as_ref()) {
-                    if step == Step::DeleteHeld {
-                        if let Some(run) = &member_run {
-                            all_taken = self.delete_held(run, kind).await;
-                        }
-                        break;
-                    }
-                    if !self.execute(step, assignment, kind).await {
-                        all_taken = false;
-                        break;
-                    }
-                }
+        for assignment in &assignments {
+            let kind = assignment.spec.run.kind;
+            let key = ObjectRef::new_with(
+                &assignment.spec.run.name,
+                tekton_resource(kind.tekton_kind()),
+            )
+            .within(&assignment.spec.run.namespace);
+            // This placement's copy only: one from an earlier placement
+            // on this cluster is the hub's to end and remove.
+            let member_run = stores.runs(kind).get(&key).filter(|r| {
+                managed(r)
+                    && r.labels().get(UID_LABEL) == Some(&assignment.spec.run.uid)
+                    && attempt_of(r.labels()) == assignment.spec.attempt
+            });
+            let versions: Versions = (
+                assignment.resource_version(),
+                member_run.as_ref().and_then(|r| r.resource_version()),
+            );
+            let uid = assignment.name_any();
+            if stores.settled().get(&uid) == Some(&versions) {
+                continue;
+            }
+            if !stores.in_flight().insert(uid.clone()) {
+                // Its steps are being taken: the pass after they end looks again.
+                continue;
+            }
+            let (agent, stores, permits) = (self.clone(), stores.clone(), permits.clone());
+            let assignment = assignment.clone();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let all_taken = agent.take_steps(&assignment, kind, member_run).await;
                 if all_taken {
-                    stores.settled().insert(uid, versions);
+                    stores.settled().insert(uid.clone(), versions);
                 }
-            })
-            .await;
+                stores.in_flight().remove(&uid);
+            });
+        }
         {
             let present: HashSet<String> = assignments.iter().map(|r| r.name_any()).collect();
             stores.settled().retain(|uid, _| present.contains(uid));
@@ -492,6 +491,41 @@ impl Agent {
                     .is_ok()
             }
         }
+    }
+
+    /// The steps [`plan`] says for one assignment; true when all were taken.
+    async fn take_steps(
+        &self,
+        assignment: &RunAssignment,
+        kind: RunKind,
+        member_run: Option<Arc<TektonRun>>,
+    ) -> bool {
+        let view = Assignment {
+            released: assignment
+                .status
+                .as_ref()
+                .and_then(|s| s.released)
+                .unwrap_or(false),
+            revoked: assignment.status.as_ref().is_some_and(|s| s.is_revoked()),
+            phase: assignment.status.as_ref().and_then(|s| s.phase),
+            run_status: assignment
+                .status
+                .as_ref()
+                .and_then(|s| s.run_status.clone()),
+        };
+        let run_view = member_run.as_deref().map(MemberRun::of);
+        for step in plan(kind, Some(&view), run_view.as_ref()) {
+            if step == Step::DeleteHeld {
+                return match &member_run {
+                    Some(run) => self.delete_held(run, kind).await,
+                    None => true,
+                };
+            }
+            if !self.execute(step, assignment, kind).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Delete a held run; true when it is gone.

@@ -162,25 +162,8 @@ async fn apply<K: FederatedRun>(run: &K, ctx: &RunContext) -> Result<Action, Err
             let previous = status.cloned().unwrap_or_default();
             if previous.attempts.len() >= assignment.spec.attempt.max(1) as usize {
                 // The move off this cluster is folded and the run was
-                // scheduled here again: the revoked assignment (never
-                // released, or its run cancelled) makes way for a new one
-                // with the next attempt. The only delete of an assignment
-                // besides the run's own deletion: revoking never deletes.
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: assignment.uid(),
-                        resource_version: assignment.resource_version(),
-                    }),
-                    ..Default::default()
-                };
-                ctx.assignment_api(cluster)
-                    .delete(&assignment.name_any(), &params)
-                    .await
-                    .map_err(kube_error(
-                        run,
-                        format!("replacing the revoked assignment on {cluster}"),
-                    ))?;
-                return Ok(Action::requeue(Duration::from_millis(100)));
+                // scheduled here again.
+                return replace_revoked(run, cluster, &assignment, ctx).await;
             }
             // Taken off this cluster by the dispatcher: fold the move.
             let next = run_status::revoked(
@@ -332,6 +315,19 @@ async fn rerun_copy<K: FederatedRun>(
     if !back {
         return Ok(None);
     }
+    replace_revoked(run, cluster, assignment, ctx).await.map(Some)
+}
+
+/// A revoked assignment (never released, or its run cancelled) makes way
+/// for a new one with the next attempt, once the move is recorded and the
+/// run placed on that cluster again. The only delete of an assignment
+/// besides the run's own deletion: revoking never deletes.
+async fn replace_revoked<K: FederatedRun>(
+    run: &K,
+    cluster: &str,
+    assignment: &RunAssignment,
+    ctx: &RunContext,
+) -> Result<Action, Error> {
     let params = DeleteParams {
         preconditions: Some(Preconditions {
             uid: assignment.uid(),
@@ -346,7 +342,7 @@ async fn rerun_copy<K: FederatedRun>(
             run,
             format!("replacing the revoked assignment on {cluster}"),
         ))?;
-    Ok(Some(Action::requeue(Duration::from_millis(100))))
+    Ok(Action::requeue(Duration::from_millis(100)))
 }
 
 /// Deleting a federated run deletes its member runs and assignments.
