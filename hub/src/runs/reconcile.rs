@@ -315,7 +315,9 @@ async fn rerun_copy<K: FederatedRun>(
     if !back {
         return Ok(None);
     }
-    replace_revoked(run, cluster, assignment, ctx).await.map(Some)
+    replace_revoked(run, cluster, assignment, ctx)
+        .await
+        .map(Some)
 }
 
 /// A revoked assignment (never released, or its run cancelled) makes way
