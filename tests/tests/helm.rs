@@ -360,7 +360,31 @@ fn the_hub_chart_renders_what_users_rely_on() {
     assert!(grants(rules, "tekfed.io", "memberclusters/status", "patch"));
     assert!(grants(rules, "tekfed.io", "runassignments", "create"));
     assert!(grants(rules, "", "namespaces", "create"));
-    assert!(!grants(rules, "", "namespaces", "delete"));
+    // Deleting a member's hub namespace with its MemberCluster needs
+    // delete on every namespace; the chart's policy confines it to the
+    // hub's own ServiceAccount deleting tekfed's cluster namespaces.
+    assert!(grants(rules, "", "namespaces", "delete"));
+    let confined = named(&docs, "ValidatingAdmissionPolicy", "tekfed-hub-namespaces");
+    assert_eq!(
+        confined["spec"]["matchConstraints"]["resourceRules"][0]["operations"],
+        serde_json::json!(["DELETE"])
+    );
+    let who = confined["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        who.contains("system:serviceaccount:tekfed-system:tekfed-hub"),
+        "{who}"
+    );
+    let rule = confined["spec"]["validations"][0]["expression"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        rule.contains("startsWith('tekfed-cluster-')") && rule.contains("'tekfed'"),
+        "{rule}"
+    );
+    let binding = named(&docs, "ValidatingAdmissionPolicyBinding", "tekfed-hub-namespaces");
+    assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
     let role = one(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "tekfed-system");
     assert!(grants(&role["rules"], "", "secrets", "get"));
@@ -371,19 +395,26 @@ fn the_hub_chart_renders_what_users_rely_on() {
     assert!(!grants(&role["rules"], "", "secrets", "create"));
     assert_lease_rules(&role["rules"], "tekfed-hub");
 
+    // The API's policies, and the chart's own that confines the hub's
+    // namespace deletes (kept whatever admissionPolicies says: it goes
+    // with the RBAC grant it narrows).
     let policies = objects(&docs, "ValidatingAdmissionPolicy");
     let shipped = tekfed_api::admission::policies().len();
     assert_eq!(
         policies.len(),
-        shipped,
+        shipped + 1,
         "the admission policies are templates"
     );
     assert_eq!(
         objects(&docs, "ValidatingAdmissionPolicyBinding").len(),
-        tekfed_api::admission::bindings().len()
+        tekfed_api::admission::bindings().len() + 1
     );
     let without = helm.render(HUB_CHART, &["--set", "admissionPolicies.enabled=false"]);
-    assert!(objects(&without, "ValidatingAdmissionPolicy").is_empty());
+    let left: Vec<&str> = objects(&without, "ValidatingAdmissionPolicy")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(left, ["tekfed-hub-namespaces"]);
 
     // The CRDs come from the chart's crds/ folder (api/tests/chart_fresh.rs
     // keeps them equal to api/manifests/).
