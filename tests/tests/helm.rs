@@ -383,8 +383,15 @@ fn the_hub_chart_renders_what_users_rely_on() {
         rule.contains("startsWith('tekfed-cluster-')") && rule.contains("'tekfed'"),
         "{rule}"
     );
-    let binding = named(&docs, "ValidatingAdmissionPolicyBinding", "tekfed-hub-namespaces");
-    assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    let binding = named(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "tekfed-hub-namespaces",
+    );
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
     let role = one(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "tekfed-system");
     assert!(grants(&role["rules"], "", "secrets", "get"));

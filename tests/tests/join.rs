@@ -273,6 +273,7 @@ async fn join_twice_runs_work_with_least_privilege_and_unjoin_leaves_nothing() {
     // bed, so a deleted namespace stays Terminating: deleted is what counts.)
     let gone_or_terminating =
         |ns: Option<Namespace>| ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+    // unjoin waits for the hub's finalizer to let the MemberClusters go.
     assert!(
         Api::<MemberCluster>::all(hub.clone())
             .list(&ListParams::default())

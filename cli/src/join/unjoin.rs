@@ -266,8 +266,24 @@ async fn unjoin_hub(h: &Client, name: &str, report: &mut Report) -> anyhow::Resu
         report,
     )
     .await?;
-    // The hub's finalizer lets the MemberCluster go once its runs left it.
-    if let Ok(Some(mc)) = Api::<MemberCluster>::all(h.clone()).get_opt(name).await
+    // The hub's finalizer lets the MemberCluster go once its runs left it:
+    // wait for that a while, so a finished unjoin leaves no MemberCluster.
+    let clusters = Api::<MemberCluster>::all(h.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut said = false;
+    while let Ok(Some(mc)) = clusters.get_opt(name).await
+        && mc.metadata.deletion_timestamp.is_some()
+        && std::time::Instant::now() < deadline
+    {
+        if !said {
+            println!(
+                "hub: waiting for the hub to take {name}'s runs off it and let its MemberCluster go…"
+            );
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    if let Ok(Some(mc)) = clusters.get_opt(name).await
         && mc.metadata.deletion_timestamp.is_some()
     {
         println!(
