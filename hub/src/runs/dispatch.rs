@@ -15,7 +15,7 @@ use kube::api::PostParams;
 use kube::runtime::reflector::Store;
 use tekfed_api::guard;
 use tekfed_api::runs::{RunPhase, RunStatus};
-use tekfed_api::tekton::{cancel_values, is_final};
+use tekfed_api::tekton::is_final;
 use tekfed_api::{
     ClusterLoad, FederatedPipelineRun, FederatedTaskRun, PlacementMode, RunPlacement,
 };
@@ -177,12 +177,7 @@ fn entries<K: FederatedRun>(
             dependencies,
             too_large,
             refused,
-            cancelled: run
-                .template()
-                .spec
-                .get("status")
-                .and_then(|s| s.as_str())
-                .is_some_and(|s| cancel_values(K::KIND).contains(&s)),
+            cancelled: run.cancel().is_some(),
             write: Box::new(move |status| {
                 let ctx = ctx.clone();
                 let run = for_write.clone();

@@ -42,12 +42,7 @@ pub(super) async fn ensure_member_run<K: FederatedRun>(
         name: run.name_any(),
         message,
     };
-    let cancel = run
-        .template()
-        .spec
-        .get("status")
-        .and_then(|s| s.as_str())
-        .filter(|s| cancel_values(K::KIND).contains(s));
+    let cancel = run.cancel();
     let reported = assignment.status.as_ref().and_then(|s| s.phase).is_some();
     if reported && cancel.is_none() {
         // The agent has seen the member run, with this run's uid on it:

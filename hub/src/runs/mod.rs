@@ -104,6 +104,16 @@ pub trait FederatedRun:
     fn on_cluster_lost(&self) -> OnClusterLost;
     fn run_status(&self) -> Option<&RunStatus>;
     fn set_run_status(&mut self, status: RunStatus);
+
+    /// The user's cancel (`spec.template.spec.status`, a value Tekton takes
+    /// as a cancel for this kind), if any.
+    fn cancel(&self) -> Option<&str> {
+        self.template()
+            .spec
+            .get("status")
+            .and_then(|s| s.as_str())
+            .filter(|s| tekfed_api::tekton::cancel_values(Self::KIND).contains(s))
+    }
 }
 
 macro_rules! federated_run {
