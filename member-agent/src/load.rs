@@ -79,9 +79,9 @@ pub fn bytes(quantity: &str) -> Option<i64> {
 /// Allocatable CPU and memory over `nodes`, and what `pods` (scheduled and
 /// not finished) request: `(cpu allocatable, cpu requested, memory
 /// allocatable, memory requested)`, in millicores and bytes.
-pub fn capacity(
-    nodes: &[k8s_openapi::api::core::v1::Node],
-    pods: &[k8s_openapi::api::core::v1::Pod],
+pub fn capacity<'a>(
+    nodes: impl IntoIterator<Item = &'a k8s_openapi::api::core::v1::Node>,
+    pods: impl IntoIterator<Item = &'a k8s_openapi::api::core::v1::Pod>,
 ) -> (i64, i64, i64, i64) {
     let (mut cpu, mut memory) = (0, 0);
     for node in nodes {
