@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tekfed_api::runs::{RunPhase, RunStatus};
 use tekfed_api::{FederatedTaskRun, MemberCluster, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
-use tekfed_testbed::federation::{task_run_template, wait_condition};
+use tekfed_testbed::federation::{federate, task_run_template, wait_condition};
 use tekfed_testbed::{HUB, TestBed, eventually_logged};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -95,21 +95,12 @@ async fn cordon(clusters: &Api<MemberCluster>, name: &str, on: bool) {
 #[tokio::test]
 async fn runs_leave_a_lost_or_removed_member_and_come_back_to_it() {
     let bed = TestBed::start(2).await.unwrap();
-    for member in bed.members() {
-        let labels = BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
-        bed.register_member(&member, labels).await.unwrap();
-    }
-    bed.start_hub(
-        "tekfed-hub",
+    federate(
+        &bed,
         &["--heartbeat-grace", "30", "--started-run-grace", "10"],
     )
+    .await
     .unwrap();
-    for member in bed.members() {
-        bed.start_agent(&member, 1.0).await.unwrap();
-    }
-    wait_condition(&bed, &bed.members(), "Ready", Duration::from_secs(90))
-        .await
-        .unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let clusters: Api<MemberCluster> = Api::all(hub.clone());
     let ns = bed.namespace("moves", &[HUB]).await.unwrap();
