@@ -120,6 +120,16 @@ pub struct MemberClusterStatus {
     pub assigned_runs: Option<i64>,
 }
 
+impl MemberClusterStatus {
+    /// Whether the hub judges the member `Ready` (reachable, and its
+    /// agent's heartbeat fresh): what runs need.
+    pub fn is_ready(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    }
+}
+
 /// The most runs or pods an agent may report in one figure: far above
 /// what one cluster holds (Kubernetes is tested to 150,000 pods), far
 /// below any sum that could overflow.

@@ -204,13 +204,7 @@ pub async fn up(members: usize, dir: PathBuf) -> anyhow::Result<()> {
         let ready = list
             .items
             .iter()
-            .filter(|mc| {
-                mc.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
+            .filter(|mc| mc.status.as_ref().is_some_and(|s| s.is_ready()))
             .count();
         if ready == members {
             break;

@@ -43,13 +43,7 @@ async fn dev_up_leaves_a_ready_federation_running_and_dev_down_removes_it() {
     let list = clusters.list(&ListParams::default()).await.unwrap();
     assert_eq!(list.items.len(), 2);
     for mc in &list.items {
-        let ready = mc
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ready = mc.status.as_ref().unwrap().is_ready();
         assert!(ready, "{mc:?}");
     }
 

@@ -46,11 +46,8 @@ async fn fresh_heartbeat(bed: &TestBed, after: Timestamp) {
             let clusters = clusters.clone();
             async move {
                 let status = clusters.get("member-1").await.ok()?.status?;
-                let beat = status.last_heartbeat_time?.0;
-                let ready = status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let beat = status.last_heartbeat_time.clone()?.0;
+                let ready = status.is_ready();
                 (beat > after && ready).then_some(())
             }
         },

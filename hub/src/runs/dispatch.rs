@@ -320,10 +320,7 @@ async fn round(ctx: &RunContext, all: Vec<Entry>, phases: &PhaseCounts) {
                 labels: mc.labels().clone(),
                 taints: mc.spec.taints.clone(),
             },
-            ready: status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            ready: status.is_ready(),
             unschedulable: mc.spec.unschedulable,
             max_concurrent_runs: mc.spec.max_concurrent_runs.map(|m| m.max(1) as u64),
             reported,
@@ -484,10 +481,7 @@ fn publish_metrics(ctx: &RunContext, phases: &PhaseCounts, active: &BTreeMap<Str
             .as_ref()
             .map(|l| l.running.max(0).saturating_add(l.pending.max(0)))
             .unwrap_or(0);
-        let ready = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ready = status.is_ready();
         ctx.metrics.cluster_load.get_or_create(&cluster).set(load);
         ctx.metrics
             .cluster_ready

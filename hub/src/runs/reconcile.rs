@@ -306,11 +306,7 @@ async fn rerun_copy<K: FederatedRun>(
         .get(&ObjectRef::new(cluster))
         .is_some_and(|mc| {
             mc.metadata.deletion_timestamp.is_none()
-                && mc.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
+                && mc.status.as_ref().is_some_and(|s| s.is_ready())
         });
     if !back {
         return Ok(None);
