@@ -30,7 +30,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tekfed_api::runs::{RunPhase, RunStatus};
-use tekfed_api::{FederatedPipelineRun, FederatedTaskRun};
+use tekfed_api::{FederatedPipelineRun, FederatedTaskRun, MemberCluster};
 use tekfed_runtime::connect::tekton_resource;
 
 use crate::federation::{HUB_NAMESPACE, task_run_template, wait_condition};
@@ -81,12 +81,76 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// One fault as made: when it began and when it was undone (a fault that
+/// lasts, an agent's clock, ends when it begins), into the soak.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Made {
+    pub at: Duration,
+    pub until: Duration,
+    pub fault: Fault,
+}
+
+/// The hub judging a member unwell: one of its `Reachable` or `AgentReady`
+/// conditions turning `False`, or changing its reason while `False`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judged {
+    /// When the soak saw it, into the soak.
+    pub at: Duration,
+    pub member: String,
+    pub condition: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Judged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>6.1} s  {} {}=False {}",
+            self.at.as_secs_f64(),
+            self.member,
+            self.condition,
+            self.reason
+        )
+    }
+}
+
+/// How long after a fault is undone the hub may still be judging by it:
+/// one status round and an agent's start, on a busy machine.
+const JUDGE_SLACK: Duration = Duration::from_secs(20);
+
+/// Whether `made` explains the hub judging a member as `judged` says,
+/// with the heartbeat grace `grace`. What the spec says a fault may do:
+/// - a member's API server restarted or paused: that member unreachable,
+///   and (paused) its agent's heartbeats late;
+/// - an agent killed: that member's heartbeats late;
+/// - the hub's API server stopped: `Disruption` on any member (the hub
+///   suspects its own view), never `HeartbeatLost`.
+///
+/// Nothing else explains anything: an agent's clock set off, a leader
+/// killed, a member refusing runs must leave every member Ready.
+pub fn explains(made: &Made, judged: &Judged, grace: Duration) -> bool {
+    let during = judged.at >= made.at && judged.at <= made.until + grace + JUDGE_SLACK;
+    let on = |member: &String| *member == judged.member;
+    let condition = judged.condition.as_str();
+    let reason = judged.reason.as_str();
+    during
+        && match &made.fault {
+            Fault::RestartMemberApiServer(m) => on(m) && condition == "Reachable",
+            Fault::PauseMemberApiServer(m) => {
+                on(m) && (condition == "Reachable" || reason == "HeartbeatLost")
+            }
+            Fault::KillAgent(m) => on(m) && reason == "HeartbeatLost",
+            Fault::StopHubApiServer => reason == "Disruption",
+            Fault::KillLeadingHub(_) | Fault::SkewAgentClock(..) | Fault::RefuseRuns(_) => false,
+        }
+}
+
 /// What a soak saw.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub seed: u64,
     pub elapsed: Duration,
-    pub faults: Vec<(Duration, String)>,
+    pub faults: Vec<Made>,
     pub created: usize,
     pub succeeded: usize,
     /// Failed or cancelled runs by the reason of their `Succeeded` condition.
@@ -113,6 +177,11 @@ pub struct Report {
     pub kept_past_ttl: usize,
     /// Runs on the hub at the end, finished or not.
     pub stored_at_end: usize,
+    /// Every time the hub judged a member unwell, with the fault that
+    /// explains it, if one does.
+    pub judged: Vec<(Judged, Option<Fault>)>,
+    /// Members not `Ready` once every run has finished.
+    pub unready_at_end: Vec<String>,
 }
 
 impl Report {
@@ -123,6 +192,8 @@ impl Report {
             && self.stuck.is_empty()
             && self.unexplained.is_empty()
             && self.kept_past_ttl == 0
+            && self.unready_at_end.is_empty()
+            && self.judged.iter().all(|(_, by)| by.is_some())
     }
 
     /// The table the soak prints.
@@ -150,6 +221,19 @@ impl Report {
         row(
             "failed with no fault to explain it",
             self.unexplained.len().to_string(),
+        );
+        let unexplained_judged = self.judged.iter().filter(|(_, by)| by.is_none()).count();
+        row(
+            "members judged unwell, a fault explains it",
+            (self.judged.len() - unexplained_judged).to_string(),
+        );
+        row(
+            "members judged unwell, no fault explains it",
+            unexplained_judged.to_string(),
+        );
+        row(
+            "members not Ready at the end",
+            self.unready_at_end.len().to_string(),
         );
         row(
             "duplicates (two started copies of a placement)",
@@ -190,14 +274,28 @@ impl Report {
         let mut out = String::from("| what | figure |\n|---|---|\n");
         out.push_str(&t);
         out.push_str("\nfaults:\n");
-        for (at, fault) in &self.faults {
-            out.push_str(&format!("  {:>6.1} s  {fault}\n", at.as_secs_f64()));
+        for made in &self.faults {
+            out.push_str(&format!(
+                "  {:>6.1} s  {}\n",
+                made.at.as_secs_f64(),
+                made.fault
+            ));
+        }
+        if !self.judged.is_empty() {
+            out.push_str("\nmembers judged unwell by the hub:\n");
+        }
+        for (judged, by) in &self.judged {
+            let by = by
+                .as_ref()
+                .map_or("NO FAULT EXPLAINS IT".to_owned(), |f| format!("after: {f}"));
+            out.push_str(&format!("  {judged}  ({by})\n"));
         }
         for (what, names) in [
             ("unexplained", &self.unexplained),
             ("duplicates", &self.duplicates),
             ("lost", &self.lost),
             ("stuck", &self.stuck),
+            ("not Ready at the end", &self.unready_at_end),
         ] {
             if !names.is_empty() {
                 out.push_str(&format!("{what}: {}\n", names.join(", ")));
@@ -263,6 +361,9 @@ type Copies = BTreeMap<String, (String, String, bool)>;
 struct Watched {
     runs: BTreeMap<String, Seen>,
     copies: BTreeMap<String, Copies>,
+    /// Each member condition's last (status, reason), by (member, type).
+    conditions: BTreeMap<(String, String), (String, String)>,
+    judged: Vec<Judged>,
 }
 
 const SOAK_NAMESPACE: &str = "soak";
@@ -323,6 +424,11 @@ pub async fn run(soak: &Soak) -> Result<Report, String> {
         hub.clone(),
         watched.clone(),
         |r| (r.status.clone(), r.spec.on_cluster_lost),
+    )));
+    watches.push(tokio::spawn(watch_members(
+        hub.clone(),
+        watched.clone(),
+        began,
     )));
     for member in &members {
         let client = bed.client(member).await.map_err(e)?;
@@ -409,7 +515,11 @@ pub async fn run(soak: &Soak) -> Result<Report, String> {
         let at = began.elapsed();
         println!("soak: {:>6.1} s  {fault}", at.as_secs_f64());
         make(&bed, &fault, soak.grace).await;
-        faults.push((at, fault.to_string()));
+        faults.push(Made {
+            at,
+            until: began.elapsed(),
+            fault,
+        });
         last_fault_end = Instant::now();
         let done = created.lock().unwrap_or_else(|p| p.into_inner()).len();
         println!("soak: {done} runs created so far");
@@ -477,13 +587,41 @@ pub async fn run(soak: &Soak) -> Result<Report, String> {
                 .is_some_and(|t| now.duration_since(t.0).as_secs() > RETENTION_SECS + 60)
         })
         .count();
-    let made = |what: &str| report.faults.iter().any(|(_, f)| f.contains(what));
-    let refusals = made("refuses runs");
+    report.judged = w
+        .judged
+        .iter()
+        .map(|judged| {
+            let by = report
+                .faults
+                .iter()
+                .find(|made| explains(made, judged, soak.grace))
+                .map(|made| made.fault.clone());
+            (judged.clone(), by)
+        })
+        .collect();
+    let clusters: Api<MemberCluster> = Api::all(hub.clone());
+    for member in &members {
+        let ready = clusters
+            .get(member)
+            .await
+            .ok()
+            .is_some_and(|c| c.status.is_some_and(|s| s.is_ready()));
+        if !ready {
+            report.unready_at_end.push(member.clone());
+        }
+    }
+    let refusals = report
+        .faults
+        .iter()
+        .any(|m| matches!(m.fault, Fault::RefuseRuns(_)));
     // Only an agent silent past both graces fails started runs: one
     // killed, or one whose member's API server is paused (a clock set
     // off is no reason).
-    let silenced = report.faults.iter().any(|(_, f)| {
-        (f.starts_with("SIGKILL") && f.ends_with("'s agent")) || f.starts_with("SIGSTOP")
+    let silenced = report.faults.iter().any(|m| {
+        matches!(
+            m.fault,
+            Fault::KillAgent(_) | Fault::PauseMemberApiServer(_)
+        )
     });
     for name in &names {
         let seen = w.runs.get(name).cloned().unwrap_or_default();
@@ -687,6 +825,42 @@ async fn watch_member(member: Client, name: String, kind: &str, watched: Arc<Mut
     }
 }
 
+/// Record every time the hub judges a member unwell: its `Reachable` or
+/// `AgentReady` condition turning `False`, or changing reason while so.
+async fn watch_members(hub: Client, watched: Arc<Mutex<Watched>>, began: Instant) {
+    let api: Api<MemberCluster> = Api::all(hub);
+    let mut stream = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    while let Some(event) = stream.next().await {
+        let Ok(cluster) = event else { continue };
+        let member = cluster.name_any();
+        let conditions = cluster.status.unwrap_or_default().conditions;
+        let mut w = watched.lock().unwrap_or_else(|p| p.into_inner());
+        for c in conditions
+            .iter()
+            .filter(|c| c.type_ == "Reachable" || c.type_ == "AgentReady")
+        {
+            let now = (c.status.clone(), c.reason.clone());
+            let key = (member.clone(), c.type_.clone());
+            if w.conditions.get(&key) == Some(&now) {
+                continue;
+            }
+            if c.status == "False" {
+                w.judged.push(Judged {
+                    at: began.elapsed(),
+                    member: member.clone(),
+                    condition: c.type_.clone(),
+                    reason: c.reason.clone(),
+                });
+            }
+            w.conditions.insert(key, now);
+        }
+    }
+}
+
 /// A PipelineRun cancelled while held never ran a task: Tekton stamps a
 /// start time on it all the same.
 fn held_when_cancelled(run: &Value) -> bool {
@@ -858,5 +1032,89 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds.len(), 7, "{kinds:?}");
+    }
+
+    fn judged(at: u64, member: &str, condition: &str, reason: &str) -> Judged {
+        Judged {
+            at: Duration::from_secs(at),
+            member: member.into(),
+            condition: condition.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn made(at: u64, until: u64, fault: Fault) -> Made {
+        Made {
+            at: Duration::from_secs(at),
+            until: Duration::from_secs(until),
+            fault,
+        }
+    }
+
+    #[test]
+    fn a_killed_agent_explains_only_its_own_members_late_heartbeats_for_a_while() {
+        let grace = Duration::from_secs(20);
+        let kill = made(100, 103, Fault::KillAgent("member-1".into()));
+        let lost = |at, member| judged(at, member, "AgentReady", "HeartbeatLost");
+        assert!(explains(&kill, &lost(125, "member-1"), grace));
+        assert!(!explains(&kill, &lost(125, "member-2"), grace));
+        assert!(!explains(&kill, &lost(99, "member-1"), grace));
+        // Long after the agent is back, a lost heartbeat is the hub's.
+        assert!(!explains(&kill, &lost(200, "member-1"), grace));
+        let unreachable = judged(110, "member-1", "Reachable", "Unreachable");
+        assert!(!explains(&kill, &unreachable, grace));
+    }
+
+    #[test]
+    fn a_clock_set_off_explains_nothing() {
+        let grace = Duration::from_secs(20);
+        let skew = made(50, 50, Fault::SkewAgentClock("member-1".into(), -60));
+        for reason in ["HeartbeatLost", "Disruption", "NoHeartbeat"] {
+            let j = judged(52, "member-1", "AgentReady", reason);
+            assert!(!explains(&skew, &j, grace), "{reason}");
+        }
+    }
+
+    #[test]
+    fn the_hubs_api_server_stopped_explains_disruption_not_a_lost_member() {
+        let grace = Duration::from_secs(20);
+        let stop = made(10, 35, Fault::StopHubApiServer);
+        assert!(explains(
+            &stop,
+            &judged(40, "member-2", "AgentReady", "Disruption"),
+            grace
+        ));
+        assert!(!explains(
+            &stop,
+            &judged(40, "member-2", "AgentReady", "HeartbeatLost"),
+            grace
+        ));
+    }
+
+    #[test]
+    fn a_member_api_server_paused_explains_it_unreachable_and_its_heartbeats_late() {
+        let grace = Duration::from_secs(20);
+        let pause = made(10, 35, Fault::PauseMemberApiServer("member-3".into()));
+        for (condition, reason) in [
+            ("Reachable", "Unreachable"),
+            ("AgentReady", "HeartbeatLost"),
+        ] {
+            assert!(explains(
+                &pause,
+                &judged(30, "member-3", condition, reason),
+                grace
+            ));
+            assert!(!explains(
+                &pause,
+                &judged(30, "member-1", condition, reason),
+                grace
+            ));
+        }
+        let restart = made(10, 12, Fault::RestartMemberApiServer("member-3".into()));
+        assert!(!explains(
+            &restart,
+            &judged(20, "member-3", "AgentReady", "HeartbeatLost"),
+            grace
+        ));
     }
 }
