@@ -6,20 +6,25 @@
 //!   only one copy is ever there;
 //! - a `mode: All` run whose copy's member is lost fails that copy with
 //!   `ClusterLost` (its `onClusterLost: Fail`), while the other copy runs;
+//! - a run placed on a member the hub cannot reach, whose agent still
+//!   reports, moves to another member once the grace has passed; it never
+//!   ran where it was first placed;
 //! - deleting a `MemberCluster` takes its runs off it (a started one fails
 //!   `ClusterRemoved`), then its hub namespace goes and the object with it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tekfed_api::runs::{RunPhase, RunStatus};
-use tekfed_api::{FederatedTaskRun, MemberCluster, cluster_namespace};
+use tekfed_api::{FederatedPipelineRun, FederatedTaskRun, MemberCluster, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
-use tekfed_testbed::federation::{federate, task_run_template, wait_condition};
+use tekfed_testbed::federation::{HUB_NAMESPACE, federate, task_run_template, wait_condition};
 use tekfed_testbed::{HUB, TestBed, eventually_logged};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -185,6 +190,92 @@ async fn runs_leave_a_lost_or_removed_member_and_come_back_to_it() {
         .await
         .unwrap();
 
+    // --- a member the hub cannot reach, its agent still reporting ------------------
+    // member-1 takes the run, but its API server fails every create of a
+    // PipelineRun there (a webhook that cannot be called: a 500, which the
+    // hub tries again): placed, never created, so never released. Then the
+    // hub loses sight of member-1 (its kubeconfig points nowhere) while
+    // member-1's agent goes on reporting.
+    cordon(&clusters, "member-2", true).await;
+    wait_schedulable(&bed, &clusters, "member-2", false).await;
+    let member_1 = bed.client("member-1").await.unwrap();
+    let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(member_1.clone());
+    webhooks
+        .create(&PostParams::default(), &unanswered_webhook(&ns))
+        .await
+        .unwrap();
+    let pipelines: Api<FederatedPipelineRun> = Api::namespaced(hub.clone(), &ns);
+    let everyone = json!({"clusterSelector": {"matchExpressions": [
+        {"key": "tekfed.io/test-member", "operator": "Exists"}]}});
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline_run(&ns, "partitioned", &everyone),
+        )
+        .await
+        .unwrap();
+    eventually_logged(&bed, "partitioned: placed on member-1", WAIT, || {
+        let pipelines = pipelines.clone();
+        async move {
+            let s = pipelines.get("partitioned").await.ok()?.status?;
+            (s.cluster.as_deref() == Some("member-1")).then_some(())
+        }
+    })
+    .await;
+    let server = partition(&bed, "member-1", None).await;
+    cordon(&clusters, "member-2", false).await;
+    let moved = eventually_logged(&bed, "partitioned: taken off member-1", WAIT, || {
+        let pipelines = pipelines.clone();
+        async move {
+            let s = pipelines.get("partitioned").await.ok()?.status?;
+            (!s.attempts.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(
+        (
+            moved.attempts[0].cluster.as_str(),
+            moved.attempts[0].reason.as_str()
+        ),
+        ("member-1", "ClusterUnreachable"),
+        "{moved:?}"
+    );
+    let member = clusters.get("member-1").await.unwrap().status.unwrap();
+    let condition = |type_: &str| {
+        member
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    assert_eq!(
+        condition("AgentReady").map(|c| c.0),
+        Some("True".to_owned()),
+        "member-1's agent still reports: {member:?}"
+    );
+    assert_eq!(
+        condition("Reachable").map(|c| c.0),
+        Some("False".to_owned())
+    );
+    eventually_logged(&bed, "partitioned: succeeded on member-2", WAIT, || {
+        let pipelines = pipelines.clone();
+        async move {
+            let s = pipelines.get("partitioned").await.ok()?.status?;
+            (s.phase == Some(RunPhase::Succeeded)).then_some(())
+        }
+    })
+    .await;
+    let done = pipelines.get("partitioned").await.unwrap().status.unwrap();
+    assert_eq!(done.cluster.as_deref(), Some("member-2"), "{done:?}");
+    partition(&bed, "member-1", server).await;
+    webhooks
+        .delete(WEBHOOK, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_condition(&bed, &bed.members(), "Ready", Duration::from_secs(90))
+        .await
+        .unwrap();
+
     // --- a MemberCluster deleted with a run on it ------------------------------------
     cordon(&clusters, "member-1", true).await;
     api.create(
@@ -225,4 +316,96 @@ async fn runs_leave_a_lost_or_removed_member_and_come_back_to_it() {
         left.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
         "the member's hub namespace goes with it"
     );
+    // member-1 has been reachable again all this while: the run it lost
+    // was never created there.
+    let pipeline_runs: Api<DynamicObject> =
+        Api::namespaced_with(member_1, &ns, &tekton_resource("PipelineRun"));
+    assert!(
+        pipeline_runs
+            .get_opt("partitioned")
+            .await
+            .unwrap()
+            .is_none(),
+        "the run moved off member-1 never ran there"
+    );
+}
+
+const WEBHOOK: &str = "moves-unanswered";
+
+/// A webhook on PipelineRun creates in `ns` that no one answers: the member
+/// fails those creates with a 500 (not a refusal), so the hub tries again.
+fn unanswered_webhook(ns: &str) -> ValidatingWebhookConfiguration {
+    serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK},
+        "webhooks": [{
+            "name": "unanswered.moves.tekfed.io",
+            "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+            "rules": [{"apiGroups": ["tekton.dev"], "apiVersions": ["*"],
+                       "operations": ["CREATE"], "resources": ["pipelineruns"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 2,
+        }],
+    }))
+    .unwrap()
+}
+
+/// A FederatedPipelineRun of one short task, placed as `placement` says.
+fn pipeline_run(ns: &str, name: &str, placement: &Value) -> FederatedPipelineRun {
+    let task = task_run_template(Some("1s"), json!({}));
+    serde_json::from_value(json!({
+        "apiVersion": "tekfed.io/v1alpha1",
+        "kind": "FederatedPipelineRun",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "template": {"metadata": task["metadata"],
+                         "spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": task["spec"]["taskSpec"]}]}}},
+            "placement": placement,
+        },
+    }))
+    .unwrap()
+}
+
+/// Point the hub's kubeconfig for `member` at a port no one listens on
+/// (`restore`: `None`), returning the server it pointed at; or point it back
+/// at `restore`. The Secret is read fresh each time: the hub renews the
+/// tokens in it.
+async fn partition(bed: &TestBed, member: &str, restore: Option<String>) -> Option<String> {
+    let secrets: Api<Secret> = Api::namespaced(bed.client(HUB).await.unwrap(), HUB_NAMESPACE);
+    let name = format!("{member}-kubeconfig");
+    let mut secret = secrets.get(&name).await.unwrap();
+    let data = secret.data.get_or_insert_default();
+    let text = String::from_utf8(data["kubeconfig"].0.clone()).unwrap();
+    const NOWHERE: &str = "https://127.0.0.1:1";
+    let (text, was) = match restore {
+        None => {
+            let server = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("server: "))
+                .unwrap()
+                .to_owned();
+            (text.replace(&server, NOWHERE), Some(server))
+        }
+        Some(server) => (text.replace(NOWHERE, &server), None),
+    };
+    data.insert("kubeconfig".into(), ByteString(text.into_bytes()));
+    secrets
+        .replace(&name, &PostParams::default(), &secret)
+        .await
+        .unwrap();
+    was
+}
+
+/// Wait until the hub's status says whether `member` takes new runs.
+async fn wait_schedulable(bed: &TestBed, clusters: &Api<MemberCluster>, member: &str, is: bool) {
+    eventually_logged(bed, &format!("{member} schedulable={is}"), WAIT, || {
+        let clusters = clusters.clone();
+        async move {
+            let s = clusters.get(member).await.ok()?.status?;
+            (s.schedulable == Some(is)).then_some(())
+        }
+    })
+    .await;
 }
