@@ -6,6 +6,8 @@
 //!   only one copy is ever there;
 //! - a `mode: All` run whose copy's member is lost fails that copy with
 //!   `ClusterLost` (its `onClusterLost: Fail`), while the other copy runs;
+//!   with `onClusterLost: Reschedule` the copy runs again there once the
+//!   member is back, and the run succeeds;
 //! - a run placed on a member the hub cannot reach, whose agent still
 //!   reports, moves to another member once the grace has passed; it never
 //!   ran where it was first placed;
@@ -157,16 +159,27 @@ async fn runs_leave_a_lost_or_removed_member_and_come_back_to_it() {
     // --- a mode All copy on a lost member ----------------------------------------
     let everywhere = json!({"mode": "All", "clusterSelector": {"matchExpressions": [
         {"key": "tekfed.io/test-member", "operator": "Exists"}]}});
-    api.create(
-        &PostParams::default(),
-        &run(&ns, "all", "20s", everywhere, json!({})),
-    )
-    .await
-    .unwrap();
-    wait_status(&bed, &api, "all", "both copies running", |s| {
-        s.clusters.len() == 2 && s.clusters.iter().all(|c| c.phase == RunPhase::Running)
-    })
-    .await;
+    // "all" fails the lost copy; "all-again" asks for it to run again.
+    for (name, on_lost) in [("all", "Fail"), ("all-again", "Reschedule")] {
+        api.create(
+            &PostParams::default(),
+            &run(
+                &ns,
+                name,
+                "20s",
+                everywhere.clone(),
+                json!({"onClusterLost": on_lost}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    for name in ["all", "all-again"] {
+        wait_status(&bed, &api, name, "both copies running", |s| {
+            s.clusters.len() == 2 && s.clusters.iter().all(|c| c.phase == RunPhase::Running)
+        })
+        .await;
+    }
     bed.stop("agent-member-2");
     let all = wait_status(&bed, &api, "all", "ended", |s| {
         s.phase
@@ -185,10 +198,36 @@ async fn runs_leave_a_lost_or_removed_member_and_come_back_to_it() {
         (RunPhase::Failed, Some("ClusterLost")),
         "{all:?}"
     );
+    let again = wait_status(&bed, &api, "all-again", "its lost copy recorded", |s| {
+        s.attempts
+            .iter()
+            .any(|a| a.cluster == "member-2" && a.reason == "ClusterLost")
+    })
+    .await;
+    assert!(
+        !again.phase.is_some_and(tekfed_api::tekton::is_final),
+        "a copy to run again keeps the run open: {again:?}"
+    );
     bed.restart("agent-member-2").unwrap();
     wait_condition(&bed, &bed.members(), "Ready", Duration::from_secs(90))
         .await
         .unwrap();
+    let again = wait_status(&bed, &api, "all-again", "succeeded on both", |s| {
+        s.phase == Some(RunPhase::Succeeded)
+    })
+    .await;
+    assert!(
+        again
+            .clusters
+            .iter()
+            .all(|c| c.phase == RunPhase::Succeeded),
+        "{again:?}"
+    );
+    assert_eq!(
+        copies(&bed, "member-2", &ns, "all-again").await,
+        ["2"],
+        "member-2's copy ran again, once, as the second attempt"
+    );
 
     // --- a member the hub cannot reach, its agent still reporting ------------------
     // member-1 takes the run, but its API server fails every create of a
