@@ -394,6 +394,15 @@ pub fn run_federation() -> &'static TestBed {
 /// `tekfed.io/test-member=<name>`), the hub (with `hub_args`) and an agent
 /// per member; returns once every member is Ready.
 pub async fn federate(bed: &TestBed, hub_args: &[&str]) -> Result<(), String> {
+    federate_with(bed, hub_args, |_| vec![]).await
+}
+
+/// [`federate`], each member's agent started with `agent_args(member)` too.
+pub async fn federate_with(
+    bed: &TestBed,
+    hub_args: &[&str],
+    agent_args: impl Fn(&str) -> Vec<&'static str>,
+) -> Result<(), String> {
     let members = bed.members();
     for member in &members {
         let labels = BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
@@ -412,7 +421,7 @@ pub async fn federate(bed: &TestBed, hub_args: &[&str]) -> Result<(), String> {
     bed.start_hub("tekfed-hub", &args)
         .map_err(|e| e.to_string())?;
     for member in &members {
-        bed.start_agent(member, 1.0)
+        bed.start_agent_with(member, 1.0, &agent_args(member))
             .await
             .map_err(|e| e.to_string())?;
     }

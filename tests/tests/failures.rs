@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tekfed_api::runs::{RunPhase, RunStatus};
 use tekfed_api::{FederatedTaskRun, MemberCluster};
 use tekfed_runtime::connect::tekton_resource;
-use tekfed_testbed::federation::{task_run_template, wait_condition};
+use tekfed_testbed::federation::{federate_with, task_run_template};
 use tekfed_testbed::{HUB, TestBed, eventually_logged};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -107,22 +107,17 @@ async fn wait_phase(
 #[tokio::test]
 async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
     let bed = TestBed::start(2).await.unwrap();
-    for member in bed.members() {
-        let labels = BTreeMap::from([("tekfed.io/test-member".to_owned(), member.clone())]);
-        bed.register_member(&member, labels).await.unwrap();
-    }
-    bed.start_hub("tekfed-hub", &["--heartbeat-grace", &GRACE.to_string()])
-        .unwrap();
     // member-1's agent writes times a minute ahead, member-2's a minute behind.
-    bed.start_agent_with("member-1", 1.0, &["--clock-offset", "60"])
-        .await
-        .unwrap();
-    bed.start_agent_with("member-2", 1.0, &["--clock-offset", "-60"])
-        .await
-        .unwrap();
-    wait_condition(&bed, &bed.members(), "Ready", Duration::from_secs(90))
-        .await
-        .unwrap();
+    federate_with(
+        &bed,
+        &["--heartbeat-grace", &GRACE.to_string()],
+        |member| match member {
+            "member-1" => vec!["--clock-offset", "60"],
+            _ => vec!["--clock-offset", "-60"],
+        },
+    )
+    .await
+    .unwrap();
     let hub = bed.client(HUB).await.unwrap();
     let clusters: Api<MemberCluster> = Api::all(hub.clone());
     let ns = bed.namespace("failures", &[HUB]).await.unwrap();
