@@ -284,11 +284,21 @@ impl Agent {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
+        // The member's API server is read in a loop of its own: one that
+        // hangs (paused mid-answer) delays that loop by its timeouts, never
+        // the heartbeat, which only says the agent is alive and reports.
+        // The hub judges the member's API server by reaching it itself.
+        let versions = Mutex::new(Reported::default());
+        let probe = async {
+            loop {
+                self.probe(&versions).await;
+                tokio::time::sleep(self.heartbeat).await;
+            }
+        };
         let heartbeat = async {
-            let mut versions = Reported::default();
             loop {
                 let began = std::time::Instant::now();
-                let written = self.report(&stores, &mut versions).await;
+                let written = self.report(&stores, &versions).await;
                 self.metrics
                     .heartbeat_duration
                     .observe(began.elapsed().as_secs_f64());
@@ -329,6 +339,7 @@ impl Agent {
             pods_watch,
             nodes_watch,
             sync,
+            probe,
             heartbeat,
             pulse,
             renewal
@@ -556,11 +567,38 @@ impl Agent {
         }
     }
 
+    /// Read the member's API server: its version, each time (its answer
+    /// tells the agent's own probes whether the member is reachable), and
+    /// Tekton's, once a minute. Every read is bounded.
+    async fn probe(&self, versions: &Mutex<Reported>) {
+        let version = bounded(self.member.apiserver_version()).await;
+        self.health
+            .member(version.as_ref().map(|_| ()).map_err(describe));
+        if let Ok(v) = version {
+            versions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .kubernetes = Some(v.git_version);
+        }
+        let due = versions.lock().unwrap_or_else(|p| p.into_inner()).due();
+        if due {
+            // Tekton publishes its version in this ConfigMap.
+            let infos: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(self.member.clone(), tekfed_api::rbac::TEKTON_NAMESPACE);
+            if let Ok(cm) = bounded(infos.get_opt(tekfed_api::rbac::TEKTON_VERSION_CONFIGMAP)).await
+            {
+                let mut v = versions.lock().unwrap_or_else(|p| p.into_inner());
+                v.tekton = cm.and_then(|cm| cm.data?.get("version").cloned());
+                v.read = Some(std::time::Instant::now());
+            }
+        }
+    }
+
     /// Heartbeat: load, pending pods and versions into the MemberReport,
-    /// all from the watch caches (versions from [`Reported`], read once a
-    /// minute): one write, and one cheap read that tells the probes whether
-    /// the member answers. `Err` says why it was not written.
-    async fn report(&self, stores: &Stores, versions: &mut Reported) -> Result<(), String> {
+    /// all from the watch caches and [`Reported`]: one write to the hub and
+    /// no read of the member, so a member API server that hangs never
+    /// makes the heartbeat late. `Err` says why it was not written.
+    async fn report(&self, stores: &Stores, versions: &Mutex<Reported>) -> Result<(), String> {
         let runs: Vec<Arc<TektonRun>> = stores
             .task_runs
             .state()
@@ -601,30 +639,16 @@ impl Agent {
             load.memory_allocatable_bytes = Some(memory);
             load.memory_requested_bytes = Some(memory_requested);
         }
-        // The member's answer to this one tells the probes whether the
-        // member's API server is reachable.
-        let version = bounded(self.member.apiserver_version()).await;
-        self.health
-            .member(version.as_ref().map(|_| ()).map_err(describe));
-        if let Ok(v) = version {
-            versions.kubernetes = Some(v.git_version);
-        }
-        if versions.due() {
-            // Tekton publishes its version in this ConfigMap.
-            let infos: Api<k8s_openapi::api::core::v1::ConfigMap> =
-                Api::namespaced(self.member.clone(), tekfed_api::rbac::TEKTON_NAMESPACE);
-            if let Ok(cm) = bounded(infos.get_opt(tekfed_api::rbac::TEKTON_VERSION_CONFIGMAP)).await
-            {
-                versions.tekton = cm.and_then(|cm| cm.data?.get("version").cloned());
-                versions.read = Some(std::time::Instant::now());
-            }
-        }
+        let (kubernetes, tekton) = {
+            let v = versions.lock().unwrap_or_else(|p| p.into_inner());
+            (v.kubernetes.clone(), v.tekton.clone())
+        };
         let patch = json!({"status": {
-            "tektonVersion": versions.tekton,
+            "tektonVersion": tekton,
             "heartbeatTime": self.now(),
             "load": load,
             "total": total,
-            "kubernetesVersion": versions.kubernetes,
+            "kubernetesVersion": kubernetes,
             "agentVersion": env!("CARGO_PKG_VERSION"),
             "credential": self.credentials.report(),
         }});
@@ -648,8 +672,7 @@ impl Agent {
     }
 }
 
-/// The versions a heartbeat reports: Kubernetes' from the read each
-/// heartbeat makes anyway, Tekton's read again once a minute.
+/// The versions a heartbeat reports, as [`Agent::probe`] last read them.
 #[derive(Default)]
 struct Reported {
     kubernetes: Option<String>,

@@ -3,6 +3,8 @@
 //! servers):
 //! - agents whose clocks are a minute off either way: their members stay
 //!   Ready and run, since the hub times heartbeats on its own clock;
+//! - a member's API server hung for longer than the grace: the hub sees it
+//!   unreachable, but its agent heartbeats on, so the member is not lost;
 //! - the hub's API server stopped for longer than the heartbeat grace:
 //!   when it is back no member is declared lost and no started run moves
 //!   (the grace starts again with the hub's view);
@@ -14,15 +16,15 @@
 //! - every agent silent at once: the hub suspects itself (`Disruption`)
 //!   and moves nothing; when they are back the run goes on where it was.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tekfed_api::runs::{RunPhase, RunStatus};
-use tekfed_api::{FederatedTaskRun, MemberCluster};
+use tekfed_api::{FederatedTaskRun, MemberCluster, MemberReport, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
 use tekfed_testbed::federation::{federate_with, task_run_template};
 use tekfed_testbed::{HUB, TestBed, eventually_logged};
@@ -123,12 +125,12 @@ async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
     let ns = bed.namespace("failures", &[HUB]).await.unwrap();
     let api: Api<FederatedTaskRun> = Api::namespaced(hub.clone(), &ns);
 
-    // --- clocks a minute off, and the hub's API server out past the grace --
+    // --- clocks a minute off, a member's and the hub's API servers out past the grace --
     // A run on each member, longer than the grace and the outage.
     for member in bed.members() {
         api.create(
             &PostParams::default(),
-            &run_on(&ns, &format!("long-{member}"), &member, "100s"),
+            &run_on(&ns, &format!("long-{member}"), &member, "150s"),
         )
         .await
         .unwrap();
@@ -144,6 +146,40 @@ async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
             "{member}: {c:?}"
         );
     }
+    // member-1's API server hangs (SIGSTOP) for longer than the grace. The
+    // hub cannot reach it, but its agent, alive and reaching the hub, goes
+    // on heartbeating: its heartbeat waits on nothing from the member.
+    let reports: Api<MemberReport> = Api::namespaced(hub.clone(), &cluster_namespace("member-1"));
+    let paused = "kube-apiserver (member-1)";
+    bed.signal(paused, "STOP");
+    let (mut beats, mut unreachable) = (BTreeSet::new(), false);
+    let until = Instant::now() + Duration::from_secs(GRACE + 10);
+    // Sampled once a second for as long as the fault lasts.
+    while Instant::now() < until {
+        if let Ok(report) = reports.get("member-1").await
+            && let Some(t) = report.status.and_then(|s| s.heartbeat_time)
+        {
+            beats.insert(t.0);
+        }
+        unreachable |= clusters.get("member-1").await.ok().is_some_and(|mc| {
+            mc.status
+                .unwrap_or_default()
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Reachable" && c.status == "False")
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bed.signal(paused, "CONT");
+    assert!(unreachable, "the hub saw member-1's API server gone");
+    // One a second when nothing waits; a heartbeat that waited for the
+    // member's answers (10 s timeouts) made at most one in ten.
+    assert!(
+        beats.len() >= 10,
+        "member-1's agent heartbeated {} times in {} s with its API server hung",
+        beats.len(),
+        GRACE + 10
+    );
     bed.stop("kube-apiserver (hub)");
     // The fault itself: the hub's API server is away for longer than the grace.
     tokio::time::sleep(Duration::from_secs(GRACE + 15)).await;
@@ -153,13 +189,13 @@ async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
         assert_eq!(s.cluster.as_deref(), Some(member.as_str()), "{s:?}");
         assert!(s.attempts.is_empty(), "the run never moved: {s:?}");
     }
-    // Never lost: AgentReady has not changed since before the outage.
+    // Never lost: AgentReady has not changed since before the outages.
     let after = agent_ready(&clusters).await;
     for (member, c) in &after {
         assert_eq!(
             (c.status.as_str(), &c.last_transition_time),
             ("True", &before[member].last_transition_time),
-            "{member}'s AgentReady changed across the hub's outage: {c:?}"
+            "{member}'s AgentReady changed across the outages: {c:?}"
         );
     }
 
