@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::Lookup;
@@ -586,4 +587,28 @@ pub async fn wait_all_succeeded(
             .then_some(())
     })
     .await;
+}
+
+/// The name of [`unanswered_webhook`].
+pub const UNANSWERED_WEBHOOK: &str = "test-unanswered";
+
+/// A webhook on PipelineRun creates in `ns` that no one answers: a member
+/// given it fails those creates with a 500 (not a refusal), so the hub
+/// tries again, and a run placed there is never created, never released.
+pub fn unanswered_webhook(ns: &str) -> ValidatingWebhookConfiguration {
+    let webhook = json!({
+        "metadata": {"name": UNANSWERED_WEBHOOK},
+        "webhooks": [{
+            "name": "unanswered.test.tekfed.io",
+            "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+            "rules": [{"apiGroups": ["tekton.dev"], "apiVersions": ["*"],
+                       "operations": ["CREATE"], "resources": ["pipelineruns"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 2,
+        }],
+    });
+    serde_json::from_value(webhook).expect("a valid ValidatingWebhookConfiguration")
 }

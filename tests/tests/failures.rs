@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -26,7 +27,9 @@ use serde_json::{Value, json};
 use tekfed_api::runs::{RunPhase, RunStatus};
 use tekfed_api::{FederatedTaskRun, MemberCluster, MemberReport, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
-use tekfed_testbed::federation::{federate_with, task_run_template};
+use tekfed_testbed::federation::{
+    UNANSWERED_WEBHOOK, federate_with, task_run_template, unanswered_webhook,
+};
 use tekfed_testbed::{HUB, TestBed, eventually_logged};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -307,11 +310,15 @@ async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
         }
     })
     .await;
-    for member in bed.members() {
-        bed.stop(&format!("agent-{member}"));
-    }
-    // Placed while member-1 still looks Ready; never released, so it has
-    // not started and would move off a cluster judged lost.
+    // Placed on member-1, where a webhook no one answers fails its create
+    // (a 500, tried again): never released, so it has not started and
+    // would move off a cluster judged lost.
+    let member_1 = bed.client("member-1").await.unwrap();
+    let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(member_1);
+    webhooks
+        .create(&PostParams::default(), &unanswered_webhook(&ns))
+        .await
+        .unwrap();
     let held = run_on(&ns, "held", "member-1", "1s");
     let pipeline: tekfed_api::FederatedPipelineRun = serde_json::from_value(json!({
         "apiVersion": "tekfed.io/v1alpha1",
@@ -329,6 +336,17 @@ async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
         .create(&PostParams::default(), &pipeline)
         .await
         .unwrap();
+    eventually_logged(&bed, "held: placed on member-1", WAIT, || {
+        let pipelines = pipelines.clone();
+        async move {
+            let s = pipelines.get("held").await.ok()?.status?;
+            (s.cluster.as_deref() == Some("member-1")).then_some(())
+        }
+    })
+    .await;
+    for member in bed.members() {
+        bed.stop(&format!("agent-{member}"));
+    }
     eventually_logged(&bed, "both members judged in a disruption", WAIT, || {
         let clusters = clusters.clone();
         async move {
@@ -352,6 +370,10 @@ async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
     for member in bed.members() {
         bed.restart(&format!("agent-{member}")).unwrap();
     }
+    webhooks
+        .delete(UNANSWERED_WEBHOOK, &DeleteParams::default())
+        .await
+        .unwrap();
     eventually_logged(&bed, "the held run to succeed where it was", WAIT, || {
         let pipelines = pipelines.clone();
         async move {

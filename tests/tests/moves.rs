@@ -26,7 +26,10 @@ use serde_json::{Value, json};
 use tekfed_api::runs::{RunPhase, RunStatus};
 use tekfed_api::{FederatedPipelineRun, FederatedTaskRun, MemberCluster, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
-use tekfed_testbed::federation::{HUB_NAMESPACE, federate, task_run_template, wait_condition};
+use tekfed_testbed::federation::{
+    HUB_NAMESPACE, UNANSWERED_WEBHOOK, federate, task_run_template, unanswered_webhook,
+    wait_condition,
+};
 use tekfed_testbed::{HUB, TestBed, eventually_logged};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -308,7 +311,7 @@ async fn runs_leave_a_lost_or_removed_member_and_come_back_to_it() {
     assert_eq!(done.cluster.as_deref(), Some("member-2"), "{done:?}");
     partition(&bed, "member-1", server).await;
     webhooks
-        .delete(WEBHOOK, &DeleteParams::default())
+        .delete(UNANSWERED_WEBHOOK, &DeleteParams::default())
         .await
         .unwrap();
     wait_condition(&bed, &bed.members(), "Ready", Duration::from_secs(90))
@@ -367,28 +370,6 @@ async fn runs_leave_a_lost_or_removed_member_and_come_back_to_it() {
             .is_none(),
         "the run moved off member-1 never ran there"
     );
-}
-
-const WEBHOOK: &str = "moves-unanswered";
-
-/// A webhook on PipelineRun creates in `ns` that no one answers: the member
-/// fails those creates with a 500 (not a refusal), so the hub tries again.
-fn unanswered_webhook(ns: &str) -> ValidatingWebhookConfiguration {
-    serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK},
-        "webhooks": [{
-            "name": "unanswered.moves.tekfed.io",
-            "clientConfig": {"url": "https://127.0.0.1:1/validate"},
-            "rules": [{"apiGroups": ["tekton.dev"], "apiVersions": ["*"],
-                       "operations": ["CREATE"], "resources": ["pipelineruns"]}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 2,
-        }],
-    }))
-    .unwrap()
 }
 
 /// A FederatedPipelineRun of one short task, placed as `placement` says.

@@ -25,15 +25,16 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tekfed_api::{
-    MemberCluster, MemberReport, MemberReportSpec, MemberReportStatus, cluster_namespace,
+    MemberCluster, MemberClusterStatus, MemberReport, MemberReportSpec, MemberReportStatus,
+    cluster_namespace,
 };
 use tekfed_runtime::connect::{ConnectError, require_apis, tekton_apis};
 
 use super::Unreachable;
 use super::credentials::{KubeconfigSecret, publish, renew_member_tokens};
 use super::health::{
-    CREDENTIALS_EXPIRING, Credential, HeartbeatView, Seen, agent_credential, credentials_condition,
-    disrupted, fold_member_status, observe, silence,
+    CREDENTIALS_EXPIRING, Credential, HeartbeatView, READY, Seen, agent_credential,
+    credentials_condition, disrupted, fold_member_status, observe, silence,
 };
 use super::registry::{Members, client_from_kubeconfig};
 use crate::backoff::ErrorBackoff;
@@ -531,6 +532,19 @@ async fn write_status(
     new.conditions.push(expiring);
     if new == previous {
         return Ok(());
+    }
+    // Each change of Ready is told: an operator reading the hub's log (or
+    // a failed test's) sees when a member stopped or started taking runs.
+    let ready = |s: &MemberClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    if let Some((status, reason, message)) = ready(&new)
+        && ready(&previous).map(|r| (r.0, r.1)) != Some((status.clone(), reason.clone()))
+    {
+        tracing::info!(cluster = %mc.name_any(), ready = %status, %reason, %message, "member readiness changed");
     }
     let api: Api<MemberCluster> = Api::all(ctx.hub.clone());
     let patch = json!({"apiVersion": "tekfed.io/v1alpha1", "kind": "MemberCluster", "status": new});
