@@ -517,6 +517,16 @@ pub fn task_run_template(
     template
 }
 
+/// A PipelineRun template (for `spec.template`) of one task, `t`, whose
+/// step runs for `duration` as in [`task_run_template`].
+pub fn pipeline_run_template(duration: Option<&str>) -> serde_json::Value {
+    let task = task_run_template(duration, json!({}));
+    json!({
+        "metadata": task["metadata"],
+        "spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": task["spec"]["taskSpec"]}]}},
+    })
+}
+
 /// Create `count` FederatedTaskRuns `job-000`… in `ns`, placed on every
 /// member of the test federation, each running for `duration` (a Go
 /// duration; kwok's short default when `None`); returns their names.

@@ -33,7 +33,7 @@ use tekfed_api::runs::{RunPhase, RunStatus};
 use tekfed_api::{FederatedPipelineRun, FederatedTaskRun, MemberCluster};
 use tekfed_runtime::connect::tekton_resource;
 
-use crate::federation::{HUB_NAMESPACE, task_run_template, wait_condition};
+use crate::federation::{HUB_NAMESPACE, pipeline_run_template, task_run_template, wait_condition};
 use crate::{HUB, TestBed};
 
 /// How a soak runs.
@@ -685,18 +685,18 @@ pub async fn run(soak: &Soak) -> Result<Report, String> {
 /// member is lost.
 fn soak_run(ns: &str, name: &str, rng: &mut Rng) -> (bool, Value) {
     let duration = format!("{}ms", 500 + rng.below(1500));
-    let template = task_run_template(Some(&duration), json!({}));
     let reschedule = rng.below(5) == 0;
     let pipeline = rng.below(10) == 0;
     let (kind, template) = if pipeline {
-        let task_spec = template["spec"]["taskSpec"].clone();
         (
             "FederatedPipelineRun",
-            json!({"metadata": template["metadata"],
-                   "spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": task_spec}]}}}),
+            pipeline_run_template(Some(&duration)),
         )
     } else {
-        ("FederatedTaskRun", template)
+        (
+            "FederatedTaskRun",
+            task_run_template(Some(&duration), json!({})),
+        )
     };
     (
         pipeline,

@@ -28,7 +28,7 @@ use tekfed_api::runs::{RunPhase, RunStatus};
 use tekfed_api::{FederatedTaskRun, MemberCluster, MemberReport, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
 use tekfed_testbed::federation::{
-    UNANSWERED_WEBHOOK, federate_with, task_run_template, unanswered_webhook,
+    UNANSWERED_WEBHOOK, federate_with, pipeline_run_template, task_run_template, unanswered_webhook,
 };
 use tekfed_testbed::{HUB, TestBed, eventually_logged};
 
@@ -319,14 +319,12 @@ async fn the_hub_reads_clocks_outages_refusals_and_cancels_right() {
         .create(&PostParams::default(), &unanswered_webhook(&ns))
         .await
         .unwrap();
-    let held = run_on(&ns, "held", "member-1", "1s");
     let pipeline: tekfed_api::FederatedPipelineRun = serde_json::from_value(json!({
         "apiVersion": "tekfed.io/v1alpha1",
         "kind": "FederatedPipelineRun",
         "metadata": {"name": "held", "namespace": &ns},
         "spec": {
-            "template": {"metadata": held.spec.template.metadata.clone(),
-                         "spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": held.spec.template.spec["taskSpec"].clone()}]}}},
+            "template": pipeline_run_template(Some("1s")),
             "placement": {"clusters": [{"name": "member-1"}]},
         },
     }))

@@ -27,8 +27,8 @@ use tekfed_api::runs::{RunPhase, RunStatus};
 use tekfed_api::{FederatedPipelineRun, FederatedTaskRun, MemberCluster, cluster_namespace};
 use tekfed_runtime::connect::tekton_resource;
 use tekfed_testbed::federation::{
-    HUB_NAMESPACE, UNANSWERED_WEBHOOK, federate, task_run_template, unanswered_webhook,
-    wait_condition,
+    HUB_NAMESPACE, UNANSWERED_WEBHOOK, federate, pipeline_run_template, task_run_template,
+    unanswered_webhook, wait_condition,
 };
 use tekfed_testbed::{HUB, TestBed, eventually_logged};
 
@@ -374,14 +374,12 @@ async fn runs_leave_a_lost_or_removed_member_and_come_back_to_it() {
 
 /// A FederatedPipelineRun of one short task, placed as `placement` says.
 fn pipeline_run(ns: &str, name: &str, placement: &Value) -> FederatedPipelineRun {
-    let task = task_run_template(Some("1s"), json!({}));
     serde_json::from_value(json!({
         "apiVersion": "tekfed.io/v1alpha1",
         "kind": "FederatedPipelineRun",
         "metadata": {"name": name, "namespace": ns},
         "spec": {
-            "template": {"metadata": task["metadata"],
-                         "spec": {"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": task["spec"]["taskSpec"]}]}}},
+            "template": pipeline_run_template(Some("1s")),
             "placement": placement,
         },
     }))
